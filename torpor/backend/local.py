@@ -1,0 +1,94 @@
+"""Instances as local processes.
+
+Each instance runs in its own session (process group), so stopping it also stops whatever its command
+started; on Linux it also gets ``PR_SET_PDEATHSIG`` so it dies with the server even if the server is
+killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: list[str]
+    cwd: str
+    stdout_path: Path
+    stderr_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class ProcessHandle:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self.pid = process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class LocalBackend:
+    async def launch(self, plan: LaunchPlan) -> ProcessHandle:
+        plan.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(plan.stdout_path, "ab") as out, open(plan.stderr_path, "ab") as err:
+            process = await asyncio.create_subprocess_exec(
+                *plan.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=plan.cwd,
+                env=plan.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        return ProcessHandle(process)
+
+    async def stop(self, handle: ProcessHandle, grace_s: float) -> int:
+        """SIGTERM the instance's process group, SIGKILL it after ``grace_s``."""
+        if handle.returncode is None:
+            handle.signal_group(signal.SIGTERM)
+            try:
+                return await asyncio.wait_for(handle.wait(), grace_s)
+            except TimeoutError:
+                pass
+        handle.signal_group(signal.SIGKILL)
+        return await handle.wait()
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def tail(path: Path, max_lines: int = 20, max_bytes: int = 16384) -> str:
+    """The last lines of a log file (what a failed cold start shows the user)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").rstrip().splitlines()
+    return "\n".join(lines[-max_lines:])

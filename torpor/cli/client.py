@@ -1,0 +1,51 @@
+"""A thin client for the control API; every failure becomes one sentence (:class:`CliError`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class CliError(Exception):
+    """Printed as one line on stderr; the command exits with code 1."""
+
+
+class ApiClient:
+    def __init__(self, server: str, timeout_s: float = 60.0) -> None:
+        self.server = server.rstrip("/")
+        self._http = httpx.Client(base_url=self.server, timeout=timeout_s)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise CliError(
+                f"cannot reach the torpor server at {self.server}: is `torpor serve` running? "
+                "(set --server or TORPOR_SERVER)"
+            ) from None
+        except httpx.TimeoutException:
+            raise CliError(f"the torpor server at {self.server} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise CliError(f"request to {self.server}{path} failed: {exc}") from None
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise CliError(error_sentence(response))
+        return response.json()
+
+
+def error_sentence(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip() or response.reason_phrase
+        return f"server answered {response.status_code}: {text}"
+    if isinstance(body, dict) and "errors" in body and isinstance(body["errors"], list):
+        return f"{body.get('source', 'spec')}: " + "; ".join(str(e) for e in body["errors"])
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])
+    if isinstance(body, dict) and "detail" in body:  # FastAPI request validation
+        return f"server rejected the request: {body['detail']}"
+    return f"server answered {response.status_code}: {body}"

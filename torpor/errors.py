@@ -1,0 +1,73 @@
+"""Errors torpor raises on purpose, each carrying a sentence a user can act on.
+
+    TorporError
+    ├── SpecError             a torpor.yaml (or API body) failed validation; names file and field
+    ├── DataDirLocked         another `torpor serve` holds the data directory
+    ├── NotFound              a function or instance that does not exist
+    └── GatewayError          a request that cannot be served; carries the HTTP status
+        ├── QueueFull         503 + Retry-After: the function's queue is at queue.max_queued
+        ├── QueueTimeout      504: waited longer than queue.timeout_s for an instance
+        ├── ColdStartFailed   503: the instance could not start; carries its stderr tail
+        ├── UpstreamFailed    502: the instance died or broke the connection mid-request
+        └── UpstreamTimeout   504: the instance took longer than timeout_s
+"""
+
+from __future__ import annotations
+
+
+class TorporError(Exception):
+    """Base of every deliberate torpor error."""
+
+
+class SpecError(TorporError):
+    """A function spec is invalid. ``errors`` holds one ``"field: message"`` line per problem."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+class DataDirLocked(TorporError):
+    """Another `torpor serve` is running on the same data directory."""
+
+
+class NotFound(TorporError):
+    """A named function or instance does not exist."""
+
+
+class GatewayError(TorporError):
+    """A request the gateway answers itself, with ``status`` and a JSON error body."""
+
+    status = 500
+    reason = "internal"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(GatewayError):
+    status = 503
+    reason = "queue_full"
+
+
+class QueueTimeout(GatewayError):
+    status = 504
+    reason = "queue_timeout"
+
+
+class ColdStartFailed(GatewayError):
+    status = 503
+    reason = "cold_start_failed"
+
+
+class UpstreamFailed(GatewayError):
+    status = 502
+    reason = "instance_failed"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    reason = "function_timeout"

@@ -1,0 +1,1 @@
+"""The data plane: route requests to instances, queue them while instances start."""

@@ -1,0 +1,202 @@
+"""One function's routing table: its endpoints, its bounded queue, and load accounting.
+
+``acquire`` returns a :class:`Lease` for an endpoint with a free slot, waiting in FIFO order while none
+has one (the activator role); ``Lease.release`` (idempotent, always in a ``finally``) frees the slot and
+hands it straight to the oldest waiter. All of this runs on the event loop with no locks and no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from torpor.clock import Clock
+from torpor.errors import GatewayError, QueueFull, QueueTimeout
+from torpor.gateway.routing_policies import RoutingPolicy
+
+
+class LoadObserver(Protocol):
+    """Receives every change of the number of requests in the system (metrics for the autoscaler)."""
+
+    def record(self, now: float, in_system: int) -> None: ...
+
+    def record_request(self, now: float) -> None: ...
+
+
+class Endpoint:
+    """A READY instance as the gateway sees it. ``client`` forwards requests to it."""
+
+    __slots__ = ("accepting", "capacity", "client", "in_flight", "instance_id", "provisioned",
+                 "ready_at")
+
+    def __init__(
+        self,
+        instance_id: str,
+        capacity: int,
+        client: object,
+        *,
+        ready_at: float,
+        provisioned: bool = False,
+    ) -> None:
+        self.instance_id = instance_id
+        self.capacity = capacity
+        self.client = client
+        self.ready_at = ready_at
+        self.provisioned = provisioned
+        self.in_flight = 0
+        self.accepting = True
+
+
+class Lease:
+    """A slot on one endpoint; release it exactly once (extra releases are ignored)."""
+
+    __slots__ = ("_released", "endpoint", "route")
+
+    def __init__(self, route: FunctionRoute, endpoint: Endpoint) -> None:
+        self.route = route
+        self.endpoint = endpoint
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.route._release(self.endpoint)
+
+
+class FunctionRoute:
+    def __init__(
+        self,
+        name: str,
+        *,
+        clock: Clock,
+        max_queued: int,
+        queue_timeout_s: float,
+        timeout_s: float,
+        policy: RoutingPolicy | None = None,
+        on_demand: Callable[[], None] = lambda: None,
+        observer: LoadObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.clock = clock
+        self.max_queued = max_queued
+        self.queue_timeout_s = queue_timeout_s
+        self.timeout_s = timeout_s
+        self.policy = policy or RoutingPolicy.make()
+        self.on_demand = on_demand
+        self.observer = observer
+        self.endpoints: list[Endpoint] = []
+        self.in_flight = 0
+        self.last_request_at: float | None = None
+        # Set while the function cannot start an instance (failed cold start, in backoff):
+        # new requests fail fast with it instead of waiting for a queue timeout.
+        self.failure: GatewayError | None = None
+        self._waiters: deque[asyncio.Future[Endpoint]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def in_system(self) -> int:
+        return self.in_flight + len(self._waiters)
+
+    async def acquire(self) -> Lease:
+        now = self.clock.now()
+        self.last_request_at = now
+        if self.observer is not None:
+            self.observer.record_request(now)
+        endpoint = self.policy.choose(self.endpoints)
+        if endpoint is not None:
+            self._take(endpoint)
+            return Lease(self, endpoint)
+        if self.failure is not None:
+            failure = self.failure
+            raise type(failure)(failure.message, retry_after_s=failure.retry_after_s)
+        if len(self._waiters) >= self.max_queued:
+            raise QueueFull(
+                f"function {self.name!r} has {len(self._waiters)} requests queued, "
+                f"the limit of queue.max_queued",
+                retry_after_s=1,
+            )
+        return Lease(self, await self._wait())
+
+    async def _wait(self) -> Endpoint:
+        waiter: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._changed()
+        self.on_demand()
+        try:
+            await asyncio.wait((waiter,), timeout=self.queue_timeout_s)
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        if not waiter.done():
+            self._abandon(waiter)
+            raise QueueTimeout(
+                f"function {self.name!r} had no free instance within "
+                f"queue.timeout_s={self.queue_timeout_s:g}s"
+            )
+        return waiter.result()
+
+    def _abandon(self, waiter: asyncio.Future[Endpoint]) -> None:
+        if waiter.done():
+            if not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())  # a slot was handed over just as we gave up
+            return
+        waiter.cancel()
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+        self._changed()
+
+    def _take(self, endpoint: Endpoint) -> None:
+        endpoint.in_flight += 1
+        self.in_flight += 1
+        self._changed()
+
+    def _release(self, endpoint: Endpoint) -> None:
+        endpoint.in_flight -= 1
+        self.in_flight -= 1
+        if self._waiters:
+            self.dispatch()
+        else:
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.observer is not None:
+            self.observer.record(self.clock.now(), self.in_flight + len(self._waiters))
+
+    def dispatch(self) -> None:
+        """Hand free slots to waiters, oldest first."""
+        while self._waiters:
+            endpoint = self.policy.choose(self.endpoints)
+            if endpoint is None:
+                break
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            endpoint.in_flight += 1
+            self.in_flight += 1
+            waiter.set_result(endpoint)
+        self._changed()
+
+    def add_endpoint(self, endpoint: Endpoint) -> None:
+        self.endpoints.append(endpoint)
+        self.failure = None
+        self.dispatch()
+
+    def remove_endpoint(self, endpoint: Endpoint) -> None:
+        endpoint.accepting = False
+        if endpoint in self.endpoints:
+            self.endpoints.remove(endpoint)
+
+    def fail_waiters(self, error: GatewayError) -> None:
+        """Answer every queued request with ``error`` (e.g. a cold start that failed)."""
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._changed()

@@ -1,0 +1,119 @@
+"""An instance and the function it belongs to, as the reconciler holds them in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torpor.backend.local import ProcessHandle
+from torpor.gateway.route import Endpoint, FunctionRoute
+from torpor.lifecycle.state import InstanceFacts, InstanceState, derive_state
+from torpor.spec import FunctionSpec
+
+
+@dataclass
+class Instance:
+    id: str
+    function: str
+    revision: int
+    facts: InstanceFacts
+    stdout_path: Path
+    stderr_path: Path
+    address: str = ""
+    provisioned: bool = False
+    handle: ProcessHandle | None = None
+    endpoint: Endpoint | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.endpoint.in_flight if self.endpoint is not None else 0
+
+    @property
+    def state(self) -> InstanceState:
+        return derive_state(self.facts, self.in_flight)
+
+    def cold_start(self) -> dict[str, float | None]:
+        """Seconds from start to listening, listening to ready (``/initialize``), and in all."""
+        f = self.facts
+        return {
+            "spawn_s": _span(f.started_at, f.listening_at),
+            "initialize_s": _span(f.listening_at, f.ready_at),
+            "total_s": _span(f.started_at, f.ready_at),
+        }
+
+    def record(self) -> dict[str, Any]:
+        """The row kept in the store."""
+        f = self.facts
+        return {
+            "id": self.id,
+            "function": self.function,
+            "revision": self.revision,
+            "pid": self.handle.pid if self.handle else None,
+            "address": self.address,
+            "started_at": f.started_at,
+            "listening_at": f.listening_at,
+            "ready_at": f.ready_at,
+            "draining_at": f.draining_at,
+            "exited_at": f.exited_at,
+            "exit_code": f.exit_code,
+            "failure": f.failure,
+            "state": self.state.value,
+        }
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            **self.record(),
+            "in_flight": self.in_flight,
+            "provisioned": self.provisioned,
+            "cold_start": self.cold_start(),
+            "stdout_log": str(self.stdout_path),
+            "stderr_log": str(self.stderr_path),
+        }
+
+
+@dataclass
+class FunctionRuntime:
+    """A deployed function: its current spec and revision, routing table and instances."""
+
+    spec: FunctionSpec
+    revision: int
+    base_dir: Path
+    source: str
+    route: FunctionRoute
+    created_at: float
+    updated_at: float
+    instances: dict[str, Instance] = field(default_factory=dict)
+    failures: int = 0  # consecutive failed cold starts (drives the backoff)
+    backoff_until: float = 0.0
+    last_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def live(self, *, current_only: bool = True) -> list[Instance]:
+        """Instances starting, serving or frozen (of the current revision unless told otherwise)."""
+        from torpor.lifecycle.state import LIVE_STATES
+
+        return [
+            i
+            for i in self.instances.values()
+            if i.state in LIVE_STATES and (i.revision == self.revision or not current_only)
+        ]
+
+    def status(self) -> str:
+        states = [i.state for i in self.live()]
+        if InstanceState.READY in states or InstanceState.BUSY in states:
+            return "ready"
+        if self.last_error is not None:
+            return "error"
+        if InstanceState.STARTING in states:
+            return "starting"
+        return "scaled_to_zero" if not states else "idle"
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round(end - start, 6)

@@ -1,0 +1,91 @@
+"""The platform: store, reconciler and clock put together, with deploy/delete semantics.
+
+Deploy validates the whole spec before anything is written, so a bad spec never half-deploys; the
+spec is stored, then installed in the reconciler, which replaces old instances without dropping
+in-flight requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torpor.backend.local import LocalBackend
+from torpor.clock import Clock, SystemClock
+from torpor.errors import NotFound, SpecError
+from torpor.lifecycle.instance import FunctionRuntime
+from torpor.lifecycle.reconciler import Reconciler
+from torpor.spec import parse_spec
+from torpor.store import Store
+
+log = logging.getLogger(__name__)
+
+DB_FILENAME = "torpor.db"
+
+
+class Platform:
+    def __init__(self, data_dir: Path, clock: Clock | None = None) -> None:
+        self.data_dir = data_dir
+        self.clock = clock or SystemClock()
+        self.store = Store(data_dir / DB_FILENAME)
+        self.reconciler = Reconciler(self.store, self.clock, data_dir, LocalBackend())
+
+    @property
+    def functions(self) -> dict[str, FunctionRuntime]:
+        return self.reconciler.functions
+
+    async def startup(self) -> None:
+        """Close what a previous server left open, restore deployed functions, start reconciling."""
+        closed = await self.store.run(self.store.close_open_instances, self.clock.now())
+        if closed:
+            log.info("closed %d instance records left open by a previous server", closed)
+        for record in await self.store.run(self.store.list_functions):
+            try:
+                spec = parse_spec(record.spec, source=record.source, base_dir=Path(record.base_dir))
+            except SpecError as exc:
+                log.error("cannot restore function %s: %s", record.name, exc)
+                continue
+            self.reconciler.apply(spec, record.revision, Path(record.base_dir), record.source,
+                                  record.created_at, record.updated_at)
+        self.reconciler.start()
+
+    async def shutdown(self) -> None:
+        await self.reconciler.shutdown()
+        self.store.close()
+
+    async def deploy(self, raw: dict[str, Any], base_dir: Path, source: str) -> FunctionRuntime:
+        spec = parse_spec(raw, source=source, base_dir=base_dir)
+        record = await self.store.run(
+            self.store.put_function, spec.name, raw, str(base_dir), source, self.clock.now()
+        )
+        fn = self.reconciler.apply(spec, record.revision, base_dir, source, record.created_at,
+                                   record.updated_at)
+        await self.store.run(self.store.add_event, spec.name, self.clock.now(), "deployed",
+                             f"revision {record.revision} deployed from {source}")
+        return fn
+
+    def function(self, name: str) -> FunctionRuntime:
+        fn = self.functions.get(name)
+        if fn is None:
+            raise NotFound(f"function {name!r} not found")
+        return fn
+
+    async def delete(self, name: str) -> None:
+        self.function(name)
+        await self.store.run(self.store.delete_function, name)
+        await self.reconciler.remove(name)
+
+    async def events(self, name: str) -> list[dict[str, Any]]:
+        return await self.store.run(self.store.list_events, name)
+
+    async def instances(self, function: str | None, include_ended: bool) -> list[dict[str, Any]]:
+        if function is not None:
+            self.function(function)
+        fns = [self.function(function)] if function else list(self.functions.values())
+        live = [i.to_api() for fn in fns for i in fn.instances.values()]
+        if not include_ended:
+            return live
+        seen = {i["id"] for i in live}
+        ended = await self.store.run(self.store.list_instances, function)
+        return live + [row for row in ended if row["id"] not in seen]

@@ -1,0 +1,110 @@
+"""The ASGI app an instance serves: ``POST /invoke`` (also ``POST /``), ``POST /initialize``,
+``GET /healthz``.
+
+A synchronous ``predict`` runs inline when the instance takes one request at a time (no thread hop on
+the hot path) and on a thread pool sized to ``concurrency`` otherwise; an ``async def predict`` is
+awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from torpor.runtime.codec import BadPayload, decode_body, encode_result, error_body
+from torpor.sdk import Model
+from torpor.types import Receive, Scope, Send
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class ModelApp:
+    def __init__(self, model: Model, concurrency: int = 1) -> None:
+        self.model = model
+        self._async = inspect.iscoroutinefunction(model.predict)
+        self._pool = (
+            ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="predict")
+            if concurrency > 1 and not self._async
+            else None
+        )
+        self._initialized = False
+        self._init_lock = asyncio.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path in ("/invoke", "/") and method == "POST":
+            await self._invoke(scope, receive, send)
+        elif path == "/initialize" and method == "POST":
+            await self._initialize(send)
+        elif path == "/healthz":
+            await _reply(send, 200, _JSON_HEADERS, b'{"status":"ok"}')
+        else:
+            body = error_body(f"no route {method} {path} in the torpor runtime", "not_found")
+            await _reply(send, 404, _JSON_HEADERS, body)
+
+    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _read_body(receive)
+        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        try:
+            payload = decode_body(body, content_type)
+        except BadPayload as exc:
+            await _reply(send, 400, _JSON_HEADERS, error_body(str(exc), "bad_request"))
+            return
+        try:
+            result = await self._predict(payload)
+            status, headers, out = encode_result(result)
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            message = f"{type(self.model).__name__}.predict raised {type(exc).__name__}: {exc}"
+            await _reply(send, 500, _JSON_HEADERS, error_body(message, "handler_error"))
+            return
+        await _reply(send, status, headers, out)
+
+    async def _predict(self, payload: Any) -> Any:
+        if self._async:
+            return await self.model.predict(payload)
+        if self._pool is None:
+            return self.model.predict(payload)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.model.predict, payload
+        )
+
+    async def _initialize(self, send: Send) -> None:
+        async with self._init_lock:
+            if not self._initialized:
+                try:
+                    warmup = self.model.warmup
+                    if inspect.iscoroutinefunction(warmup):
+                        await warmup()
+                    else:
+                        warmup()
+                except Exception as exc:
+                    traceback.print_exc(file=sys.stderr)
+                    message = f"{type(self.model).__name__}.warmup raised {type(exc).__name__}: {exc}"
+                    await _reply(send, 500, _JSON_HEADERS, error_body(message, "warmup_failed"))
+                    return
+                self._initialized = True
+        await _reply(send, 200, _JSON_HEADERS, b'{"initialized":true}')
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    chunks = [body]
+    while message.get("more_body"):
+        message = await receive()
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+async def _reply(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,132 @@
+"""``torpor serve``: gateway, control API, reconciler and store in one process on one port.
+
+``/fn/{name}/...`` goes to the gateway (raw ASGI, no framework on the hot path); everything else to the
+FastAPI control app. SIGINT/SIGTERM stop every instance before the process exits; a lock file keeps a
+second server off the same data directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+import uvicorn
+
+from torpor import __version__
+from torpor.api.app import create_api
+from torpor.errors import DataDirLocked, TorporError
+from torpor.gateway.proxy import Gateway
+from torpor.platform import Platform
+from torpor.spec import load_spec_file
+from torpor.types import Receive, Scope, Send
+
+log = logging.getLogger("torpor")
+LOCK_FILENAME = "serve.lock"
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the data dir for the life of the process."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / LOCK_FILENAME, "a+")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise DataDirLocked(
+            f"another torpor serve (pid {holder}) is already using data dir {data_dir}; "
+            "stop it or choose another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+class RootApp:
+    def __init__(self, platform: Platform, deploy: list[Path]) -> None:
+        self.platform = platform
+        self.deploy_paths = deploy
+        self.gateway = Gateway(platform.reconciler.routes, platform.clock)
+        self.api = create_api(platform)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/fn/"):
+            await self.gateway(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.platform.startup()
+                    for path in self.deploy_paths:
+                        spec, raw, base_dir = load_spec_file(path)
+                        await self.platform.deploy(raw, base_dir, str(path))
+                        log.info("deployed %s from %s", spec.name, path)
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.platform.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise TorporError(f"port {port} on {host} is already in use; choose --port") from None
+            raise TorporError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info") -> None:
+    data_dir = data_dir.resolve()
+    for path in deploy:  # fail before starting anything
+        load_spec_file(path)
+    lock = lock_data_dir(data_dir)
+    _check_port(host, port)
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    platform = Platform(data_dir)
+    config = uvicorn.Config(
+        RootApp(platform, deploy),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    log.info("torpor %s serving on http://%s:%d (data dir %s)", __version__, host, port, data_dir)
+    try:
+        server.run()
+    finally:
+        lock.close()
+    if not server.started:
+        raise TorporError("torpor serve failed to start; see the log above")
+
+

@@ -1,0 +1,236 @@
+"""The function spec, ``torpor.yaml``: parsed, validated, every error naming its field.
+
+Validation is complete before anything is deployed, so a bad spec never half-deploys.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from torpor.errors import SpecError
+
+SPEC_FILENAME = "torpor.yaml"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+MIN_GPU_SLICE_MB = 1024  # seed 001: the smallest vGPU memory slice is 1 GB
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuntimeSpec(_Strict):
+    handler: str | None = None
+    command: list[str] | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    templates: bool = True
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _HANDLER.match(value):
+            raise ValueError(f"must look like 'module:Class', got {value!r}")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_nonempty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not all(value)):
+            raise ValueError("must be a non-empty list of non-empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RuntimeSpec:
+        if (self.handler is None) == (self.command is None):
+            raise ValueError("set exactly one of runtime.handler or runtime.command")
+        if self.handler is not None and self.port is not None:
+            raise ValueError("runtime.port applies only to runtime.command")
+        return self
+
+
+class ModelSpec(_Strict):
+    path: str
+
+
+class ResourcesSpec(_Strict):
+    cpus: float = Field(default=1.0, gt=0, le=512)
+    memory_mb: int = Field(default=1024, ge=16)
+    gpus: int = Field(default=0, ge=0, le=64)
+    gpu_memory_mb: int = Field(default=0, ge=0)
+
+    @field_validator("gpu_memory_mb")
+    @classmethod
+    def _slice(cls, value: int) -> int:
+        if 0 < value < MIN_GPU_SLICE_MB:
+            raise ValueError(f"must be 0 or at least {MIN_GPU_SLICE_MB} (the smallest GPU slice)")
+        return value
+
+
+class ScalingSpec(_Strict):
+    """Autoscaler knobs. Defaults are Knative Serving's (KPA) where Knative has one."""
+
+    min_instances: int = Field(default=0, ge=0)
+    max_instances: int = Field(default=10, ge=1)
+    initial_instances: int = Field(default=0, ge=0)
+    provisioned: int = Field(default=0, ge=0)
+    scale_to_zero_grace_s: float = Field(default=30.0, ge=0)
+    target_concurrency: float | None = Field(default=None, gt=0)
+    target_utilization: float = Field(default=0.7, gt=0, le=1)
+    stable_window_s: float = Field(default=60.0, ge=6, le=3600)
+    panic_window_pct: float = Field(default=10.0, ge=1, le=100)
+    panic_threshold_pct: float = Field(default=200.0, ge=110, le=1000)
+    max_scale_up_rate: float = Field(default=1000.0, gt=1)
+    max_scale_down_rate: float = Field(default=2.0, gt=1)
+    scale_down_delay_s: float = Field(default=0.0, ge=0, le=3600)
+    tick_s: float = Field(default=2.0, gt=0, le=60)
+    idle_mode: bool = False
+    idle_after_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingSpec:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"scaling.min_instances ({self.min_instances}) exceeds "
+                f"scaling.max_instances ({self.max_instances})"
+            )
+        if self.provisioned > self.max_instances:
+            raise ValueError(
+                f"scaling.provisioned ({self.provisioned}) exceeds "
+                f"scaling.max_instances ({self.max_instances})"
+            )
+        return self
+
+
+class QueueSpec(_Strict):
+    max_queued: int = Field(default=100, ge=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class RoutingSpec(_Strict):
+    policy: str = "least_outstanding"
+
+
+class FunctionSpec(_Strict):
+    name: str
+    runtime: RuntimeSpec
+    env: dict[str, str] = Field(default_factory=dict)
+    model: ModelSpec | None = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    concurrency: int = Field(default=1, ge=1, le=10000)
+    timeout_s: float = Field(default=60.0, gt=0)
+    initialize_timeout_s: float = Field(default=60.0, gt=0)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    queue: QueueSpec = Field(default_factory=QueueSpec)
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError(
+                "must be a DNS label: 1-63 lowercase letters, digits or '-', "
+                f"starting and ending with a letter or digit (got {value!r})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _fixed_port_single_instance(self) -> FunctionSpec:
+        if self.runtime.port is not None and self.scaling.max_instances > 1:
+            raise ValueError(
+                f"runtime.port fixes one listening port ({self.runtime.port}), so "
+                "scaling.max_instances must be 1; omit runtime.port and torpor gives each "
+                "instance its own port in PORT"
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["handler", "command"]:
+        return "handler" if self.runtime.handler is not None else "command"
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{field}: unknown field")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{field}: {message}")
+    return lines
+
+
+def parse_spec(data: Any, *, source: str, base_dir: Path) -> FunctionSpec:
+    """Validate ``data`` (already parsed YAML/JSON) as a spec whose code lives in ``base_dir``."""
+    if not isinstance(data, dict):
+        raise SpecError(source, ["(top level): must be a mapping of fields"])
+    try:
+        spec = FunctionSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, _format_errors(exc)) from None
+    problems = _check_files(spec, base_dir)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def _check_files(spec: FunctionSpec, base_dir: Path) -> list[str]:
+    problems = []
+    if spec.runtime.handler is not None:
+        module = spec.runtime.handler.split(":", 1)[0]
+        relative = Path(*module.split("."))
+        candidates = [base_dir / relative.with_suffix(".py"), base_dir / relative / "__init__.py"]
+        if not any(c.is_file() for c in candidates) and not _installed(module):
+            problems.append(
+                f"runtime.handler: module {module!r} not found in {base_dir} "
+                f"(looked for {candidates[0].name} and {relative}/__init__.py)"
+            )
+    if spec.model is not None:
+        model_path = resolve_model_path(spec, base_dir)
+        if model_path is not None and not model_path.exists():
+            problems.append(f"model.path: {model_path} does not exist")
+    return problems
+
+
+def _installed(module: str) -> bool:
+    if "." in module:  # find_spec of a dotted name would import its parents
+        return False
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_model_path(spec: FunctionSpec, base_dir: Path) -> Path | None:
+    if spec.model is None:
+        return None
+    path = Path(spec.model.path).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def locate_spec(path: Path) -> Path:
+    """A directory means its ``torpor.yaml``; a file is taken as given."""
+    candidate = path / SPEC_FILENAME if path.is_dir() else path
+    if not candidate.is_file():
+        raise SpecError(str(candidate), ["file not found"])
+    return candidate
+
+
+def load_spec_file(path: Path) -> tuple[FunctionSpec, dict[str, Any], Path]:
+    """Read and validate a spec file; returns the spec, the raw mapping and the code folder."""
+    spec_file = locate_spec(path).resolve()
+    try:
+        raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(str(spec_file), [f"not valid YAML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise SpecError(str(spec_file), ["not UTF-8 text"]) from None
+    base_dir = spec_file.parent
+    spec = parse_spec(raw, source=str(spec_file), base_dir=base_dir)
+    return spec, raw, base_dir

@@ -1,0 +1,167 @@
+"""The store: SQLAlchemy 2 Core on a SQLite file in the data directory.
+
+All writes go through one worker thread (:meth:`Store.run`), so the event loop never blocks on disk
+and SQLite sees a single writer. Nothing on the request path touches the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
+
+from torpor.store import tables
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FunctionRecord:
+    name: str
+    revision: int
+    spec: dict[str, Any]
+    base_dir: str
+    source: str
+    created_at: float
+    updated_at: float
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.engine: Engine = create_engine(f"sqlite:///{path}", future=True)
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        tables.metadata.create_all(self.engine)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torpor-store")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store method on the store's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue a write without waiting for it; writes keep their order."""
+        self._executor.submit(_logged, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
+
+    # functions -----------------------------------------------------------------------------
+
+    def list_functions(self) -> list[FunctionRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(tables.functions).order_by(tables.functions.c.name))
+            return [_function_record(row._mapping) for row in rows]
+
+    def get_function(self, name: str) -> FunctionRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(tables.functions).where(tables.functions.c.name == name)
+            ).first()
+            return _function_record(row._mapping) if row else None
+
+    def put_function(
+        self, name: str, spec: dict[str, Any], base_dir: str, source: str, now: float
+    ) -> FunctionRecord:
+        """Insert or replace a function; the revision goes up by one on every deploy."""
+        t = tables.functions
+        with self.engine.begin() as conn:
+            row = conn.execute(select(t.c.revision, t.c.created_at).where(t.c.name == name)).first()
+            values = {"spec_json": json.dumps(spec), "base_dir": base_dir, "source": source}
+            if row is None:
+                conn.execute(
+                    insert(t).values(name=name, revision=1, created_at=now, updated_at=now, **values)
+                )
+            else:
+                conn.execute(
+                    update(t)
+                    .where(t.c.name == name)
+                    .values(revision=row.revision + 1, updated_at=now, **values)
+                )
+        record = self.get_function(name)
+        assert record is not None
+        return record
+
+    def delete_function(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(tables.functions).where(tables.functions.c.name == name))
+
+    # instances -----------------------------------------------------------------------------
+
+    def save_instance(self, values: dict[str, Any]) -> None:
+        t = tables.instances
+        with self.engine.begin() as conn:
+            found = conn.execute(select(t.c.id).where(t.c.id == values["id"])).first()
+            if found is None:
+                conn.execute(insert(t).values(**values))
+            else:
+                conn.execute(update(t).where(t.c.id == values["id"]).values(**values))
+
+    def list_instances(self, function: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        t = tables.instances
+        query = select(t).order_by(t.c.started_at.desc()).limit(limit)
+        if function is not None:
+            query = query.where(t.c.function == function)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def close_open_instances(self, now: float) -> int:
+        """Instances left live by a server that died are stopped as of ``now``; returns how many."""
+        t = tables.instances
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(t)
+                .where(t.c.exited_at.is_(None))
+                .values(exited_at=now, state="stopped", failure="server stopped")
+            )
+            return int(result.rowcount or 0)
+
+    # events --------------------------------------------------------------------------------
+
+    def add_event(self, function: str, at: float, kind: str, message: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(tables.events).values(function=function, at=at, kind=kind, message=message)
+            )
+
+    def list_events(self, function: str, limit: int = 50) -> list[dict[str, Any]]:
+        t = tables.events
+        query = select(t).where(t.c.function == function).order_by(t.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def _logged(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("store write %s failed", getattr(fn, "__name__", fn))
+
+
+def _function_record(row: Any) -> FunctionRecord:
+    return FunctionRecord(
+        name=row["name"],
+        revision=row["revision"],
+        spec=json.loads(row["spec_json"]),
+        base_dir=row["base_dir"],
+        source=row["source"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

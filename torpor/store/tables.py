@@ -1,0 +1,47 @@
+"""Schema. Created on start; timestamps are epoch seconds (floats)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+functions = Table(
+    "functions",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("revision", Integer, nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("base_dir", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("function", String(63), nullable=False, index=True),
+    Column("revision", Integer, nullable=False),
+    Column("pid", Integer),
+    Column("address", Text),
+    Column("started_at", Float, nullable=False),
+    Column("listening_at", Float),
+    Column("ready_at", Float),
+    Column("draining_at", Float),
+    Column("exited_at", Float),
+    Column("exit_code", Integer),
+    Column("failure", Text),
+    Column("state", String(16), nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("function", String(63), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("message", Text, nullable=False),
+)
