@@ -23,6 +23,7 @@ from torpor.api.app import create_api
 from torpor.errors import DataDirLocked, TorporError
 from torpor.gateway.proxy import Gateway
 from torpor.platform import Platform
+from torpor.runtime.serve import CleanExitServer
 from torpor.spec import load_spec_file
 from torpor.types import Receive, Scope, Send
 
@@ -120,7 +121,7 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
+    server = CleanExitServer(config)
     log.info("torpor %s serving on http://%s:%d (data dir %s)", __version__, host, port, data_dir)
     try:
         server.run()

@@ -204,10 +204,13 @@ class Reconciler:
             error = ColdStartFailed(message, retry_after_s=backoff_s)
             fn.route.failure = error
             fn.route.fail_waiters(error)
-        self._background(self._retry_after(backoff_s), f"retry {fn.name}")
+        self._background(self._end_backoff(fn, backoff_s), f"backoff {fn.name}")
 
-    async def _retry_after(self, delay_s: float) -> None:
+    async def _end_backoff(self, fn: FunctionRuntime, delay_s: float) -> None:
+        """After the backoff, requests queue again (and so trigger the next attempt)."""
         await self.clock.sleep(delay_s)
+        if self.clock.now() >= fn.backoff_until:
+            fn.route.failure = None
         self.poke()
 
     # exits and stopping ------------------------------------------------------------------------

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import uvicorn
 
 from torpor.runtime.app import ModelApp
 from torpor.sdk import Model
+
+
+class CleanExitServer(uvicorn.Server):
+    """A uvicorn server whose SIGINT/SIGTERM shutdown ends the process with code 0.
+
+    uvicorn re-raises a captured signal after its graceful shutdown; torpor treats a finished
+    graceful shutdown as a clean exit.
+    """
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 def serve_unix(model: Model, socket_path: str, concurrency: int) -> None:
@@ -23,4 +36,4 @@ def serve_unix(model: Model, socket_path: str, concurrency: int) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+    CleanExitServer(config).run()

@@ -1,0 +1,150 @@
+"""Shared fixtures: a real ``torpor serve`` process on a free port with its own data directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+FUNCTIONS = Path(__file__).resolve().parent / "functions"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in status
+
+
+def torpor_cli(*args: str, server: str | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    if server is not None:
+        env["TORPOR_SERVER"] = server
+    return subprocess.run([sys.executable, "-m", "torpor", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout_s, cwd=ROOT)
+
+
+class TorporServer:
+    """A real server process; ``stop()`` sends SIGTERM and returns its exit code."""
+
+    def __init__(self, data_dir: Path, deploy: list[Path] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "torpor", "serve", "--port", str(self.port),
+                "--data-dir", str(data_dir)]
+        for path in deploy or []:
+            args += ["--deploy", str(path)]
+        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+        self._wait_healthy()
+
+    def _wait_healthy(self, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"torpor serve exited early:\n{self.log()}")
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"torpor serve not healthy in {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def deploy(self, path: Path) -> dict[str, Any]:
+        from torpor.spec import load_spec_file
+
+        _, raw, base_dir = load_spec_file(path)
+        response = self.http.post("/api/v1/functions", json={"spec": raw, "base_dir": str(base_dir),
+                                                               "source": str(path)})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def invoke(self, name: str, payload: Any = None, **kwargs: Any) -> httpx.Response:
+        return self.http.post(f"/fn/{name}/invoke", json=payload if payload is not None else {}, **kwargs)
+
+    def function(self, name: str) -> dict[str, Any]:
+        return dict(self.http.get(f"/api/v1/functions/{name}").json())
+
+    def instances(self, name: str | None = None, all: bool = False) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"all": all}
+        if name:
+            params["function"] = name
+        return list(self.http.get("/api/v1/instances", params=params).json())
+
+    def wait_for(self, predicate: Any, timeout_s: float = 15, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}\n{self.log()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout_s)
+        finally:
+            self.http.close()
+            self._log.close()
+        return code
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Any]:
+    servers: list[TorporServer] = []
+
+    def make(deploy: list[Path] | None = None, data_dir: Path | None = None) -> TorporServer:
+        server = TorporServer(data_dir or tmp_path / f"data{len(servers)}", deploy)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        if server.process.poll() is None:
+            server.stop(signal.SIGKILL)
+
+
+def make_function(tmp_path: Path, source: str, **overrides: Any) -> Path:
+    """Copy a test function folder and merge ``overrides`` into its torpor.yaml."""
+    folder = tmp_path / f"{source}-{len(list(tmp_path.glob(source + '*')))}"
+    shutil.copytree(FUNCTIONS / source if (FUNCTIONS / source).exists() else EXAMPLES / source, folder)
+    spec_file = folder / "torpor.yaml"
+    spec = yaml.safe_load(spec_file.read_text())
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    spec_file.write_text(yaml.safe_dump(spec))
+    return folder

@@ -1,0 +1,9 @@
+"""Test function whose module cannot be imported."""
+
+import torpor
+import torpor_no_such_module  # noqa: F401
+
+
+class Broken(torpor.Model):
+    def predict(self, payload: object) -> object:
+        return payload

@@ -1,0 +1,106 @@
+"""The CLI as a user runs it: one clear sentence and exit code 1 on every error, --json on reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES, make_function, torpor_cli
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class TestWithoutServer:
+    def test_unreachable_server_is_one_sentence(self) -> None:
+        """No server: exit 1, one line naming the URL, no traceback."""
+        result = torpor_cli("ls", server="http://127.0.0.1:9")
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            "error: cannot reach the torpor server at http://127.0.0.1:9: is `torpor serve` "
+            "running? (set --server or TORPOR_SERVER)"
+        ]
+        assert "Traceback" not in result.stderr
+
+    def test_bad_spec_names_the_field_before_contacting_a_server(self, tmp_path: Path) -> None:
+        """A bad spec is rejected locally, naming file and field."""
+        folder = make_function(tmp_path, "echo", scaling={"max_instances": 0}, colour="blue")
+        result = torpor_cli("deploy", str(folder), server="http://127.0.0.1:9")
+        assert result.returncode == 1
+        line = result.stderr.strip()
+        assert line.startswith(f"error: {folder / 'torpor.yaml'}: ")
+        assert "scaling.max_instances: Input should be greater than or equal to 1" in line
+        assert "colour: unknown field" in line
+
+    def test_missing_spec_file(self, tmp_path: Path) -> None:
+        """Deploying a folder without torpor.yaml says which file is missing."""
+        result = torpor_cli("deploy", str(tmp_path))
+        assert result.returncode == 1
+        assert result.stderr.strip() == f"error: {tmp_path / 'torpor.yaml'}: file not found"
+
+    def test_help_lists_commands(self) -> None:
+        """`torpor --help` lists every command."""
+        result = torpor_cli("--help")
+        assert result.returncode == 0
+        for command in ("serve", "deploy", "ls", "get", "instances", "invoke", "delete"):
+            assert command in result.stdout
+
+
+class TestAgainstServer:
+    def test_deploy_invoke_get_delete(self, make_server: Any) -> None:
+        """The user's loop: deploy, invoke, inspect, delete."""
+        srv = make_server()
+        deployed = torpor_cli("deploy", str(EXAMPLES / "echo"), "--json", server=srv.url)
+        assert deployed.returncode == 0, deployed.stderr
+        assert json.loads(deployed.stdout)["revision"] == 1
+
+        invoked = torpor_cli("invoke", "echo", "--data", '{"q": 1}', server=srv.url)
+        assert invoked.returncode == 0, invoked.stderr
+        assert json.loads(invoked.stdout)["echo"] == {"q": 1}
+
+        listed = json.loads(torpor_cli("ls", "--json", server=srv.url).stdout)
+        assert [(f["name"], f["status"], f["instances"]) for f in listed] == [("echo", "ready", 1)]
+
+        got = json.loads(torpor_cli("get", "echo", "--json", server=srv.url).stdout)
+        assert [i["state"] for i in got["instance_list"]] == ["ready"]
+        assert {e["kind"] for e in got["events"]} >= {"deployed", "started"}
+
+        rows = json.loads(torpor_cli("instances", "echo", "--json", server=srv.url).stdout)
+        assert {k for k in rows[0]} >= {"id", "function", "state", "pid", "started_at"}
+
+        table = torpor_cli("instances", server=srv.url)
+        assert rows[0]["id"] in table.stdout
+
+        deleted = torpor_cli("delete", "echo", server=srv.url)
+        assert deleted.returncode == 0
+        assert srv.wait_for(lambda: srv.http.get("/api/v1/functions").json() == [], what="deleted")
+        assert srv.invoke("echo").status_code == 404
+
+    def test_bad_spec_deploys_nothing(self, make_server: Any, tmp_path: Path) -> None:
+        """A spec the server rejects leaves the function list unchanged."""
+        srv = make_server()
+        response = srv.http.post("/api/v1/functions", json={
+            "spec": {"name": "Bad_Name", "runtime": {"handler": "model:Echo"}},
+            "base_dir": str(EXAMPLES / "echo"),
+        })
+        assert response.status_code == 422
+        assert response.json()["errors"] == [
+            "name: must be a DNS label: 1-63 lowercase letters, digits or '-', starting and "
+            "ending with a letter or digit (got 'Bad_Name')"
+        ]
+        assert srv.http.get("/api/v1/functions").json() == []
+
+    def test_invoke_errors_and_unknown_function(self, make_server: Any) -> None:
+        """Invoke of an unknown function and get of one: exit 1 with the server's sentence."""
+        srv = make_server()
+        result = torpor_cli("invoke", "ghost", "--data", "{}", server=srv.url)
+        assert result.returncode == 1
+        assert result.stderr.strip() == "error: ghost answered 404: function 'ghost' not found"
+        got = torpor_cli("get", "ghost", server=srv.url)
+        assert got.returncode == 1
+        assert got.stderr.strip() == "error: function 'ghost' not found"
+        bad_json = torpor_cli("invoke", "ghost", "--data", "{nope", server=srv.url)
+        assert bad_json.returncode == 1
+        assert bad_json.stderr.startswith("error: --data is not valid JSON")
