@@ -29,7 +29,6 @@ class RuntimeSpec(_Strict):
     handler: str | None = None
     command: list[str] | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
-    templates: bool = True
 
     @field_validator("handler")
     @classmethod
@@ -89,8 +88,6 @@ class ScalingSpec(_Strict):
     max_scale_down_rate: float = Field(default=2.0, gt=1)
     scale_down_delay_s: float = Field(default=0.0, ge=0, le=3600)
     tick_s: float = Field(default=2.0, gt=0, le=60)
-    idle_mode: bool = False
-    idle_after_s: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSpec:
