@@ -37,7 +37,9 @@ def process_alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def torpor_cli(*args: str, server: str | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def torpor_cli(
+    *args: str, server: str | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
     if server is not None:
         env["TORPOR_SERVER"] = server

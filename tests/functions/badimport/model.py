@@ -1,7 +1,8 @@
 """Test function whose module cannot be imported."""
 
-import torpor
 import torpor_no_such_module  # noqa: F401
+
+import torpor
 
 
 class Broken(torpor.Model):
