@@ -1,0 +1,148 @@
+"""Per-second concurrency and request counts, as Knative's autoscaler sees them.
+
+The gateway knows every change in the number of requests in the system (in flight + queued), so it
+records *changes* and the recorder integrates them into one-second buckets. Knative's autoscaler
+keeps the same shape (``pkg/autoscaler/aggregation/bucketing.go``): one bucket per second, and a
+window average over the last ``ceil(window_s)`` buckets. Two facts carry over:
+
+- the current second is a whole bucket: its level is assumed to hold until the second ends. That is
+  what makes a request arriving at a function scaled to zero show up *at once* (1 request for the
+  rest of this second is 1/60 over a 60 s window, so the desired count is at least 1), instead of
+  after the next tick, and it is what Knative's activator gets by sending a stat the moment a
+  request arrives;
+- a window that reaches back before the first record counts only from the first record, so a new
+  function is not diluted by seconds it did not exist.
+
+Unlike Knative's scraped buckets there are no gaps: a second with no change carries the last level
+(the gateway saw nothing change, so the level is known). Only seconds in which something happened
+get a bucket, and buckets older than ``retention_s`` are dropped, so memory is O(window) and
+``record`` is O(1) amortised with at most one allocation per second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+DEFAULT_RETENTION_S = 3600  # the longest stable window ScalingSpec allows
+
+
+class _Bucket:
+    """A second in which something changed; ``area`` is request·seconds from its start to ``t``."""
+
+    __slots__ = ("area", "level", "requests", "second", "t")
+
+    def __init__(self, second: int, area: float, t: float, level: int) -> None:
+        self.second = second
+        self.area = area
+        self.t = t  # time of the last change in this second
+        self.level = level  # in-system count after that change, carried until the next bucket
+        self.requests = 0
+
+    def full_area(self) -> float:
+        """Request·seconds over the whole second, the last level held to its end."""
+        return self.area + self.level * (self.second + 1 - self.t)
+
+
+class ConcurrencyRecorder:
+    """Time-weighted in-system concurrency and arrivals of one function, per second."""
+
+    def __init__(self, retention_s: int = DEFAULT_RETENTION_S) -> None:
+        if retention_s < 1:
+            raise ValueError(f"retention_s must be at least 1, got {retention_s}")
+        self.retention_s = retention_s
+        self._buckets: deque[_Bucket] = deque()
+        self._first_at: float | None = None
+        self._last_request_at: float | None = None
+        self._dropped_level: int | None = None  # level carried out of the newest dropped bucket
+
+    @property
+    def current(self) -> int:
+        """Requests in the system right now (in flight + queued)."""
+        return self._buckets[-1].level if self._buckets else 0
+
+    @property
+    def buckets_held(self) -> int:
+        """Seconds kept in memory: at most ``retention_s``, one per second in which something changed."""
+        return len(self._buckets)
+
+    @property
+    def last_request_at(self) -> float | None:
+        """When the last request arrived, or None if none ever did."""
+        return self._last_request_at
+
+    def record(self, now: float, in_system: int) -> None:
+        """The number of requests in the system changed to ``in_system`` at ``now``."""
+        if in_system < 0:
+            raise ValueError(f"in_system cannot be negative, got {in_system}")
+        self._touch(now).level = in_system
+
+    def record_request(self, now: float) -> None:
+        """A request arrived at ``now`` (counted for ``rate`` and the scale-to-zero grace)."""
+        bucket = self._touch(now)
+        bucket.requests += 1
+        self._last_request_at = bucket.t
+
+    def window_average(self, now: float, window_s: float) -> float:
+        """Average in-system concurrency over the last ``ceil(window_s)`` seconds up to ``now``."""
+        area, _, span = self._window(now, window_s)
+        return area / span if span > 0 else 0.0
+
+    def rate(self, now: float, window_s: float) -> float:
+        """Arrivals per second over the same window as ``window_average``."""
+        _, requests, span = self._window(now, window_s)
+        return requests / span if span > 0 else 0.0
+
+    def _touch(self, now: float) -> _Bucket:
+        """The bucket for ``now``, with its area brought up to ``now``; opens one per new second."""
+        if not self._buckets:
+            self._first_at = now
+            bucket = _Bucket(int(now), 0.0, now, 0)
+            self._buckets.append(bucket)
+            return bucket
+        last = self._buckets[-1]
+        now = max(now, last.t)  # a late caller is taken as "at the last record", never backwards
+        second = int(now)
+        if second == last.second:
+            last.area += last.level * (now - last.t)
+            last.t = now
+            return last
+        # The seconds between ``last`` and now carried last.level; the new one starts at that level.
+        bucket = _Bucket(second, last.level * (now - second), now, last.level)
+        self._buckets.append(bucket)
+        oldest_kept = second - self.retention_s + 1
+        while self._buckets[0].second < oldest_kept:
+            self._dropped_level = self._buckets.popleft().level
+        return bucket
+
+    def _window(self, now: float, window_s: float) -> tuple[float, int, float]:
+        """(request·seconds, arrivals, seconds covered) over the window ending with now's second.
+
+        The window is seconds ``end - n + 1 .. end`` with ``n = ceil(window_s)`` (Knative: 60 s of
+        1 s buckets = 60 buckets), but it never starts before the first record.
+        """
+        n = math.ceil(window_s)
+        if not 1 <= n <= self.retention_s:
+            raise ValueError(f"window_s must be within 1..{self.retention_s} s, got {window_s}")
+        if self._first_at is None:
+            return 0.0, 0, 0.0
+        end = int(max(now, self._buckets[-1].t))
+        start = end - n + 1
+        area, requests = 0.0, 0
+        covered_to = end + 1  # seconds [covered_to, end] are summed
+        carried: int | None = None
+        for bucket in reversed(self._buckets):
+            if bucket.second < start:
+                carried = bucket.level
+                break
+            area += bucket.level * (covered_to - bucket.second - 1)  # quiet seconds after it
+            area += bucket.full_area()
+            requests += bucket.requests
+            covered_to = bucket.second
+        if carried is None:
+            carried = self._dropped_level  # None: nothing before the first record to count
+        if carried is not None:
+            area += carried * (covered_to - start)
+        # e.g. first record at 100.0, window 60 s asked at 110.2: span = 111 - 100.0 = 11 s
+        span = end + 1 - max(start, self._first_at)
+        return area, requests, span
