@@ -69,10 +69,9 @@ class TestInvoke:
 
     def test_instances_api_shape(self, server: TorporServer) -> None:
         """Instances carry id, function, lowercase state, pid and started_at."""
-        server.invoke("echo", {})
-        rows = server.instances("echo")
-        assert len(rows) == 1
-        row = rows[0]
+        served_by = server.invoke("echo", {}).headers["x-torpor-instance"]
+        rows = {r["id"]: r for r in server.instances("echo")}
+        row = rows[served_by]
         assert row["function"] == "echo"
         assert row["state"] == "ready"
         assert process_alive(row["pid"])

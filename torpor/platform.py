@@ -11,6 +11,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from torpor.autoscaling.scaling_policies import (
+    ProvisionConfig,
+    parse_provision_config,
+    to_fc_json,
+)
 from torpor.backend.local import LocalBackend
 from torpor.clock import Clock, SystemClock
 from torpor.errors import NotFound, SpecError
@@ -47,8 +52,13 @@ class Platform:
                 log.error("cannot restore function %s: %s", record.name, exc)
                 continue
             self.reconciler.apply(spec, record.revision, Path(record.base_dir), record.source,
-                                  record.created_at, record.updated_at)
+                                  record.created_at, record.updated_at,
+                                  await self._stored_provision(record.name))
         self.reconciler.start()
+
+    async def _stored_provision(self, name: str) -> ProvisionConfig | None:
+        data = await self.store.run(self.store.get_provision, name)
+        return ProvisionConfig.model_validate(data) if data is not None else None
 
     async def shutdown(self) -> None:
         await self.reconciler.shutdown()
@@ -60,7 +70,7 @@ class Platform:
             self.store.put_function, spec.name, raw, str(base_dir), source, self.clock.now()
         )
         fn = self.reconciler.apply(spec, record.revision, base_dir, source, record.created_at,
-                                   record.updated_at)
+                                   record.updated_at, await self._stored_provision(spec.name))
         await self.store.run(self.store.add_event, spec.name, self.clock.now(), "deployed",
                              f"revision {record.revision} deployed from {source}")
         return fn
@@ -75,6 +85,33 @@ class Platform:
         self.function(name)
         await self.store.run(self.store.delete_function, name)
         await self.reconciler.remove(name)
+
+    async def set_provision(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Replace a function's provisioning config (torpor's shape or Function Compute's)."""
+        self.function(name)
+        config = parse_provision_config(data, source="provision config")
+        await self.store.run(self.store.put_provision, name, config.model_dump(mode="json"),
+                             self.clock.now())
+        await self.store.run(self.store.add_event, name, self.clock.now(), "provision",
+                             f"provisioning config set: target {config.target}, "
+                             f"{len(config.target_tracking)} target-tracking policies, "
+                             f"{len(config.scheduled)} scheduled actions")
+        self.reconciler.set_provision(name, config)
+        return self.provision(name)
+
+    def provision(self, name: str) -> dict[str, Any]:
+        """Target and current provisioned instances, as Function Compute's `s provision list`."""
+        fn = self.function(name)
+        current = sum(1 for i in fn.live() if i.provisioned and i.facts.ready_at is not None)
+        return {
+            "function": name,
+            "target": fn.decision.provisioned,
+            "current": current,
+            "configured_target": fn.provision.target,
+            "reason": fn.decision.reason,
+            "config": fn.provision.model_dump(mode="json"),
+            "fc": to_fc_json(fn.provision),
+        }
 
     async def events(self, name: str) -> list[dict[str, Any]]:
         return await self.store.run(self.store.list_events, name)

@@ -46,6 +46,10 @@ def function_to_api(fn: FunctionRuntime) -> dict[str, Any]:
         "concurrency": fn.spec.concurrency,
         "min_instances": fn.spec.scaling.min_instances,
         "max_instances": fn.spec.scaling.max_instances,
+        "desired": fn.decision.desired,
+        "provisioned": fn.decision.provisioned,
+        "panic": fn.decision.panic,
+        "scaling_reason": fn.decision.reason,
         "source": fn.source,
         "base_dir": str(fn.base_dir),
         "created_at": fn.created_at,
@@ -98,6 +102,16 @@ def create_api(platform: Platform) -> FastAPI:
     async def delete_function(name: str) -> dict[str, Any]:
         await platform.delete(name)
         return {"deleted": name}
+
+    @app.get("/api/v1/functions/{name}/provision", tags=["provision"])
+    async def get_provision(name: str) -> dict[str, Any]:
+        return platform.provision(name)
+
+    @app.put("/api/v1/functions/{name}/provision", tags=["provision"])
+    async def put_provision(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Body: torpor's shape (`target`, `target_tracking`, `scheduled`) or Function Compute's
+        provision.json (`target`, `targetTrackingPolicies`, `scheduledActions`)."""
+        return await platform.set_provision(name, body)
 
     @app.get("/api/v1/instances", tags=["instances"])
     async def list_instances(function: str | None = None, all: bool = False) -> list[dict[str, Any]]:

@@ -201,6 +201,51 @@ def invoke(
 
 
 @app.command()
+def provision(
+    name: str,
+    target: Annotated[int | None, typer.Option(help="Provisioned instances to keep.")] = None,
+    policies: Annotated[
+        Path | None,
+        typer.Option(help="provision.json (Function Compute's shape) or torpor's YAML/JSON shape."),
+    ] = None,
+    server: Server = DEFAULT_SERVER,
+    as_json: AsJson = False,
+) -> None:
+    """Show or set provisioned instances, with target-tracking and scheduled policies."""
+    client = ApiClient(server)
+    path = f"/api/v1/functions/{name}/provision"
+    if policies is not None:
+        import yaml
+
+        try:
+            data = yaml.safe_load(policies.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise CliError(f"cannot read --policies {policies}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise CliError(f"--policies {policies} is not valid JSON or YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise CliError(f"--policies {policies} must hold a mapping of fields")
+        if target is not None:
+            data["target"] = target
+        result = client.api("PUT", path, json=data)
+    elif target is not None:
+        config = client.api("GET", path)["config"]
+        result = client.api("PUT", path, json={**config, "target": target})
+    else:
+        result = client.api("GET", path)
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("FUNCTION", "TARGET", "CURRENT", "CONFIGURED", "POLICIES")
+    config = result["config"]
+    names = [f"tracking:{p['name']}" for p in config["target_tracking"]]
+    names += [f"scheduled:{a['name']}" for a in config["scheduled"]]
+    table.add_row(result["function"], str(result["target"]), str(result["current"]),
+                  str(result["configured_target"]), ", ".join(names) or "-")
+    out.print(table)
+
+
+@app.command()
 def delete(name: str, server: Server = DEFAULT_SERVER) -> None:
     """Delete a function and stop its instances."""
     ApiClient(server).api("DELETE", f"/api/v1/functions/{name}")

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torpor.autoscaling.autoscaler import AutoscalerState, ScaleDecision
+from torpor.autoscaling.kpa import KpaConfig
+from torpor.autoscaling.metrics import ConcurrencyRecorder
+from torpor.autoscaling.scaling_policies import ProvisionConfig
 from torpor.backend.local import ProcessHandle
 from torpor.gateway.route import Endpoint, FunctionRoute
 from torpor.lifecycle.state import InstanceFacts, InstanceState, derive_state
@@ -84,6 +88,11 @@ class FunctionRuntime:
     created_at: float
     updated_at: float
     instances: dict[str, Instance] = field(default_factory=dict)
+    provision: ProvisionConfig = field(default_factory=ProvisionConfig)
+    recorder: ConcurrencyRecorder = field(default_factory=ConcurrencyRecorder)
+    autoscaler: AutoscalerState = field(default_factory=AutoscalerState)
+    decision: ScaleDecision = field(default_factory=lambda: ScaleDecision(0, 0, False, "deployed"))
+    next_decision_at: float = 0.0
     failures: int = 0  # consecutive failed cold starts (drives the backoff)
     backoff_until: float = 0.0
     last_error: str | None = None
@@ -91,6 +100,10 @@ class FunctionRuntime:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def kpa_config(self) -> KpaConfig:
+        return KpaConfig.from_spec(self.spec.scaling, self.spec.concurrency)
 
     def live(self, *, current_only: bool = True) -> list[Instance]:
         """Instances starting, serving or frozen (of the current revision unless told otherwise)."""

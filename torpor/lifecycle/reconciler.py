@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from torpor.autoscaling import autoscaler
+from torpor.autoscaling.scaling_policies import PolicyState, ProvisionConfig
 from torpor.backend.local import LocalBackend, tail
 from torpor.clock import Clock
 from torpor.constants import (
@@ -31,12 +33,13 @@ from torpor.gateway.routing_policies import RoutingPolicy
 from torpor.gateway.upstream import UpstreamClient
 from torpor.lifecycle import launcher
 from torpor.lifecycle.instance import FunctionRuntime, Instance
-from torpor.lifecycle.scaling import desired_instances
 from torpor.lifecycle.state import InstanceFacts, InstanceState
 from torpor.spec import FunctionSpec
 from torpor.store import Store
 
 log = logging.getLogger(__name__)
+
+_SERVING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FROZEN})
 
 
 class Reconciler:
@@ -56,8 +59,13 @@ class Reconciler:
     # deploy / delete ---------------------------------------------------------------------------
 
     def apply(self, spec: FunctionSpec, revision: int, base_dir: Path, source: str,
-              created_at: float, updated_at: float) -> FunctionRuntime:
-        """Install (or replace) a function's spec. Old instances keep serving until replaced."""
+              created_at: float, updated_at: float,
+              provision: ProvisionConfig | None = None) -> FunctionRuntime:
+        """Install (or replace) a function's spec. Old instances keep serving until replaced.
+
+        ``provision`` is a provisioning config set through the API; without one the spec's
+        ``scaling.provisioned`` is the static target.
+        """
         existing = self.functions.get(spec.name)
         if existing is not None:
             route = existing.route
@@ -69,6 +77,8 @@ class Reconciler:
             existing.spec, existing.revision, existing.base_dir = spec, revision, base_dir
             existing.source, existing.updated_at = source, updated_at
             existing.failures, existing.backoff_until, existing.last_error = 0, 0.0, None
+            existing.provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
+            existing.next_decision_at = 0.0
             self.poke()
             return existing
         route = FunctionRoute(
@@ -81,7 +91,9 @@ class Reconciler:
             on_demand=self.poke,
         )
         fn = FunctionRuntime(spec=spec, revision=revision, base_dir=base_dir, source=source,
-                             route=route, created_at=created_at, updated_at=updated_at)
+                             route=route, created_at=created_at, updated_at=updated_at,
+                             provision=provision or ProvisionConfig(target=spec.scaling.provisioned))
+        route.observer = fn.recorder
         self.functions[spec.name] = fn
         self.routes[spec.name] = route
         self.poke()
@@ -115,18 +127,27 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RECONCILE_INTERVAL_S)
 
+    def set_provision(self, name: str, provision: ProvisionConfig) -> None:
+        fn = self.functions[name]
+        fn.provision = provision
+        fn.autoscaler = autoscaler.AutoscalerState(fn.autoscaler.kpa, PolicyState())
+        fn.next_decision_at = 0.0
+        self.poke()
+
     def reconcile(self, fn: FunctionRuntime) -> None:
         now = self.clock.now()
         live = fn.live()
-        desired = desired_instances(
-            fn.spec, in_system=fn.route.in_system, last_request_at=fn.route.last_request_at,
-            live=len(live), now=now,
-        )
+        # Decide every tick_s, and at once while requests wait (e.g. a request at zero instances).
+        if now >= fn.next_decision_at or fn.route.queued > 0:
+            self._decide(fn, live, now)
+        desired = fn.decision.desired
+        self._mark_provisioned(fn, live, fn.decision.provisioned)
         if len(live) < desired:
             if now < fn.backoff_until:
                 return
-            for _ in range(desired - len(live)):
-                self._spawn(fn)
+            provisioned = sum(1 for i in live if i.provisioned)
+            for n in range(desired - len(live)):
+                self._spawn(fn, provisioned=provisioned + n < fn.decision.provisioned)
         elif len(live) > desired:
             idle = [i for i in live if i.state == InstanceState.READY]
             idle.sort(key=lambda i: (i.provisioned, -(i.facts.ready_at or 0)))
@@ -139,9 +160,31 @@ class Reconciler:
                 if instance.revision != fn.revision:
                     self._drain_soon(fn, instance, f"replaced by revision {fn.revision}")
 
+    def _decide(self, fn: FunctionRuntime, live: list[Instance], now: float) -> None:
+        ready = sum(1 for i in live if i.state in _SERVING)
+        decision, fn.autoscaler = autoscaler.decide(
+            fn.kpa_config, fn.provision, fn.recorder,
+            concurrency=fn.spec.concurrency, ready=ready,
+            current_provisioned=sum(1 for i in live if i.provisioned),
+            now=now, state=fn.autoscaler,
+        )
+        fn.next_decision_at = now + fn.spec.scaling.tick_s
+        if decision.desired != fn.decision.desired:
+            self._event(fn.name, "scaled",
+                        f"{fn.name} {fn.decision.desired}→{decision.desired}: {decision.reason}")
+        fn.decision = decision
+
+    @staticmethod
+    def _mark_provisioned(fn: FunctionRuntime, live: list[Instance], count: int) -> None:
+        """The oldest ``count`` live instances are the provisioned ones (routed to first)."""
+        for n, instance in enumerate(sorted(live, key=lambda i: i.facts.started_at)):
+            instance.provisioned = n < count
+            if instance.endpoint is not None:
+                instance.endpoint.provisioned = instance.provisioned
+
     # starting ----------------------------------------------------------------------------------
 
-    def _spawn(self, fn: FunctionRuntime) -> None:
+    def _spawn(self, fn: FunctionRuntime, provisioned: bool = False) -> None:
         instance_id = f"{fn.name}-{fn.revision}-{secrets.token_hex(3)}"
         logs = self.data_dir / "logs" / fn.name
         instance = Instance(
@@ -149,6 +192,7 @@ class Reconciler:
             facts=InstanceFacts(started_at=self.clock.now()),
             stdout_path=logs / f"{instance_id}.stdout.log",
             stderr_path=logs / f"{instance_id}.stderr.log",
+            provisioned=provisioned,
         )
         fn.instances[instance_id] = instance
         fn.route.failure = None

@@ -94,6 +94,25 @@ class Store:
     def delete_function(self, name: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(tables.functions).where(tables.functions.c.name == name))
+            conn.execute(
+                delete(tables.provision_configs).where(tables.provision_configs.c.function == name)
+            )
+
+    # provisioning configs (set through the API; they outlive redeploys) --------------------------
+
+    def put_provision(self, function: str, config: dict[str, Any], now: float) -> None:
+        t = tables.provision_configs
+        with self.engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.function == function))
+            conn.execute(
+                insert(t).values(function=function, config_json=json.dumps(config), updated_at=now)
+            )
+
+    def get_provision(self, function: str) -> dict[str, Any] | None:
+        t = tables.provision_configs
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.c.config_json).where(t.c.function == function)).first()
+        return dict(json.loads(row.config_json)) if row else None
 
     # instances -----------------------------------------------------------------------------
 

@@ -45,3 +45,11 @@ events = Table(
     Column("kind", String(32), nullable=False),
     Column("message", Text, nullable=False),
 )
+
+provision_configs = Table(
+    "provision_configs",
+    metadata,
+    Column("function", String(63), primary_key=True),
+    Column("config_json", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

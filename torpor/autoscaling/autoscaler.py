@@ -1,0 +1,62 @@
+"""One function's scaling decision: the KPA's desired count and the provisioned target together.
+
+total = clamp(max(provisioned target, KPA desired), ·, max_instances) (seed 000: provisioned instances
+are kept whatever the traffic; on-demand ones come and go with the KPA). Pure: the caller passes the
+metrics window, ``now`` and the state, and keeps the returned state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torpor.autoscaling import kpa
+from torpor.autoscaling.kpa import ConcurrencyWindow, KpaConfig, KpaInputs, KpaState
+from torpor.autoscaling.scaling_policies import (
+    PolicyInputs,
+    PolicyState,
+    ProvisionConfig,
+    provisioned_target,
+)
+
+
+@dataclass(frozen=True)
+class ScaleDecision:
+    desired: int  # instances in all
+    provisioned: int  # how many of them are provisioned (kept when idle)
+    panic: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class AutoscalerState:
+    kpa: KpaState = field(default_factory=KpaState)
+    policy: PolicyState = field(default_factory=PolicyState)
+
+
+def decide(
+    config: KpaConfig,
+    provision: ProvisionConfig,
+    window: ConcurrencyWindow,
+    *,
+    concurrency: int,
+    ready: int,
+    current_provisioned: int,
+    now: float,
+    state: AutoscalerState,
+) -> tuple[ScaleDecision, AutoscalerState]:
+    inputs = KpaInputs.observe(window, config, now, ready)
+    kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
+    policy_inputs = PolicyInputs(
+        in_system=inputs.stable_average,
+        current_provisioned=current_provisioned,
+        concurrency=concurrency,
+    )
+    target, policy_state = provisioned_target(provision, policy_inputs, now, state.policy)
+    provisioned = min(target.target, config.max_instances)
+    desired = min(max(provisioned, kpa_decision.desired), config.max_instances)
+    if provisioned > kpa_decision.desired:
+        reason = f"provisioned {provisioned} ({target.reason}); KPA: {kpa_decision.reason}"
+    else:
+        reason = kpa_decision.reason
+    decision = ScaleDecision(desired, provisioned, kpa_decision.panic, reason)
+    return decision, AutoscalerState(kpa_state, policy_state)
