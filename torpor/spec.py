@@ -96,6 +96,11 @@ class ScalingSpec(_Strict):
                 f"scaling.min_instances ({self.min_instances}) exceeds "
                 f"scaling.max_instances ({self.max_instances})"
             )
+        if self.initial_instances > self.max_instances:
+            raise ValueError(
+                f"scaling.initial_instances ({self.initial_instances}) exceeds "
+                f"scaling.max_instances ({self.max_instances})"
+            )
         if self.provisioned > self.max_instances:
             raise ValueError(
                 f"scaling.provisioned ({self.provisioned}) exceeds "
@@ -111,6 +116,16 @@ class QueueSpec(_Strict):
 
 class RoutingSpec(_Strict):
     policy: str = "least_outstanding"
+
+    @field_validator("policy")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from torpor.gateway.routing_policies import RoutingPolicy
+
+        if value not in RoutingPolicy.registry:
+            valid = ", ".join(sorted(RoutingPolicy.registry))
+            raise ValueError(f"unknown routing policy {value!r}; valid policies: {valid}")
+        return value
 
 
 class FunctionSpec(_Strict):
@@ -186,7 +201,7 @@ def _check_files(spec: FunctionSpec, base_dir: Path) -> list[str]:
         if not any(c.is_file() for c in candidates) and not _installed(module):
             problems.append(
                 f"runtime.handler: module {module!r} not found in {base_dir} "
-                f"(looked for {candidates[0].name} and {relative}/__init__.py)"
+                f"(looked for {relative}.py and {relative}/__init__.py)"
             )
     if spec.model is not None:
         model_path = resolve_model_path(spec, base_dir)

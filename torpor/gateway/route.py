@@ -115,6 +115,7 @@ class FunctionRoute:
             failure = self.failure
             raise type(failure)(failure.message, retry_after_s=failure.retry_after_s)
         if len(self._waiters) >= self.max_queued:
+            self.on_demand()  # with max_queued 0 this is the only sign of demand at zero instances
             raise QueueFull(
                 f"function {self.name!r} has {len(self._waiters)} requests queued, "
                 f"the limit of queue.max_queued",

@@ -56,12 +56,18 @@ class ModelApp:
         except BadPayload as exc:
             await _reply(send, 400, _JSON_HEADERS, error_body(str(exc), "bad_request"))
             return
+        name = type(self.model).__name__
         try:
             result = await self._predict(payload)
-            status, headers, out = encode_result(result)
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
-            message = f"{type(self.model).__name__}.predict raised {type(exc).__name__}: {exc}"
+            message = f"{name}.predict raised {type(exc).__name__}: {exc}"
+            await _reply(send, 500, _JSON_HEADERS, error_body(message, "handler_error"))
+            return
+        try:
+            status, headers, out = encode_result(result)
+        except (TypeError, ValueError) as exc:
+            message = f"{name}.predict returned a value torpor cannot encode as JSON: {exc}"
             await _reply(send, 500, _JSON_HEADERS, error_body(message, "handler_error"))
             return
         await _reply(send, status, headers, out)

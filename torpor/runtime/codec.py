@@ -1,12 +1,14 @@
 """Request bodies to payloads and handler results to responses, both ways predictable.
 
-Body in: JSON content types (and bodies with no useful type that parse as JSON) become Python data,
-``text/*`` becomes ``str``, anything else ``bytes``. Result out: :class:`torpor.Response` as given,
+Body in: JSON content types become Python data, and so do bodies with no content type or curl's
+default form type when they parse as JSON; ``text/*`` becomes ``str`` (in its charset); any other
+declared type stays ``bytes``. Result out: :class:`torpor.Response` as given,
 ``bytes`` as octet-stream, ``str`` as text, anything else as JSON.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any
 
@@ -19,21 +21,37 @@ class BadPayload(ValueError):
     """The body claims to be JSON but is not."""
 
 
+_SNIFFED = frozenset({b"", b"application/x-www-form-urlencoded"})  # curl -d's default type
+
+
 def decode_body(body: bytes, content_type: bytes) -> Any:
-    ctype = content_type.split(b";", 1)[0].strip().lower()
+    ctype, _, params = content_type.partition(b";")
+    ctype = ctype.strip().lower()
     if ctype.startswith(b"text/"):
-        return body.decode("utf-8", errors="replace")
-    if ctype == b"application/octet-stream":
-        return body
+        return body.decode(_charset(params), errors="replace")
     is_json = ctype == JSON or ctype.endswith(b"+json")
+    if not is_json and ctype not in _SNIFFED:
+        return body
     if not body:
-        return None if (is_json or not ctype) else body
+        return None
     try:
         return json.loads(body)
     except ValueError as exc:
         if is_json:
             raise BadPayload(f"request body is not valid JSON: {exc}") from None
         return body
+
+
+def _charset(params: bytes) -> str:
+    for param in params.split(b";"):
+        key, _, value = param.partition(b"=")
+        if key.strip().lower() == b"charset":
+            name = value.strip().strip(b'"').decode("ascii", errors="replace")
+            try:
+                return codecs.lookup(name).name
+            except LookupError:
+                break
+    return "utf-8"
 
 
 def encode_result(result: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -49,6 +67,8 @@ def encode_result(result: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         body, default = result.encode(), b"text/plain; charset=utf-8"
     else:
         body, default = json.dumps(result, separators=(",", ":")).encode(), JSON
+    if any(key == b"content-type" for key, _ in extra):
+        return status, extra, body
     headers = [(b"content-type", ctype.encode() if ctype else default), *extra]
     return status, headers, body
 
