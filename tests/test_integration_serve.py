@@ -85,6 +85,15 @@ class TestInvoke:
         assert "/api/v1/instances" in spec["paths"]
         assert server.http.get("/healthz").json()["status"] == "ok"
 
+    def test_prometheus_metrics(self, server: TorporServer) -> None:
+        """/metrics has instance counts by state, request counts and the cold-start histogram."""
+        server.invoke("echo", {})
+        text = server.http.get("/metrics").text
+        assert 'torpor_instances{function="echo",state="ready"} 1.0' in text
+        assert 'torpor_queued_requests{function="echo"} 0.0' in text
+        assert 'torpor_cold_start_seconds_count{function="echo",phase="total"} 1.0' in text
+        assert 'torpor_requests_total{function="echo"}' in text
+
 
 class TestEmbeddings:
     def test_real_model_vectors(self, make_server: Any) -> None:

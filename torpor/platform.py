@@ -19,7 +19,7 @@ from torpor.autoscaling.scaling_policies import (
 from torpor.backend.local import LocalBackend
 from torpor.clock import Clock, SystemClock
 from torpor.errors import NotFound, SpecError
-from torpor.lifecycle.instance import FunctionRuntime
+from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.reconciler import Reconciler
 from torpor.spec import parse_spec
 from torpor.store import Store
@@ -35,10 +35,21 @@ class Platform:
         self.clock = clock or SystemClock()
         self.store = Store(data_dir / DB_FILENAME)
         self.reconciler = Reconciler(self.store, self.clock, data_dir, LocalBackend())
+        from torpor.api.metrics import Metrics
+
+        self.metrics = Metrics(self)
+        self.reconciler.on_ready = self._observe_cold_start
 
     @property
     def functions(self) -> dict[str, FunctionRuntime]:
         return self.reconciler.functions
+
+    def _observe_cold_start(self, instance: Instance) -> None:
+        for phase, seconds in instance.cold_start().items():
+            if seconds is not None:
+                self.metrics.cold_start.labels(instance.function, phase.removesuffix("_s")).observe(
+                    seconds
+                )
 
     async def startup(self) -> None:
         """Close what a previous server left open, restore deployed functions, start reconciling."""

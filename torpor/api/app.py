@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from torpor import __version__
@@ -80,6 +80,12 @@ def create_api(platform: Platform) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "functions": len(platform.functions)}
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(platform.metrics.render(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/v1/functions", tags=["functions"])
     async def list_functions() -> list[dict[str, Any]]:

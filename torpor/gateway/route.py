@@ -89,6 +89,7 @@ class FunctionRoute:
         self.endpoints: list[Endpoint] = []
         self.in_flight = 0
         self.last_request_at: float | None = None
+        self.requests = 0  # received, for /metrics
         # Set while the function cannot start an instance (failed cold start, in backoff):
         # new requests fail fast with it instead of waiting for a queue timeout.
         self.failure: GatewayError | None = None
@@ -105,6 +106,7 @@ class FunctionRoute:
     async def acquire(self) -> Lease:
         now = self.clock.now()
         self.last_request_at = now
+        self.requests += 1
         if self.observer is not None:
             self.observer.record_request(now)
         endpoint = self.policy.choose(self.endpoints)

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ class Reconciler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.on_ready: Callable[[Instance], None] = lambda instance: None
 
     # deploy / delete ---------------------------------------------------------------------------
 
@@ -221,6 +223,7 @@ class Reconciler:
         fn.failures, fn.backoff_until, fn.last_error = 0, 0.0, None
         fn.route.add_endpoint(instance.endpoint)
         self._save(instance)
+        self.on_ready(instance)
         total = instance.cold_start()["total_s"]
         self._event(fn.name, "started", f"instance {instance.id} ready in {total:.3f}s")
 

@@ -1,0 +1,68 @@
+"""``/metrics`` in the Prometheus text format.
+
+Gauges are read from the platform's in-memory state at scrape time (no work on the request path);
+the cold-start histogram is observed when an instance becomes ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from torpor.lifecycle.state import InstanceState
+
+if TYPE_CHECKING:
+    from torpor.platform import Platform
+
+COLD_START_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class PlatformCollector(Collector):
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    def collect(self) -> Iterator[Metric]:
+        instances = GaugeMetricFamily("torpor_instances", "Instances by function and state.",
+                                      labels=["function", "state"])
+        in_flight = GaugeMetricFamily("torpor_in_flight_requests", "Requests being served.",
+                                      labels=["function"])
+        queued = GaugeMetricFamily("torpor_queued_requests", "Requests waiting for an instance.",
+                                   labels=["function"])
+        desired = GaugeMetricFamily("torpor_desired_instances", "The autoscaler's desired count.",
+                                    labels=["function"])
+        provisioned = GaugeMetricFamily("torpor_provisioned_target", "Provisioned target.",
+                                        labels=["function"])
+        requests = CounterMetricFamily("torpor_requests", "Requests received by the gateway.",
+                                       labels=["function"])
+        for name, fn in self.platform.functions.items():
+            counts = dict.fromkeys(InstanceState, 0)
+            for instance in fn.instances.values():
+                counts[instance.state] += 1
+            for state, count in counts.items():
+                instances.add_metric([name, state.value], count)
+            in_flight.add_metric([name], fn.route.in_flight)
+            queued.add_metric([name], fn.route.queued)
+            desired.add_metric([name], fn.decision.desired)
+            provisioned.add_metric([name], fn.decision.provisioned)
+            requests.add_metric([name], fn.route.requests)
+        yield from (instances, in_flight, queued, desired, provisioned, requests)
+
+
+class Metrics:
+    def __init__(self, platform: Platform) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(PlatformCollector(platform))
+        self.cold_start = Histogram(
+            "torpor_cold_start_seconds",
+            "Time from starting an instance to ready, by phase (spawn, initialize, total).",
+            ["function", "phase"],
+            buckets=COLD_START_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
