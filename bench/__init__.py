@@ -1,0 +1,1 @@
+"""Benchmarks: each prints medians with min/max and writes JSON under bench/results/."""

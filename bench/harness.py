@@ -1,0 +1,104 @@
+"""Shared pieces for the benchmarks: a real `torpor serve` in a temp dir, timing and tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`torpor serve` on a free port with its own data dir; stopped with SIGTERM."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="torpor-bench-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(self.tmp / "serve.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "torpor", "serve", "--port", str(self.port),
+             "--data-dir", str(self.tmp / "data"), "--log-level", "warning"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        self.http = httpx.Client(base_url=self.url, timeout=120)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"torpor serve did not start; see {self.tmp / 'serve.log'}")
+
+    def deploy(self, folder: Path, **overrides: Any) -> None:
+        """Deploy a copy of ``folder`` with ``overrides`` merged into its spec."""
+        spec = yaml.safe_load((folder / "torpor.yaml").read_text())
+        for key, value in overrides.items():
+            spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+        response = self.http.post("/api/v1/functions", json={
+            "spec": spec, "base_dir": str(folder), "source": str(folder / "torpor.yaml")})
+        response.raise_for_status()
+
+    def delete(self, name: str) -> None:
+        self.http.delete(f"/api/v1/functions/{name}").raise_for_status()
+
+    def wait_no_instances(self, name: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = self.http.get("/api/v1/instances").json()
+            if not [r for r in rows if r["function"] == name]:
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"{name} still has instances after {timeout_s}s")
+
+    def close(self) -> None:
+        self.http.close()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "n": len(samples)}
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.1f}"
+
+
+def print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
+    print(f"\n{title}")
+    print(f"  {'case':<40} {'median ms':>10} {'min ms':>10} {'max ms':>10} {'n':>4}")
+    for name, s in rows:
+        print(f"  {name:<40} {ms(s['median']):>10} {ms(s['min']):>10} {ms(s['max']):>10} "
+              f"{int(s['n']):>4}")
+
+
+def write_json(name: str, data: Any) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
