@@ -1,9 +1,13 @@
 """Cold start: zero instances → first response, through a real `torpor serve`.
 
-    .venv/bin/python -m bench.coldstart [--runs 7]
+    .venv/bin/python -m bench.coldstart [--runs 7] [--no-ray]
 
-Each round deploys the function afresh (so it has no instance), sends one request and times it to the
-last byte; the instance's own breakdown (spawn → listening, listening → ready) comes from the API.
+For the echo handler and the embeddings model, each with templates on (forked from a snapshot) and
+off (a plain process spawn + import + load): every round deploys the function afresh, so it has no
+instance (with templates, the new revision's template is ready first: it exists for as long as the
+function is deployed), sends one request and times it to the last byte. The instance's own breakdown
+comes from the API. Ray Serve 2.60 scaling a no-op from zero runs in the same invocation (skipped
+with a message if it cannot be installed). Ratios are printed.
 """
 
 from __future__ import annotations
@@ -12,17 +16,33 @@ import argparse
 import time
 from typing import Any
 
-from bench.harness import ROOT, Server, print_table, summary, write_json
+from bench.harness import ROOT, Server, ms, print_table, summary, write_json
 
 CASES = {
     "echo": (ROOT / "examples" / "echo", {}),
     "embeddings": (ROOT / "examples" / "embeddings", {"texts": ["A man is eating food."]}),
 }
+PHASES = ("fork_s", "spawn_s", "setup_s", "initialize_s")
 
 
-def one_cold_start(server: Server, name: str, payload: Any) -> dict[str, float]:
+def wait_template(server: Server, name: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        template = server.http.get(f"/api/v1/functions/{name}").json()["template"]
+        if template and template["state"] == "ready":
+            return
+        if template and template["state"] == "failed":
+            raise RuntimeError(f"{name}: template failed; see {template['stderr_log']}")
+        time.sleep(0.02)
+    raise RuntimeError(f"{name}: template not ready in {timeout_s}s")
+
+
+def one_cold_start(server: Server, name: str, payload: Any, templates: bool) -> dict[str, float]:
     folder, _ = CASES[name]
-    server.deploy(folder, scaling={"min_instances": 0, "max_instances": 1})
+    server.deploy(folder, runtime={"templates": templates},
+                  scaling={"min_instances": 0, "max_instances": 1})
+    if templates:
+        wait_template(server, name)
     started = time.perf_counter()
     response = server.http.post(f"/fn/{name}/invoke", json=payload)
     elapsed = time.perf_counter() - started
@@ -33,28 +53,56 @@ def one_cold_start(server: Server, name: str, payload: Any) -> dict[str, float]:
     breakdown = rows[instance]["cold_start"]
     server.delete(name)
     server.wait_no_instances(name)
-    return {"first_response_s": elapsed, "spawn_s": breakdown["spawn_s"],
-            "initialize_s": breakdown["initialize_s"]}
+    sample = {"first_response_s": elapsed}
+    sample.update({k: breakdown[k] for k in PHASES if breakdown.get(k) is not None})
+    return sample
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Serve peer")
     args = parser.parse_args()
     server = Server()
     results: dict[str, Any] = {}
     try:
         for name, (_, payload) in CASES.items():
-            one_cold_start(server, name, payload)  # warm the page cache once
-            runs = [one_cold_start(server, name, payload) for _ in range(args.runs)]
-            results[name] = {key: summary([r[key] for r in runs]) for key in runs[0]}
+            for templates in (True, False):
+                key = f"{name}, templates {'on' if templates else 'off'}"
+                one_cold_start(server, name, payload, templates)  # page cache, imports
+                runs = [one_cold_start(server, name, payload, templates) for _ in range(args.runs)]
+                results[key] = {k: summary([r[k] for r in runs]) for k in runs[0]}
     finally:
         server.close()
-    rows = [(f"{name}: {key}", stats) for name, by_key in results.items()
-            for key, stats in by_key.items()]
-    print_table("cold start, zero instances → first response (spawn: process start → listening; "
-                "initialize: /initialize)", rows)
+    ray = None if args.no_ray else _ray(args.runs)
+    if ray is not None:
+        results["ray serve 2.60 no-op, scale from zero"] = {"first_response_s": summary(ray)}
+
+    rows = [(f"{case}: {k}", stats) for case, by_key in results.items()
+            for k, stats in by_key.items()]
+    print_table("cold start, zero instances → first response (fork/spawn: start → listening, "
+                "incl. setup; initialize: /initialize)", rows)
+    first = {case: by_key["first_response_s"]["median"] for case, by_key in results.items()}
+    print("\nratios of medians (first response):")
+    for name in CASES:
+        on, off = first[f"{name}, templates on"], first[f"{name}, templates off"]
+        print(f"  {name}: templates off / on = {off / on:.1f}×  ({ms(off)} ms vs {ms(on)} ms)")
+        if ray is not None:
+            peer = first["ray serve 2.60 no-op, scale from zero"]
+            print(f"  {name}: Ray Serve from zero / torpor templates on = {peer / on:.0f}×")
     print(f"\nwrote {write_json('coldstart', results)}")
+
+
+def _ray(runs: int) -> list[float] | None:
+    try:
+        from bench import ray_peer
+    except ImportError:
+        print("Ray Serve peer: bench/ray_peer.py not available; skipped")
+        return None
+    python = ray_peer.ensure_ray_venv()
+    if python is None:
+        return None
+    return ray_peer.measure_scale_from_zero(python, runs)
 
 
 if __name__ == "__main__":

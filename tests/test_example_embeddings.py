@@ -134,11 +134,14 @@ def test_64_texts_is_accepted(model: Any) -> None:
 def test_threads_default_to_1_and_follow_the_env(
     example: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    instance = example.Embeddings()
-    instance.load()
+    """One thread: the session is built in load() (no pool, fork-safe); more: in setup()."""
     monkeypatch.delenv("TORPOR_EMBED_THREADS", raising=False)
-    instance.setup()
-    assert instance.session.get_session_options().intra_op_num_threads == 1
+    single = example.Embeddings()
+    single.load()
+    assert single.session.get_session_options().intra_op_num_threads == 1
     monkeypatch.setenv("TORPOR_EMBED_THREADS", "2")
-    instance.setup()
-    assert instance.session.get_session_options().intra_op_num_threads == 2
+    pooled = example.Embeddings()
+    pooled.load()
+    assert not hasattr(pooled, "session")
+    pooled.setup()
+    assert pooled.session.get_session_options().intra_op_num_threads == 2

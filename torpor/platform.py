@@ -16,6 +16,7 @@ from torpor.autoscaling.scaling_policies import (
     parse_provision_config,
     to_fc_json,
 )
+from torpor.backend.forked import enable_subreaper, forking_supported
 from torpor.backend.local import LocalBackend
 from torpor.clock import Clock, SystemClock
 from torpor.errors import NotFound, SpecError
@@ -34,7 +35,8 @@ class Platform:
         self.data_dir = data_dir
         self.clock = clock or SystemClock()
         self.store = Store(data_dir / DB_FILENAME)
-        self.reconciler = Reconciler(self.store, self.clock, data_dir, LocalBackend())
+        self.reconciler = Reconciler(self.store, self.clock, data_dir, LocalBackend(),
+                                     templates=forking_supported() and enable_subreaper())
         from torpor.api.metrics import Metrics
 
         self.metrics = Metrics(self)
@@ -46,7 +48,7 @@ class Platform:
 
     def _observe_cold_start(self, instance: Instance) -> None:
         for phase, seconds in instance.cold_start().items():
-            if seconds is not None:
+            if isinstance(seconds, float):
                 self.metrics.cold_start.labels(instance.function, phase.removesuffix("_s")).observe(
                     seconds
                 )
@@ -85,6 +87,11 @@ class Platform:
         await self.store.run(self.store.add_event, spec.name, self.clock.now(), "deployed",
                              f"revision {record.revision} deployed from {source}")
         return fn
+
+    def template_info(self, name: str) -> dict[str, Any] | None:
+        templates = self.reconciler.templates
+        template = templates.by_function.get(name) if templates is not None else None
+        return template.to_api() if template is not None else None
 
     def function(self, name: str) -> FunctionRuntime:
         fn = self.functions.get(name)

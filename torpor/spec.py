@@ -29,6 +29,7 @@ class RuntimeSpec(_Strict):
     handler: str | None = None
     command: list[str] | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
+    templates: bool = True  # Python handlers: fork instances from a per-revision template
 
     @field_validator("handler")
     @classmethod

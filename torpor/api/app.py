@@ -27,7 +27,7 @@ class DeployRequest(BaseModel):
     source: str = "torpor.yaml"
 
 
-def function_to_api(fn: FunctionRuntime) -> dict[str, Any]:
+def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None) -> dict[str, Any]:
     live = fn.live(current_only=False)
     counts: dict[str, int] = {}
     for instance in live:
@@ -54,6 +54,7 @@ def function_to_api(fn: FunctionRuntime) -> dict[str, Any]:
         "base_dir": str(fn.base_dir),
         "created_at": fn.created_at,
         "updated_at": fn.updated_at,
+        "template": template,
         "spec": fn.spec.model_dump(mode="json"),
     }
 
@@ -87,19 +88,22 @@ def create_api(platform: Platform) -> FastAPI:
         return Response(platform.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def describe(fn: FunctionRuntime) -> dict[str, Any]:
+        return function_to_api(fn, platform.template_info(fn.name))
+
     @app.get("/api/v1/functions", tags=["functions"])
     async def list_functions() -> list[dict[str, Any]]:
-        return [function_to_api(fn) for fn in platform.functions.values()]
+        return [describe(fn) for fn in platform.functions.values()]
 
     @app.post("/api/v1/functions", tags=["functions"], status_code=201)
     async def deploy(body: DeployRequest) -> dict[str, Any]:
         fn = await platform.deploy(body.spec, Path(body.base_dir), body.source)
-        return function_to_api(fn)
+        return describe(fn)
 
     @app.get("/api/v1/functions/{name}", tags=["functions"])
     async def get_function(name: str) -> dict[str, Any]:
         fn = platform.function(name)
-        data = function_to_api(fn)
+        data = describe(fn)
         data["instance_list"] = [i.to_api() for i in fn.instances.values()]
         data["events"] = await platform.events(name)
         return data

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 _PR_SET_PDEATHSIG = 1
 
@@ -26,6 +27,19 @@ class LaunchPlan:
     stdout_path: Path
     stderr_path: Path
     env: dict[str, str] = field(default_factory=dict)
+
+
+class InstanceProcess(Protocol):
+    """What the reconciler needs of an instance's process, spawned or forked."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def signal_group(self, sig: signal.Signals) -> None: ...
 
 
 class ProcessHandle:
@@ -63,7 +77,7 @@ class LocalBackend:
             )
         return ProcessHandle(process)
 
-    async def stop(self, handle: ProcessHandle, grace_s: float) -> int:
+    async def stop(self, handle: InstanceProcess, grace_s: float) -> int:
         """SIGTERM the instance's process group, SIGKILL it after ``grace_s``."""
         if handle.returncode is None:
             handle.signal_group(signal.SIGTERM)

@@ -120,6 +120,8 @@ class Gateway:
             return True
         start = "cold" if endpoint.ready_at > arrived_at else "warm"
         await _stream(response, send, request_id, endpoint.instance_id, start)
+        if endpoint.first_response_at is None:
+            endpoint.first_response_at = self.clock.now()
         return True
 
 

@@ -28,8 +28,8 @@ class LoadObserver(Protocol):
 class Endpoint:
     """A READY instance as the gateway sees it. ``client`` forwards requests to it."""
 
-    __slots__ = ("accepting", "capacity", "client", "in_flight", "instance_id", "provisioned",
-                 "ready_at")
+    __slots__ = ("accepting", "capacity", "client", "first_response_at", "in_flight", "instance_id",
+                 "provisioned", "ready_at")
 
     def __init__(
         self,
@@ -47,6 +47,7 @@ class Endpoint:
         self.provisioned = provisioned
         self.in_flight = 0
         self.accepting = True
+        self.first_response_at: float | None = None
 
 
 class Lease:

@@ -10,7 +10,7 @@ from torpor.autoscaling.autoscaler import AutoscalerState, ScaleDecision
 from torpor.autoscaling.kpa import KpaConfig
 from torpor.autoscaling.metrics import ConcurrencyRecorder
 from torpor.autoscaling.scaling_policies import ProvisionConfig
-from torpor.backend.local import ProcessHandle
+from torpor.backend.local import InstanceProcess
 from torpor.gateway.route import Endpoint, FunctionRoute
 from torpor.lifecycle.state import InstanceFacts, InstanceState, derive_state
 from torpor.spec import FunctionSpec
@@ -26,8 +26,10 @@ class Instance:
     stderr_path: Path
     address: str = ""
     provisioned: bool = False
-    handle: ProcessHandle | None = None
+    handle: InstanceProcess | None = None
     endpoint: Endpoint | None = None
+    forked: bool = False  # forked from its revision's template rather than spawned
+    timings: dict[str, float] = field(default_factory=dict)  # reported by the runtime
 
     @property
     def in_flight(self) -> int:
@@ -37,14 +39,28 @@ class Instance:
     def state(self) -> InstanceState:
         return derive_state(self.facts, self.in_flight)
 
-    def cold_start(self) -> dict[str, float | None]:
-        """Seconds from start to listening, listening to ready (``/initialize``), and in all."""
+    def cold_start(self) -> dict[str, float | str | None]:
+        """Where the cold start went, in seconds.
+
+        ``spawn_s`` (or ``fork_s``): start → its server listens, which includes import and
+        ``load()`` for a spawned process and ``setup()`` for both; ``load_s``/``setup_s``/
+        ``warmup_s`` as the runtime measured them (a forked instance's ``load_s`` was paid once, by
+        its template); ``initialize_s``: listening → ready (``/initialize``); ``first_response_s``:
+        ready → the first response sent; ``total_s``: start → ready.
+        """
         f = self.facts
-        return {
-            "spawn_s": _span(f.started_at, f.listening_at),
+        first = self.endpoint.first_response_at if self.endpoint is not None else None
+        breakdown: dict[str, float | str | None] = {
+            "mode": "fork" if self.forked else "spawn",
+            ("fork_s" if self.forked else "spawn_s"): _span(f.started_at, f.listening_at),
             "initialize_s": _span(f.listening_at, f.ready_at),
+            "first_response_s": _span(f.ready_at, first),
             "total_s": _span(f.started_at, f.ready_at),
         }
+        for key in ("load_s", "setup_s", "warmup_s"):
+            if key in self.timings:
+                breakdown[key] = round(self.timings[key], 6)
+        return breakdown
 
     def record(self) -> dict[str, Any]:
         """The row kept in the store."""

@@ -7,24 +7,35 @@ last lines of the instance's stderr.
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
-from torpor.backend.local import LaunchPlan, LocalBackend, ProcessHandle
+from torpor.backend.local import InstanceProcess, LaunchPlan, LocalBackend
 from torpor.clock import Clock
 from torpor.gateway.upstream import UpstreamClient
 from torpor.lifecycle.instance import Instance
 from torpor.spec import FunctionSpec
 
+if TYPE_CHECKING:
+    from torpor.lifecycle.templates import Templates
+
 POLL_S = 0.003  # how often to try connecting while an instance starts
 
 
 class StartFailed(Exception):
-    """The instance could not become ready; the message says why."""
+    """The instance could not become ready; the message says why.
+
+    ``stderr_path`` names the log to show when it is not the instance's own (e.g. its template's).
+    """
+
+    def __init__(self, message: str, *, stderr_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.stderr_path = stderr_path
 
 
 def free_port() -> int:
@@ -36,14 +47,9 @@ def free_port() -> int:
 def launch_plan(
     spec: FunctionSpec, base_dir: Path, instance: Instance, socket_path: str, port: int | None
 ) -> LaunchPlan:
-    env = {
-        **os.environ,
-        **spec.env,
-        "TORPOR_FUNCTION": spec.name,
-        "TORPOR_INSTANCE": instance.id,
-        "TORPOR_REVISION": str(instance.revision),
-        "PYTHONUNBUFFERED": "1",
-    }
+    from torpor.lifecycle.templates import function_env
+
+    env = {**function_env(spec, instance.revision), "TORPOR_INSTANCE": instance.id}
     if spec.runtime.handler is not None:
         argv = [
             sys.executable, "-m", "torpor.runtime",
@@ -62,7 +68,7 @@ def launch_plan(
 
 
 async def wait_listening(
-    handle: ProcessHandle, *, socket_path: str | None, port: int | None, timeout_s: float
+    handle: InstanceProcess, *, socket_path: str | None, port: int | None, timeout_s: float
 ) -> None:
     """Return once the instance accepts connections; fail if it exits or takes too long."""
     loop = asyncio.get_running_loop()
@@ -88,15 +94,20 @@ async def wait_listening(
         exited.cancel()
 
 
-async def initialize(client: UpstreamClient, *, command: bool, timeout_s: float) -> None:
-    """``POST /initialize``; a command function that does not serve it (404/405) is fine."""
+async def initialize(client: UpstreamClient, *, command: bool, timeout_s: float) -> dict[str, float]:
+    """``POST /initialize``; a command function that does not serve it (404/405) is fine.
+
+    Returns the timings a torpor runtime reports (load_s, setup_s, warmup_s).
+    """
     try:
         async with client.session.post(
             client.base + "/initialize", data=b"", timeout=aiohttp.ClientTimeout(total=timeout_s)
         ) as response:
             body = await response.text(errors="replace")
-            if 200 <= response.status < 300 or (command and response.status in (404, 405)):
-                return
+            if command and response.status in (404, 405):
+                return {}
+            if 200 <= response.status < 300:
+                return _timings(body) if not command else {}
             raise StartFailed(f"/initialize answered {response.status}: {body[:2000]}")
     except TimeoutError:
         raise StartFailed(
@@ -106,6 +117,14 @@ async def initialize(client: UpstreamClient, *, command: bool, timeout_s: float)
         raise StartFailed(f"/initialize failed: {type(exc).__name__}: {exc}") from None
 
 
+def _timings(body: str) -> dict[str, float]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return {k: float(v) for k, v in data.items() if k.endswith("_s") and isinstance(v, int | float)}
+
+
 async def start(
     backend: LocalBackend,
     clock: Clock,
@@ -113,16 +132,30 @@ async def start(
     base_dir: Path,
     instance: Instance,
     socket_path: str,
+    templates: Templates | None = None,
 ) -> UpstreamClient:
-    """Run one cold start to READY, recording facts on ``instance`` as they happen."""
+    """Run one cold start to READY, recording facts on ``instance`` as they happen.
+
+    With ``templates`` (a Python handler with runtime.templates on) the instance is forked from its
+    revision's template; otherwise its process is spawned.
+    """
     port = None
     if spec.runtime.command is not None:
         port = spec.runtime.port or free_port()
-    plan = launch_plan(spec, base_dir, instance, socket_path, port)
-    try:
-        instance.handle = await backend.launch(plan)
-    except OSError as exc:
-        raise StartFailed(f"could not run {plan.argv[0]!r}: {exc}") from None
+    if templates is not None:
+        template = templates.ensure(spec, instance.revision, base_dir)
+        instance.handle = await templates.fork(
+            template, instance_id=instance.id, socket_path=socket_path,
+            stdout=instance.stdout_path, stderr=instance.stderr_path,
+            timeout_s=spec.initialize_timeout_s,
+        )
+        instance.forked = True
+    else:
+        plan = launch_plan(spec, base_dir, instance, socket_path, port)
+        try:
+            instance.handle = await backend.launch(plan)
+        except OSError as exc:
+            raise StartFailed(f"could not run {plan.argv[0]!r}: {exc}") from None
     instance.address = socket_path if port is None else f"127.0.0.1:{port}"
     await wait_listening(
         instance.handle,
@@ -133,7 +166,8 @@ async def start(
     instance.facts.listening_at = clock.now()
     client = UpstreamClient(unix_socket=socket_path) if port is None else UpstreamClient(port=port)
     try:
-        await initialize(client, command=port is not None, timeout_s=spec.initialize_timeout_s)
+        instance.timings = await initialize(client, command=port is not None,
+                                            timeout_s=spec.initialize_timeout_s)
     except BaseException:
         await client.close()
         raise

@@ -35,6 +35,7 @@ from torpor.gateway.upstream import UpstreamClient
 from torpor.lifecycle import launcher
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.state import InstanceFacts, InstanceState
+from torpor.lifecycle.templates import Templates
 from torpor.spec import FunctionSpec
 from torpor.store import Store
 
@@ -44,7 +45,8 @@ _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FRO
 
 
 class Reconciler:
-    def __init__(self, store: Store, clock: Clock, data_dir: Path, backend: LocalBackend) -> None:
+    def __init__(self, store: Store, clock: Clock, data_dir: Path, backend: LocalBackend,
+                 templates: bool = False) -> None:
         self.store = store
         self.clock = clock
         self.data_dir = data_dir
@@ -52,6 +54,7 @@ class Reconciler:
         self.functions: dict[str, FunctionRuntime] = {}
         self.routes: dict[str, FunctionRoute] = {}  # what the gateway reads
         self.run_dir = _socket_dir(data_dir)
+        self.templates = Templates(backend, data_dir, self.run_dir) if templates else None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -81,6 +84,7 @@ class Reconciler:
             existing.failures, existing.backoff_until, existing.last_error = 0, 0.0, None
             existing.provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
             existing.next_decision_at = 0.0
+            self._prepare_template(existing)
             self.poke()
             return existing
         route = FunctionRoute(
@@ -98,13 +102,29 @@ class Reconciler:
         route.observer = fn.recorder
         self.functions[spec.name] = fn
         self.routes[spec.name] = route
+        self._prepare_template(fn)
         self.poke()
         return fn
+
+    def uses_template(self, fn: FunctionRuntime) -> bool:
+        runtime = fn.spec.runtime
+        return self.templates is not None and runtime.handler is not None and runtime.templates
+
+    def _prepare_template(self, fn: FunctionRuntime) -> None:
+        """Build the revision's template at deploy, so the first cold start only forks."""
+        if self.templates is None:
+            return
+        if self.uses_template(fn):
+            self.templates.ensure(fn.spec, fn.revision, fn.base_dir)
+        else:
+            self.templates.retire(fn.name)
 
     async def remove(self, name: str) -> None:
         """Stop routing to a function, answer its queue, drain and stop its instances."""
         fn = self.functions.pop(name)
         self.routes.pop(name, None)
+        if self.templates is not None:
+            self.templates.retire(name)
         fn.route.fail_waiters(ColdStartFailed(f"function {name!r} was deleted"))
         await asyncio.gather(*(self._drain(fn, i, "function deleted") for i in fn.live(
             current_only=False)))
@@ -205,10 +225,12 @@ class Reconciler:
         socket_path = str(self.run_dir / f"{instance.id}.sock")
         self._save(instance)
         try:
-            client = await launcher.start(self.backend, self.clock, spec, fn.base_dir, instance,
-                                          socket_path)
+            client = await launcher.start(
+                self.backend, self.clock, spec, fn.base_dir, instance, socket_path,
+                self.templates if self.uses_template(fn) else None,
+            )
         except (launcher.StartFailed, OSError) as exc:
-            await self._start_failed(fn, instance, str(exc))
+            await self._start_failed(fn, instance, str(exc), getattr(exc, "stderr_path", None))
             return
         if instance.handle is not None:
             self._background(self._watch(fn, instance), f"watch {instance.id}")
@@ -227,10 +249,11 @@ class Reconciler:
         total = instance.cold_start()["total_s"]
         self._event(fn.name, "started", f"instance {instance.id} ready in {total:.3f}s")
 
-    async def _start_failed(self, fn: FunctionRuntime, instance: Instance, reason: str) -> None:
+    async def _start_failed(self, fn: FunctionRuntime, instance: Instance, reason: str,
+                            stderr_path: Path | None = None) -> None:
         if instance.handle is not None:
             await self.backend.stop(instance.handle, STOP_GRACE_S)
-        stderr = tail(instance.stderr_path)
+        stderr = tail(stderr_path or instance.stderr_path)
         message = f"instance {instance.id} of function {fn.name!r} failed to start: {reason}"
         if stderr:
             message += f"\n--- last lines of its stderr ---\n{stderr}"
@@ -315,6 +338,8 @@ class Reconciler:
         everything = [(fn, i) for fn in self.functions.values() for i in fn.instances.values()]
         await asyncio.gather(*(self._drain(fn, i, "server shutdown") for fn, i in everything
                                if i.handle is not None), return_exceptions=True)
+        if self.templates is not None:
+            await self.templates.shutdown()
         for task in list(self._tasks):
             if not task.done():
                 task.cancel()

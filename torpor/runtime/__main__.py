@@ -1,4 +1,4 @@
-"""``python -m torpor.runtime``: one instance hosting a user's Model on a Unix socket.
+"""``python -m torpor.runtime``: one instance hosting a user's Model on a Unix socket (plain spawn).
 
 Exit codes: 3 the handler could not be imported or is not a torpor.Model, 4 load()/setup() failed.
 Tracebacks go to stderr, which torpor keeps in the instance's log and shows when a cold start fails.
@@ -7,26 +7,10 @@ Tracebacks go to stderr, which torpor keeps in the instance's log and shows when
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-import traceback
 
-from torpor.sdk import Model
-
-EXIT_IMPORT = 3
-EXIT_SETUP = 4
-
-
-def load_model_class(handler: str) -> type[Model]:
-    module_name, class_name = handler.split(":", 1)
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ImportError(f"module {module_name!r} has no attribute {class_name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, Model)):
-        raise TypeError(f"{handler} is not a torpor.Model subclass")
-    return cls
+from torpor.runtime.instance import import_and_load, setup_and_serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,24 +23,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.chdir(args.dir)
     sys.path.insert(0, args.dir)
-    try:
-        cls = load_model_class(args.handler)
-    except Exception:
-        print(f"torpor: cannot import handler {args.handler!r}", file=sys.stderr)
-        traceback.print_exc()
-        return EXIT_IMPORT
-    try:
-        model = cls()
-        model.load()
-        model.setup()
-    except Exception:
-        print(f"torpor: {args.handler} failed in load()/setup()", file=sys.stderr)
-        traceback.print_exc()
-        return EXIT_SETUP
-
-    from torpor.runtime.serve import serve_unix
-
-    serve_unix(model, args.socket, args.concurrency)
+    model, load_s = import_and_load(args.handler)
+    setup_and_serve(model, args.socket, args.concurrency, {"load_s": load_s})
     return 0
 
 

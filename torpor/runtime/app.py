@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import sys
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,8 +25,11 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class ModelApp:
-    def __init__(self, model: Model, concurrency: int = 1) -> None:
+    def __init__(
+        self, model: Model, concurrency: int = 1, timings: dict[str, float] | None = None
+    ) -> None:
         self.model = model
+        self.timings = timings if timings is not None else {}
         self._async = inspect.iscoroutinefunction(model.predict)
         self._pool = (
             ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="predict")
@@ -84,6 +89,7 @@ class ModelApp:
     async def _initialize(self, send: Send) -> None:
         async with self._init_lock:
             if not self._initialized:
+                started = time.perf_counter()
                 try:
                     warmup = self.model.warmup
                     if inspect.iscoroutinefunction(warmup):
@@ -96,7 +102,9 @@ class ModelApp:
                     await _reply(send, 500, _JSON_HEADERS, error_body(message, "warmup_failed"))
                     return
                 self._initialized = True
-        await _reply(send, 200, _JSON_HEADERS, b'{"initialized":true}')
+                self.timings["warmup_s"] = time.perf_counter() - started
+        body = json.dumps({"initialized": True, **self.timings}).encode()
+        await _reply(send, 200, _JSON_HEADERS, body)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -23,11 +23,13 @@ class CleanExitServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def serve_unix(model: Model, socket_path: str, concurrency: int) -> None:
+def serve_unix(
+    model: Model, socket_path: str, concurrency: int, timings: dict[str, float] | None = None
+) -> None:
     if os.path.exists(socket_path):
         os.unlink(socket_path)
     config = uvicorn.Config(
-        ModelApp(model, concurrency),
+        ModelApp(model, concurrency, timings),
         uds=socket_path,
         loop="uvloop",
         http="httptools",

@@ -1,0 +1,172 @@
+"""Per-revision templates: start one, fork instances from it, rebuild it if it dies, retire it when
+its revision is replaced. See ``torpor.runtime.template`` for the process itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torpor.backend.forked import ForkedHandle
+from torpor.backend.local import LaunchPlan, LocalBackend, ProcessHandle
+from torpor.constants import STOP_GRACE_S
+from torpor.lifecycle.launcher import StartFailed, wait_listening
+from torpor.spec import FunctionSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Template:
+    function: str
+    revision: int
+    control: str
+    stdout_path: Path
+    stderr_path: Path
+    handle: ProcessHandle | None = None
+    ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    forks: int = 0
+    crashes: int = 0  # consecutive deaths after being ready (drives the rebuild backoff)
+
+    @property
+    def alive(self) -> bool:
+        return self.handle is None or self.handle.returncode is None
+
+    def to_api(self) -> dict[str, object]:
+        if not self.ready.done():
+            state = "starting"
+        elif self.ready.cancelled() or self.ready.exception() is not None:
+            state = "failed"
+        else:
+            state = "ready" if self.alive else "restarting"
+        return {"revision": self.revision, "state": state, "pid": self.handle.pid if self.handle else None,
+                "forks": self.forks, "stderr_log": str(self.stderr_path)}
+
+
+_THREAD_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def function_env(spec: FunctionSpec, revision: int) -> dict[str, str]:
+    """The environment of a function's processes (template, forked or spawned instances).
+
+    Native thread pools (OpenMP, OpenBLAS, MKL) are sized to ``resources.cpus`` unless the spec's
+    env says otherwise: they would otherwise size themselves to every core of the machine, and
+    with one CPU numpy's import starts no thread in a template.
+    """
+    pools = str(max(1, int(spec.resources.cpus)))
+    env = {**os.environ, **dict.fromkeys(_THREAD_POOL_VARS, pools)}
+    return {**env, **spec.env, "TORPOR_FUNCTION": spec.name,
+            "TORPOR_REVISION": str(revision), "PYTHONUNBUFFERED": "1"}
+
+
+class Templates:
+    def __init__(self, backend: LocalBackend, data_dir: Path, run_dir: Path) -> None:
+        self.backend = backend
+        self.data_dir = data_dir
+        self.run_dir = run_dir
+        self.by_function: dict[str, Template] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def ensure(self, spec: FunctionSpec, revision: int, base_dir: Path) -> Template:
+        """The live template of this revision, starting (or rebuilding) it if needed."""
+        current = self.by_function.get(spec.name)
+        if current is not None and current.revision == revision and current.alive and not (
+            current.ready.done() and current.ready.exception() is not None
+        ):
+            return current
+        if current is not None:
+            self.retire(spec.name)
+        logs = self.data_dir / "logs" / spec.name
+        crashes = current.crashes if current is not None and current.revision == revision else 0
+        template = Template(
+            function=spec.name, revision=revision, crashes=crashes,
+            control=str(self.run_dir / f"{spec.name}-{revision}.template.sock"),
+            stdout_path=logs / f"template-{revision}.stdout.log",
+            stderr_path=logs / f"template-{revision}.stderr.log",
+        )
+        self.by_function[spec.name] = template
+        self._background(self._start(template, spec, base_dir))
+        return template
+
+    async def _start(self, template: Template, spec: FunctionSpec, base_dir: Path) -> None:
+        assert spec.runtime.handler is not None
+        plan = LaunchPlan(
+            argv=[sys.executable, "-m", "torpor.runtime.template", "--handler", spec.runtime.handler,
+                  "--dir", str(base_dir), "--control", template.control,
+                  "--concurrency", str(spec.concurrency)],
+            cwd=str(base_dir), env=function_env(spec, template.revision),
+            stdout_path=template.stdout_path, stderr_path=template.stderr_path,
+        )
+        try:
+            template.handle = await self.backend.launch(plan)
+            await wait_listening(template.handle, socket_path=template.control, port=None,
+                                 timeout_s=spec.initialize_timeout_s)
+        except (StartFailed, OSError) as exc:
+            if template.handle is not None:
+                await self.backend.stop(template.handle, STOP_GRACE_S)
+            template.ready.set_exception(
+                StartFailed(f"template: {exc}", stderr_path=template.stderr_path))
+            template.ready.exception()  # retrieved here; waiters get it through ready()
+            return
+        template.ready.set_result(None)
+        code = await template.handle.wait()
+        if self.by_function.get(template.function) is not template:
+            return  # retired
+        # 1 s, 2 s, 4 s ... between rebuilds of a template that keeps dying: never a hot loop.
+        delay_s = min(2.0 ** template.crashes, 30.0)
+        template.crashes += 1
+        log.warning("template of %s revision %d exited with code %s; rebuilding in %gs",
+                    template.function, template.revision, code, delay_s)
+        await asyncio.sleep(delay_s)
+        if self.by_function.get(template.function) is template:
+            self.ensure(spec, template.revision, base_dir)
+
+    async def fork(self, template: Template, *, instance_id: str, socket_path: str,
+                   stdout: Path, stderr: Path, timeout_s: float) -> ForkedHandle:
+        await asyncio.wait_for(asyncio.shield(template.ready), timeout_s)
+        request = {"instance": instance_id, "socket": socket_path, "stdout": str(stdout),
+                   "stderr": str(stderr), "env": {"TORPOR_INSTANCE": instance_id}}
+        try:
+            reader, writer = await asyncio.open_unix_connection(template.control)
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            reply = json.loads(await asyncio.wait_for(reader.readline(), timeout_s) or b"{}")
+            writer.close()
+        except (OSError, ValueError, TimeoutError) as exc:
+            raise StartFailed(f"template of {template.function} did not fork: {exc}",
+                              stderr_path=template.stderr_path) from None
+        if "pid" not in reply:
+            raise StartFailed(f"template of {template.function} could not fork: "
+                              f"{reply.get('error', 'no answer')}", stderr_path=template.stderr_path)
+        template.forks += 1
+        if reply.get("threads", 1) > 1:
+            log.warning("template of %s had %d threads when it forked; thread pools should be "
+                        "created in setup(), not load()", template.function, reply["threads"])
+        return ForkedHandle(int(reply["pid"]))
+
+    def retire(self, name: str) -> None:
+        template = self.by_function.pop(name, None)
+        if template is not None:
+            if not template.ready.done():
+                template.ready.cancel()
+            if template.handle is not None:
+                self._background(self._stop(template.handle))
+
+    async def _stop(self, handle: ProcessHandle) -> None:
+        await self.backend.stop(handle, STOP_GRACE_S)
+
+    async def shutdown(self) -> None:
+        for name in list(self.by_function):
+            self.retire(name)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,62 @@
+"""What every instance process does after its Model is loaded: setup(), then serve.
+
+Shared by a plain spawn (``python -m torpor.runtime``) and a child forked from a template, so both
+report the same timings through ``/initialize``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+import traceback
+
+from torpor.sdk import Model
+
+EXIT_IMPORT = 3
+EXIT_SETUP = 4
+
+
+def load_model_class(handler: str) -> type[Model]:
+    module_name, class_name = handler.split(":", 1)
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ImportError(f"module {module_name!r} has no attribute {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise TypeError(f"{handler} is not a torpor.Model subclass")
+    return cls
+
+
+def import_and_load(handler: str) -> tuple[Model, float]:
+    """Import the handler and run ``load()``; exits the process with a clear stderr on failure."""
+    started = time.perf_counter()
+    try:
+        cls = load_model_class(handler)
+    except Exception:
+        print(f"torpor: cannot import handler {handler!r}", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(EXIT_IMPORT)
+    try:
+        model = cls()
+        model.load()
+    except Exception:
+        print(f"torpor: {handler} failed in load()", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(EXIT_SETUP)
+    return model, time.perf_counter() - started
+
+
+def setup_and_serve(model: Model, socket_path: str, concurrency: int, timings: dict[str, float]) -> None:
+    started = time.perf_counter()
+    try:
+        model.setup()
+    except Exception:
+        print(f"torpor: {type(model).__name__}.setup() failed", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(EXIT_SETUP)
+    timings["setup_s"] = time.perf_counter() - started
+
+    from torpor.runtime.serve import serve_unix
+
+    serve_unix(model, socket_path, concurrency, timings)

@@ -1,0 +1,180 @@
+"""``python -m torpor.runtime.template``: the per-revision snapshot new instances are forked from.
+
+It imports the user's module and runs ``Model.load()`` once, pre-imports the serving stack, then
+waits on a control socket. Each request (one JSON line: instance id, socket, log paths, env) forks an
+instance that runs only ``setup()`` and ``warmup()``: no interpreter start, no imports, no weight
+reading. The template stays single-threaded and never touches a GPU, so forking is safe; thread pools
+and devices are created in the child.
+
+Instances are double-forked: the intermediate process exits at once, so the instance is re-parented
+to the torpor server (a child subreaper), which waits for it through a pidfd. A template that dies
+therefore takes no instance with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from torpor.runtime.instance import import_and_load, setup_and_serve
+from torpor.sdk import Model
+
+_PR_SET_PDEATHSIG = 1
+REPARENT_WAIT_S = 2.0
+
+
+def thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _preimport_serving_stack() -> None:
+    """Import what a child needs to serve, once, so every fork starts with it loaded."""
+    import uvicorn
+    import uvicorn.lifespan.off
+    import uvicorn.loops.uvloop
+    import uvicorn.protocols.http.httptools_impl  # noqa: F401
+    import uvloop  # noqa: F401
+
+    import torpor.runtime.app
+    import torpor.runtime.serve  # noqa: F401
+
+
+def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> None:
+    if os.path.exists(control):
+        os.unlink(control)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(control)
+    listener.listen(64)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            line = conn.makefile("rb").readline()
+            if not line:  # a readiness probe: connected and closed
+                continue
+            try:
+                reply = fork_instance(model, json.loads(line), listener, conn, concurrency, load_s)
+            except Exception as exc:  # a bad request must not kill the template
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass  # the server gave up on this fork; the child is still its to watch
+
+
+def fork_instance(
+    model: Model,
+    request: dict[str, Any],
+    listener: socket.socket,
+    conn: socket.socket,
+    concurrency: int,
+    load_s: float,
+) -> dict[str, Any]:
+    threads = thread_count()
+    read_fd, write_fd = os.pipe()
+    started = time.perf_counter()
+    intermediate = os.fork()
+    if intermediate == 0:
+        try:
+            os.close(read_fd)
+            me = os.getpid()  # before the fork: this process may be gone by the time the child looks
+            child = os.fork()
+            if child == 0:
+                os.close(write_fd)
+                listener.close()
+                conn.close()
+                _become_instance(model, request, concurrency, load_s, me)
+            os.write(write_fd, f"{child}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        pid = int(pipe.readline())
+    os.waitpid(intermediate, 0)
+    return {"pid": pid, "fork_s": time.perf_counter() - started, "threads": threads}
+
+
+def _become_instance(
+    model: Model, request: dict[str, Any], concurrency: int, load_s: float, intermediate: int
+) -> None:
+    """In the forked child: own session, own logs, own randomness, then setup() and serve."""
+    try:
+        os.setsid()
+        _redirect(0, os.devnull, os.O_RDONLY)
+        _redirect(1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        _redirect(2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.environ.update(request.get("env", {}))
+        _reseed()
+        deadline = time.monotonic() + REPARENT_WAIT_S
+        while os.getppid() == intermediate and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        if sys.platform == "linux":  # die with the server (now our parent), as spawned instances do
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # no gc.unfreeze(): the template's objects stay out of the collector, so no full collection
+        # walks (and copies) the pages shared with the template
+        setup_and_serve(model, request["socket"], concurrency,
+                        {"load_s": load_s, "forked": 1.0})
+    except SystemExit as exc:
+        os._exit(exc.code if isinstance(exc.code, int) else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def _redirect(fd: int, path: str, flags: int) -> None:
+    target = os.open(path, flags, 0o644)
+    os.dup2(target, fd)
+    os.close(target)
+
+
+def _reseed() -> None:
+    """Siblings must not share random streams inherited from the template."""
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m torpor.runtime.template")
+    parser.add_argument("--handler", required=True)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    os.chdir(args.dir)
+    sys.path.insert(0, args.dir)
+    model, load_s = import_and_load(args.handler)
+    _preimport_serving_stack()
+    gc.collect()
+    gc.freeze()  # objects made so far stay out of the collector: their pages stay shared after fork
+    threads = thread_count()
+    print(f"torpor template: {args.handler} loaded in {load_s:.3f}s, {threads} thread(s)",
+          file=sys.stderr, flush=True)
+    Path(args.control).parent.mkdir(parents=True, exist_ok=True)
+    serve_forks(model, args.control, args.concurrency, load_s)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
