@@ -7,6 +7,7 @@ in-flight requests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ from torpor.autoscaling.scaling_policies import (
 )
 from torpor.backend.forked import enable_subreaper, forking_supported
 from torpor.backend.local import LocalBackend
+from torpor.cache import CachedModel, ModelCache
 from torpor.clock import Clock, SystemClock
 from torpor.errors import NotFound, SpecError
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.reconciler import Reconciler
-from torpor.spec import parse_spec
+from torpor.spec import FunctionSpec, parse_spec, resolve_model_path
 from torpor.store import Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class Platform:
         self.data_dir = data_dir
         self.clock = clock or SystemClock()
         self.store = Store(data_dir / DB_FILENAME)
+        self.cache = ModelCache.in_data_dir(data_dir)
         self.reconciler = Reconciler(self.store, self.clock, data_dir, LocalBackend(),
                                      templates=forking_supported() and enable_subreaper())
         from torpor.api.metrics import Metrics
@@ -60,13 +63,22 @@ class Platform:
             log.info("closed %d instance records left open by a previous server", closed)
         for record in await self.store.run(self.store.list_functions):
             try:
-                spec = parse_spec(record.spec, source=record.source, base_dir=Path(record.base_dir))
+                spec = parse_spec(record.spec, source=record.source, base_dir=Path(record.base_dir),
+                                  check_model_path=False)
             except SpecError as exc:
                 log.error("cannot restore function %s: %s", record.name, exc)
                 continue
+            model_path = None
+            if record.model_digest is not None:
+                cached = self.cache.get(record.model_digest)
+                if cached is None:
+                    log.error("cannot restore function %s: its model %s is no longer in the cache",
+                              record.name, record.model_digest)
+                    continue
+                model_path = cached.path
             self.reconciler.apply(spec, record.revision, Path(record.base_dir), record.source,
                                   record.created_at, record.updated_at,
-                                  await self._stored_provision(record.name))
+                                  await self._stored_provision(record.name), model_path)
         self.reconciler.start()
 
     async def _stored_provision(self, name: str) -> ProvisionConfig | None:
@@ -79,11 +91,19 @@ class Platform:
 
     async def deploy(self, raw: dict[str, Any], base_dir: Path, source: str) -> FunctionRuntime:
         spec = parse_spec(raw, source=source, base_dir=base_dir)
+        cached = await self._cache_model(spec, base_dir, source)
         record = await self.store.run(
-            self.store.put_function, spec.name, raw, str(base_dir), source, self.clock.now()
+            self.store.put_function, spec.name, raw, str(base_dir), source, self.clock.now(),
+            cached.digest if cached else None,
         )
         fn = self.reconciler.apply(spec, record.revision, base_dir, source, record.created_at,
-                                   record.updated_at, await self._stored_provision(spec.name))
+                                   record.updated_at, await self._stored_provision(spec.name),
+                                   cached.path if cached else None)
+        if cached is not None:
+            verb = "already cached" if cached.hit else "cached"
+            await self.store.run(self.store.add_event, spec.name, self.clock.now(), "model",
+                                 f"model.path {verb} as {cached.digest[:12]} "
+                                 f"({cached.size_bytes} bytes, {cached.files} files)")
         await self.store.run(self.store.add_event, spec.name, self.clock.now(), "deployed",
                              f"revision {record.revision} deployed from {source}")
         return fn
@@ -92,6 +112,17 @@ class Platform:
         templates = self.reconciler.templates
         template = templates.by_function.get(name) if templates is not None else None
         return template.to_api() if template is not None else None
+
+    async def _cache_model(self, spec: FunctionSpec, base_dir: Path,
+                           source: str) -> CachedModel | None:
+        """Copy model.path into the content-addressed cache (a no-op copy when already there)."""
+        model_path = resolve_model_path(spec, base_dir)
+        if model_path is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.cache.put, model_path, True)
+        except SpecError as exc:
+            raise SpecError(source, exc.errors) from None
 
     def function(self, name: str) -> FunctionRuntime:
         fn = self.functions.get(name)

@@ -179,21 +179,27 @@ def _format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_spec(data: Any, *, source: str, base_dir: Path) -> FunctionSpec:
-    """Validate ``data`` (already parsed YAML/JSON) as a spec whose code lives in ``base_dir``."""
+def parse_spec(
+    data: Any, *, source: str, base_dir: Path, check_model_path: bool = True
+) -> FunctionSpec:
+    """Validate ``data`` (already parsed YAML/JSON) as a spec whose code lives in ``base_dir``.
+
+    ``check_model_path`` is off when restoring a deployed function: its model is in the cache and
+    the original folder may be gone.
+    """
     if not isinstance(data, dict):
         raise SpecError(source, ["(top level): must be a mapping of fields"])
     try:
         spec = FunctionSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(source, _format_errors(exc)) from None
-    problems = _check_files(spec, base_dir)
+    problems = _check_files(spec, base_dir, check_model_path)
     if problems:
         raise SpecError(source, problems)
     return spec
 
 
-def _check_files(spec: FunctionSpec, base_dir: Path) -> list[str]:
+def _check_files(spec: FunctionSpec, base_dir: Path, check_model_path: bool = True) -> list[str]:
     problems = []
     if spec.runtime.handler is not None:
         module = spec.runtime.handler.split(":", 1)[0]
@@ -204,7 +210,7 @@ def _check_files(spec: FunctionSpec, base_dir: Path) -> list[str]:
                 f"runtime.handler: module {module!r} not found in {base_dir} "
                 f"(looked for {relative}.py and {relative}/__init__.py)"
             )
-    if spec.model is not None:
+    if spec.model is not None and check_model_path:
         model_path = resolve_model_path(spec, base_dir)
         if model_path is not None and not model_path.exists():
             problems.append(f"model.path: {model_path} does not exist")

@@ -55,6 +55,7 @@ def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None)
         "created_at": fn.created_at,
         "updated_at": fn.updated_at,
         "template": template,
+        "model_path": str(fn.model_path) if fn.model_path else None,
         "spec": fn.spec.model_dump(mode="json"),
     }
 

@@ -103,6 +103,7 @@ class FunctionRuntime:
     route: FunctionRoute
     created_at: float
     updated_at: float
+    model_path: Path | None = None  # model.path's copy in the model cache
     instances: dict[str, Instance] = field(default_factory=dict)
     provision: ProvisionConfig = field(default_factory=ProvisionConfig)
     recorder: ConcurrencyRecorder = field(default_factory=ConcurrencyRecorder)

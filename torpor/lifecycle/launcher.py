@@ -45,11 +45,12 @@ def free_port() -> int:
 
 
 def launch_plan(
-    spec: FunctionSpec, base_dir: Path, instance: Instance, socket_path: str, port: int | None
+    spec: FunctionSpec, base_dir: Path, instance: Instance, socket_path: str, port: int | None,
+    model_path: Path | None = None,
 ) -> LaunchPlan:
     from torpor.lifecycle.templates import function_env
 
-    env = {**function_env(spec, instance.revision), "TORPOR_INSTANCE": instance.id}
+    env = {**function_env(spec, instance.revision, model_path), "TORPOR_INSTANCE": instance.id}
     if spec.runtime.handler is not None:
         argv = [
             sys.executable, "-m", "torpor.runtime",
@@ -133,6 +134,7 @@ async def start(
     instance: Instance,
     socket_path: str,
     templates: Templates | None = None,
+    model_path: Path | None = None,
 ) -> UpstreamClient:
     """Run one cold start to READY, recording facts on ``instance`` as they happen.
 
@@ -143,7 +145,7 @@ async def start(
     if spec.runtime.command is not None:
         port = spec.runtime.port or free_port()
     if templates is not None:
-        template = templates.ensure(spec, instance.revision, base_dir)
+        template = templates.ensure(spec, instance.revision, base_dir, model_path)
         instance.handle = await templates.fork(
             template, instance_id=instance.id, socket_path=socket_path,
             stdout=instance.stdout_path, stderr=instance.stderr_path,
@@ -151,7 +153,7 @@ async def start(
         )
         instance.forked = True
     else:
-        plan = launch_plan(spec, base_dir, instance, socket_path, port)
+        plan = launch_plan(spec, base_dir, instance, socket_path, port, model_path)
         try:
             instance.handle = await backend.launch(plan)
         except OSError as exc:

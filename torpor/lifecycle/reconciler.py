@@ -65,7 +65,8 @@ class Reconciler:
 
     def apply(self, spec: FunctionSpec, revision: int, base_dir: Path, source: str,
               created_at: float, updated_at: float,
-              provision: ProvisionConfig | None = None) -> FunctionRuntime:
+              provision: ProvisionConfig | None = None,
+              model_path: Path | None = None) -> FunctionRuntime:
         """Install (or replace) a function's spec. Old instances keep serving until replaced.
 
         ``provision`` is a provisioning config set through the API; without one the spec's
@@ -81,6 +82,7 @@ class Reconciler:
             route.failure = None
             existing.spec, existing.revision, existing.base_dir = spec, revision, base_dir
             existing.source, existing.updated_at = source, updated_at
+            existing.model_path = model_path
             existing.failures, existing.backoff_until, existing.last_error = 0, 0.0, None
             existing.provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
             existing.next_decision_at = 0.0
@@ -98,7 +100,8 @@ class Reconciler:
         )
         fn = FunctionRuntime(spec=spec, revision=revision, base_dir=base_dir, source=source,
                              route=route, created_at=created_at, updated_at=updated_at,
-                             provision=provision or ProvisionConfig(target=spec.scaling.provisioned))
+                             provision=provision or ProvisionConfig(target=spec.scaling.provisioned),
+                             model_path=model_path)
         route.observer = fn.recorder
         self.functions[spec.name] = fn
         self.routes[spec.name] = route
@@ -115,7 +118,7 @@ class Reconciler:
         if self.templates is None:
             return
         if self.uses_template(fn):
-            self.templates.ensure(fn.spec, fn.revision, fn.base_dir)
+            self.templates.ensure(fn.spec, fn.revision, fn.base_dir, fn.model_path)
         else:
             self.templates.retire(fn.name)
 
@@ -227,7 +230,7 @@ class Reconciler:
         try:
             client = await launcher.start(
                 self.backend, self.clock, spec, fn.base_dir, instance, socket_path,
-                self.templates if self.uses_template(fn) else None,
+                self.templates if self.uses_template(fn) else None, fn.model_path,
             )
         except (launcher.StartFailed, OSError) as exc:
             await self._start_failed(fn, instance, str(exc), getattr(exc, "stderr_path", None))

@@ -52,17 +52,21 @@ class Template:
 _THREAD_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def function_env(spec: FunctionSpec, revision: int) -> dict[str, str]:
+def function_env(spec: FunctionSpec, revision: int, model_path: Path | None = None) -> dict[str, str]:
     """The environment of a function's processes (template, forked or spawned instances).
 
     Native thread pools (OpenMP, OpenBLAS, MKL) are sized to ``resources.cpus`` unless the spec's
     env says otherwise: they would otherwise size themselves to every core of the machine, and
-    with one CPU numpy's import starts no thread in a template.
+    with one CPU numpy's import starts no thread in a template. ``TORPOR_MODEL_PATH`` is the cached
+    copy of ``model.path`` (instances never read the user's folder).
     """
     pools = str(max(1, int(spec.resources.cpus)))
     env = {**os.environ, **dict.fromkeys(_THREAD_POOL_VARS, pools)}
-    return {**env, **spec.env, "TORPOR_FUNCTION": spec.name,
-            "TORPOR_REVISION": str(revision), "PYTHONUNBUFFERED": "1"}
+    env = {**env, **spec.env, "TORPOR_FUNCTION": spec.name,
+           "TORPOR_REVISION": str(revision), "PYTHONUNBUFFERED": "1"}
+    if model_path is not None:
+        env["TORPOR_MODEL_PATH"] = str(model_path)
+    return env
 
 
 class Templates:
@@ -73,7 +77,8 @@ class Templates:
         self.by_function: dict[str, Template] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def ensure(self, spec: FunctionSpec, revision: int, base_dir: Path) -> Template:
+    def ensure(self, spec: FunctionSpec, revision: int, base_dir: Path,
+               model_path: Path | None = None) -> Template:
         """The live template of this revision, starting (or rebuilding) it if needed."""
         current = self.by_function.get(spec.name)
         if current is not None and current.revision == revision and current.alive and not (
@@ -91,16 +96,17 @@ class Templates:
             stderr_path=logs / f"template-{revision}.stderr.log",
         )
         self.by_function[spec.name] = template
-        self._background(self._start(template, spec, base_dir))
+        self._background(self._start(template, spec, base_dir, model_path))
         return template
 
-    async def _start(self, template: Template, spec: FunctionSpec, base_dir: Path) -> None:
+    async def _start(self, template: Template, spec: FunctionSpec, base_dir: Path,
+                     model_path: Path | None) -> None:
         assert spec.runtime.handler is not None
         plan = LaunchPlan(
             argv=[sys.executable, "-m", "torpor.runtime.template", "--handler", spec.runtime.handler,
                   "--dir", str(base_dir), "--control", template.control,
                   "--concurrency", str(spec.concurrency)],
-            cwd=str(base_dir), env=function_env(spec, template.revision),
+            cwd=str(base_dir), env=function_env(spec, template.revision, model_path),
             stdout_path=template.stdout_path, stderr_path=template.stderr_path,
         )
         try:
@@ -125,7 +131,7 @@ class Templates:
                     template.function, template.revision, code, delay_s)
         await asyncio.sleep(delay_s)
         if self.by_function.get(template.function) is template:
-            self.ensure(spec, template.revision, base_dir)
+            self.ensure(spec, template.revision, base_dir, model_path)
 
     async def fork(self, template: Template, *, instance_id: str, socket_path: str,
                    stdout: Path, stderr: Path, timeout_s: float) -> ForkedHandle:

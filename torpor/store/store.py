@@ -32,6 +32,7 @@ class FunctionRecord:
     source: str
     created_at: float
     updated_at: float
+    model_digest: str | None = None
 
 
 class Store:
@@ -70,13 +71,15 @@ class Store:
             return _function_record(row._mapping) if row else None
 
     def put_function(
-        self, name: str, spec: dict[str, Any], base_dir: str, source: str, now: float
+        self, name: str, spec: dict[str, Any], base_dir: str, source: str, now: float,
+        model_digest: str | None = None,
     ) -> FunctionRecord:
         """Insert or replace a function; the revision goes up by one on every deploy."""
         t = tables.functions
         with self.engine.begin() as conn:
             row = conn.execute(select(t.c.revision, t.c.created_at).where(t.c.name == name)).first()
-            values = {"spec_json": json.dumps(spec), "base_dir": base_dir, "source": source}
+            values = {"spec_json": json.dumps(spec), "base_dir": base_dir, "source": source,
+                      "model_digest": model_digest}
             if row is None:
                 conn.execute(
                     insert(t).values(name=name, revision=1, created_at=now, updated_at=now, **values)
@@ -175,6 +178,7 @@ def _function_record(row: Any) -> FunctionRecord:
         source=row["source"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        model_digest=row["model_digest"],
     )
 
 

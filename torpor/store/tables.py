@@ -14,6 +14,7 @@ functions = Table(
     Column("spec_json", Text, nullable=False),
     Column("base_dir", Text, nullable=False),
     Column("source", Text, nullable=False),
+    Column("model_digest", String(64)),  # model.path's content in the model cache
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
