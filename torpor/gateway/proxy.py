@@ -2,8 +2,8 @@
 
 Headers on every response: ``x-torpor-request-id``, and for forwarded ones ``x-torpor-instance`` and
 ``x-torpor-start`` (``cold`` when the request waited for an instance that became ready after it
-arrived, else ``warm``). Errors the gateway answers itself are JSON: ``{"error", "reason", "function",
-"request_id"}``.
+arrived, ``thawed`` when it waited for a frozen one to thaw, else ``warm``). Errors the gateway
+answers itself are JSON: ``{"error", "reason", "function", "request_id"}``.
 """
 
 from __future__ import annotations
@@ -118,7 +118,12 @@ class Gateway:
         except aiohttp.ClientError as exc:
             await _upstream_failed(send, route.name, endpoint, exc, request_id)
             return True
-        start = "cold" if endpoint.ready_at > arrived_at else "warm"
+        if endpoint.ready_at > arrived_at:
+            start = "cold"
+        elif endpoint.thawed_at > arrived_at:
+            start = "thawed"
+        else:
+            start = "warm"
         await _stream(response, send, request_id, endpoint.instance_id, start)
         if endpoint.first_response_at is None:
             endpoint.first_response_at = self.clock.now()

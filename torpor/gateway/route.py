@@ -28,8 +28,8 @@ class LoadObserver(Protocol):
 class Endpoint:
     """A READY instance as the gateway sees it. ``client`` forwards requests to it."""
 
-    __slots__ = ("accepting", "capacity", "client", "first_response_at", "in_flight", "instance_id",
-                 "provisioned", "ready_at")
+    __slots__ = ("accepting", "capacity", "client", "first_response_at", "frozen", "idle_since",
+                 "in_flight", "instance_id", "provisioned", "ready_at", "thawed_at", "thawing")
 
     def __init__(
         self,
@@ -48,6 +48,11 @@ class Endpoint:
         self.in_flight = 0
         self.accepting = True
         self.first_response_at: float | None = None
+        # Idle mode: a frozen endpoint takes no request (``accepting`` is False) until thawed.
+        self.frozen = False
+        self.thawing = False
+        self.thawed_at = 0.0
+        self.idle_since = ready_at  # when in_flight last dropped to 0
 
 
 class Lease:
@@ -78,6 +83,7 @@ class FunctionRoute:
         policy: RoutingPolicy | None = None,
         on_demand: Callable[[], None] = lambda: None,
         observer: LoadObserver | None = None,
+        thaw: Callable[[Endpoint], None] = lambda endpoint: None,
     ) -> None:
         self.name = name
         self.clock = clock
@@ -87,6 +93,7 @@ class FunctionRoute:
         self.policy = policy or RoutingPolicy.make()
         self.on_demand = on_demand
         self.observer = observer
+        self.thaw = thaw
         self.endpoints: list[Endpoint] = []
         self.in_flight = 0
         self.last_request_at: float | None = None
@@ -130,6 +137,7 @@ class FunctionRoute:
         waiter: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._changed()
+        self._thaw_for_waiters()
         self.on_demand()
         try:
             await asyncio.wait((waiter,), timeout=self.queue_timeout_s)
@@ -156,6 +164,17 @@ class FunctionRoute:
             pass
         self._changed()
 
+    def _thaw_for_waiters(self) -> None:
+        """Ask for as many frozen endpoints to be thawed as the queue needs (provisioned first)."""
+        thawing = sum(e.capacity for e in self.endpoints if e.thawing)
+        for endpoint in sorted(self.endpoints, key=lambda e: not e.provisioned):
+            if thawing >= len(self._waiters):
+                return
+            if endpoint.frozen and not endpoint.thawing:
+                endpoint.thawing = True
+                thawing += endpoint.capacity
+                self.thaw(endpoint)
+
     def _take(self, endpoint: Endpoint) -> None:
         endpoint.in_flight += 1
         self.in_flight += 1
@@ -164,6 +183,8 @@ class FunctionRoute:
     def _release(self, endpoint: Endpoint) -> None:
         endpoint.in_flight -= 1
         self.in_flight -= 1
+        if endpoint.in_flight == 0:
+            endpoint.idle_since = self.clock.now()
         if self._waiters:
             self.dispatch()
         else:

@@ -47,6 +47,8 @@ class ModelApp:
             await self._invoke(scope, receive, send)
         elif path == "/initialize" and method == "POST":
             await self._initialize(send)
+        elif path in ("/_torpor/freeze", "/_torpor/thaw") and method == "POST":
+            await self._hook(path.rsplit("/", 1)[1], send)
         elif path == "/healthz":
             await _reply(send, 200, _JSON_HEADERS, b'{"status":"ok"}')
         else:
@@ -104,6 +106,23 @@ class ModelApp:
                 self._initialized = True
                 self.timings["warmup_s"] = time.perf_counter() - started
         body = json.dumps({"initialized": True, **self.timings}).encode()
+        await _reply(send, 200, _JSON_HEADERS, body)
+
+
+    async def _hook(self, which: str, send: Send) -> None:
+        """Idle mode: ``on_freeze`` before torpor freezes the process, ``on_thaw`` after it thaws."""
+        hook = self.model.on_freeze if which == "freeze" else self.model.on_thaw
+        started = time.perf_counter()
+        try:
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            message = f"{type(self.model).__name__}.on_{which} raised {type(exc).__name__}: {exc}"
+            await _reply(send, 500, _JSON_HEADERS, error_body(message, f"{which}_failed"))
+            return
+        body = json.dumps({f"on_{which}_s": time.perf_counter() - started}).encode()
         await _reply(send, 200, _JSON_HEADERS, body)
 
 
