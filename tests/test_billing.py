@@ -383,10 +383,10 @@ class TestTimeline:
 
 class TestToJson:
     def test_units_in_names_and_exact_amounts(self) -> None:
-        """Seconds end in _s, amounts are exact decimal strings, and the whole thing is JSON."""
+        """Fields name their unit (active_seconds, cost), amounts are exact decimal strings, JSON."""
         data = bill(invocations(3600), GPU_ONLY, since=0, until=DAY_S).to_json()
         line = data["functions"][0]
-        assert (data["since_s"], data["until_s"], data["currency"], data["rounding"]) == (
+        assert (data["since_epoch_s"], data["until_epoch_s"], data["currency"], data["rounding"]) == (
             0,
             DAY_S,
             "USD",
@@ -398,7 +398,8 @@ class TestToJson:
             "47.7408",
             "99.46",
         )
-        assert (line["active_s"], line["idle_s"], line["gpu_gb_s_active"], line["state_s"]) == (
+        assert (line["active_seconds"], line["idle_seconds"], line["gpu_gb_seconds_active"],
+                line["state_seconds"]) == (
             "3600",
             "0",
             "14400",

@@ -12,3 +12,4 @@ BACKOFF_BASE_S = 1.0  # first retry after a failed cold start
 BACKOFF_MAX_S = 30.0
 STOP_GRACE_S = 5.0  # SIGTERM → SIGKILL
 DRAIN_POLL_S = 0.02
+HEARTBEAT_S = 1.0  # how often the server records that it is alive (ledger crash recovery)

@@ -4,6 +4,7 @@
     ├── SpecError             a torpor.yaml (or API body) failed validation; names file and field
     ├── DataDirLocked         another `torpor serve` holds the data directory
     ├── NotFound              a function or instance that does not exist
+    ├── BadRequest            an API argument that makes no sense (names the argument)
     └── GatewayError          a request that cannot be served; carries the HTTP status
         ├── QueueFull         503 + Retry-After: the function's queue is at queue.max_queued
         ├── QueueTimeout      504: waited longer than queue.timeout_s for an instance
@@ -34,6 +35,10 @@ class DataDirLocked(TorporError):
 
 class NotFound(TorporError):
     """A named function or instance does not exist."""
+
+
+class BadRequest(TorporError):
+    """An API argument is wrong; the message names it."""
 
 
 class GatewayError(TorporError):

@@ -18,28 +18,38 @@ from torpor.autoscaling.scaling_policies import (
     to_fc_json,
 )
 from torpor.backend.forked import enable_subreaper, forking_supported
+from torpor.backend.freezer import make_freezer
 from torpor.backend.local import LocalBackend
 from torpor.cache import CachedModel, ModelCache
 from torpor.clock import Clock, SystemClock
-from torpor.errors import NotFound, SpecError
+from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.reconciler import Reconciler
+from torpor.metering import billing, ledger
+from torpor.metering.prices import load_prices
 from torpor.spec import FunctionSpec, parse_spec, resolve_model_path
 from torpor.store import Store
 
 log = logging.getLogger(__name__)
 
 DB_FILENAME = "torpor.db"
+CONFIG_FILENAME = "config.yaml"  # the server config (price table) when --config is not given
 
 
 class Platform:
-    def __init__(self, data_dir: Path, clock: Clock | None = None) -> None:
+    def __init__(self, data_dir: Path, clock: Clock | None = None,
+                 config_path: Path | None = None) -> None:
         self.data_dir = data_dir
+        if config_path is None and (data_dir / CONFIG_FILENAME).is_file():
+            config_path = data_dir / CONFIG_FILENAME
+        self.prices = load_prices(config_path)  # a bad config stops the server before it starts
         self.clock = clock or SystemClock()
         self.store = Store(data_dir / DB_FILENAME)
         self.cache = ModelCache.in_data_dir(data_dir)
+        self.freezer = make_freezer(data_dir)
         self.reconciler = Reconciler(self.store, self.clock, data_dir, LocalBackend(),
-                                     templates=forking_supported() and enable_subreaper())
+                                     templates=forking_supported() and enable_subreaper(),
+                                     freezer=self.freezer)
         from torpor.api.metrics import Metrics
 
         self.metrics = Metrics(self)
@@ -58,9 +68,14 @@ class Platform:
 
     async def startup(self) -> None:
         """Close what a previous server left open, restore deployed functions, start reconciling."""
-        closed = await self.store.run(self.store.close_open_instances, self.clock.now())
-        if closed:
-            log.info("closed %d instance records left open by a previous server", closed)
+        # What a crashed server left open ends at its last heartbeat: the last moment it was
+        # known to be alive (a clean stop closes everything itself).
+        last_alive = await self.store.run(self.store.last_heartbeat) or self.clock.now()
+        closed = await self.store.run(self.store.close_open_instances, last_alive)
+        intervals = await self.store.run(self.store.close_open_intervals, last_alive)
+        if closed or intervals:
+            log.info("closed %d instance records and %d ledger intervals left open by a previous "
+                     "server at its last heartbeat", closed, intervals)
         for record in await self.store.run(self.store.list_functions):
             try:
                 spec = parse_spec(record.spec, source=record.source, base_dir=Path(record.base_dir),
@@ -161,6 +176,23 @@ class Platform:
             "config": fn.provision.model_dump(mode="json"),
             "fc": to_fc_json(fn.provision),
         }
+
+    async def bill(self, since: float | None, until: float | None,
+                   function: str | None) -> dict[str, Any]:
+        """Per-function seconds per state, cost, and an always-on GPU's cost over [since, until)."""
+        if function is not None:
+            known = function in self.functions or any(
+                r.name == function for r in await self.store.run(self.store.list_functions))
+            rows_exist = await self.store.run(self.store.ledger_rows, 0.0, float("inf"), function)
+            if not known and not rows_exist:
+                raise NotFound(f"function {function!r} not found")
+        until = self.clock.now() if until is None else until
+        rows = await self.store.run(self.store.ledger_rows, since or 0.0, until, function)
+        if since is None:  # from the first record: the always-on comparison covers the same span
+            since = min((row["start"] for row in rows), default=until)
+        elif since >= until:
+            raise BadRequest(f"since ({since}) must be before until ({until})")
+        return billing.bill(ledger.intervals(rows), self.prices, since, until, function).to_json()
 
     async def events(self, name: str) -> list[dict[str, Any]]:
         return await self.store.run(self.store.list_events, name)

@@ -98,7 +98,8 @@ def _check_port(host: str, port: int) -> None:
             raise TorporError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info") -> None:
+def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info",
+          config: Path | None = None) -> None:
     data_dir = data_dir.resolve()
     for path in deploy:  # fail before starting anything
         load_spec_file(path)
@@ -109,8 +110,8 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    platform = Platform(data_dir)
-    config = uvicorn.Config(
+    platform = Platform(data_dir, config_path=config)
+    uvicorn_config = uvicorn.Config(
         RootApp(platform, deploy),
         host=host,
         port=port,
@@ -121,7 +122,7 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    server = CleanExitServer(config)
+    server = CleanExitServer(uvicorn_config)
     log.info("torpor %s serving on http://%s:%d (data dir %s)", __version__, host, port, data_dir)
     try:
         server.run()

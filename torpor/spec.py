@@ -89,6 +89,8 @@ class ScalingSpec(_Strict):
     max_scale_down_rate: float = Field(default=2.0, gt=1)
     scale_down_delay_s: float = Field(default=0.0, ge=0, le=3600)
     tick_s: float = Field(default=2.0, gt=0, le=60)
+    idle_mode: bool = False  # freeze provisioned instances with no request in flight
+    idle_after_s: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSpec:

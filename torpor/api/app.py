@@ -5,6 +5,7 @@ Every error is JSON ``{"error": "<one sentence>"}`` so the CLI can print it as i
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from torpor import __version__
-from torpor.errors import NotFound, SpecError
+from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.lifecycle.instance import FunctionRuntime
 from torpor.platform import Platform
 
@@ -25,6 +26,23 @@ class DeployRequest(BaseModel):
     spec: dict[str, Any]
     base_dir: str
     source: str = "torpor.yaml"
+
+
+def parse_time(value: str | None, name: str) -> float | None:
+    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise)."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name}: {value!r} is neither epoch seconds nor an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -72,6 +90,10 @@ def create_api(platform: Platform) -> FastAPI:
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(SpecError)
     async def _bad_spec(_: Request, exc: SpecError) -> JSONResponse:
@@ -123,6 +145,15 @@ def create_api(platform: Platform) -> FastAPI:
         """Body: torpor's shape (`target`, `target_tracking`, `scheduled`) or Function Compute's
         provision.json (`target`, `targetTrackingPolicies`, `scheduledActions`)."""
         return await platform.set_provision(name, body)
+
+    @app.get("/api/v1/billing", tags=["billing"])
+    async def billing(since: str | None = None, until: str | None = None,
+                      function: str | None = None) -> dict[str, Any]:
+        """Seconds per state, cost and the always-on comparison per function over [since, until).
+
+        ``since``/``until``: epoch seconds or ISO 8601 (default: everything up to now).
+        """
+        return await platform.bill(parse_time(since, "since"), parse_time(until, "until"), function)
 
     @app.get("/api/v1/instances", tags=["instances"])
     async def list_instances(function: str | None = None, all: bool = False) -> list[dict[str, Any]]:

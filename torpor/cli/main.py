@@ -76,11 +76,17 @@ def serve(
         list[Path] | None, typer.Option("--deploy", help="Deploy this spec at start (repeatable).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    config: Annotated[
+        Path | None,
+        typer.Option(envvar="TORPOR_CONFIG",
+                     help="Server config YAML (price table under `prices:`); "
+                          "default DATA_DIR/config.yaml if present."),
+    ] = None,
 ) -> None:
     """Run the gateway, control API, reconciler and store in one process."""
     from torpor.server import serve as run_server
 
-    run_server(host, port, data_dir, deploy or [], log_level)
+    run_server(host, port, data_dir, deploy or [], log_level, config)
 
 
 @app.command()
@@ -243,6 +249,45 @@ def provision(
     table.add_row(result["function"], str(result["target"]), str(result["current"]),
                   str(result["configured_target"]), ", ".join(names) or "-")
     out.print(table)
+
+
+@app.command()
+def bill(
+    since: Annotated[str | None, typer.Option(
+        help="Start: ISO 8601, epoch seconds, or a duration ago (30m, 6h, 7d).")] = None,
+    until: Annotated[str | None, typer.Option(help="End, same forms (default: now).")] = None,
+    function: Annotated[str | None, typer.Option(help="Only this function.")] = None,
+    server: Server = DEFAULT_SERVER,
+    as_json: AsJson = False,
+) -> None:
+    """What each function's instances cost, against an always-on GPU."""
+    params = {k: _when_arg(v, k) for k, v in (("since", since), ("until", until)) if v}
+    if function:
+        params["function"] = function
+    result = ApiClient(server).api("GET", "/api/v1/billing", params=params)
+    if as_json:
+        _print_json(result)
+        return
+    currency = result["currency"]
+    table = Table("FUNCTION", "ACTIVE S", "IDLE S", f"COST {currency}",
+                  f"ALWAYS-ON {currency}", "SAVING")
+    for line in result["functions"]:
+        pct = f"{line['saving_pct']}%" if line["saving_pct"] is not None else "-"
+        table.add_row(line["function"], line["active_seconds"], line["idle_seconds"],
+                      line["cost"], line["always_on_cost"], pct)
+    total_pct = f"{result['saving_pct']}%" if result["saving_pct"] is not None else "-"
+    table.add_row("total", "", "", result["cost"], result["always_on_cost"], total_pct)
+    out.print(table)
+
+
+def _when_arg(value: str, name: str) -> str:
+    """A duration like 30m, 6h or 7d means that long before now; anything else goes as given."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(value) > 1 and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
+        import time
+
+        return str(time.time() - float(value[:-1]) * units[value[-1]])
+    return value
 
 
 @app.command()

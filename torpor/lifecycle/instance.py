@@ -39,6 +39,17 @@ class Instance:
     def state(self) -> InstanceState:
         return derive_state(self.facts, self.in_flight)
 
+    def idle_transition(self) -> str | None:
+        """Idle mode's step in progress: ``freezing`` or ``thawing`` (None otherwise)."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return None
+        if endpoint.thawing:
+            return "thawing"
+        if endpoint.frozen and self.facts.frozen_at is None:
+            return "freezing"
+        return None
+
     def cold_start(self) -> dict[str, float | str | None]:
         """Where the cold start went, in seconds.
 
@@ -86,6 +97,7 @@ class Instance:
             **self.record(),
             "in_flight": self.in_flight,
             "provisioned": self.provisioned,
+            "idle": self.idle_transition(),
             "cold_start": self.cold_start(),
             "stdout_log": str(self.stdout_path),
             "stderr_log": str(self.stderr_path),

@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,6 +136,7 @@ async def start(
     socket_path: str,
     templates: Templates | None = None,
     model_path: Path | None = None,
+    on_process: Callable[[], None] = lambda: None,
 ) -> UpstreamClient:
     """Run one cold start to READY, recording facts on ``instance`` as they happen.
 
@@ -158,6 +160,7 @@ async def start(
             instance.handle = await backend.launch(plan)
         except OSError as exc:
             raise StartFailed(f"could not run {plan.argv[0]!r}: {exc}") from None
+    on_process()
     instance.address = socket_path if port is None else f"127.0.0.1:{port}"
     await wait_listening(
         instance.handle,

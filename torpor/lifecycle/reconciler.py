@@ -19,12 +19,14 @@ from typing import Any
 
 from torpor.autoscaling import autoscaler
 from torpor.autoscaling.scaling_policies import PolicyState, ProvisionConfig
+from torpor.backend.freezer import Freezer, SignalFreezer
 from torpor.backend.local import LocalBackend, tail
 from torpor.clock import Clock
 from torpor.constants import (
     BACKOFF_BASE_S,
     BACKOFF_MAX_S,
     DRAIN_POLL_S,
+    HEARTBEAT_S,
     RECONCILE_INTERVAL_S,
     STOP_GRACE_S,
 )
@@ -33,9 +35,11 @@ from torpor.gateway.route import Endpoint, FunctionRoute
 from torpor.gateway.routing_policies import RoutingPolicy
 from torpor.gateway.upstream import UpstreamClient
 from torpor.lifecycle import launcher
+from torpor.lifecycle.idle import IdleMode
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.state import InstanceFacts, InstanceState
 from torpor.lifecycle.templates import Templates
+from torpor.metering.ledger import Ledger
 from torpor.spec import FunctionSpec
 from torpor.store import Store
 
@@ -46,7 +50,7 @@ _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FRO
 
 class Reconciler:
     def __init__(self, store: Store, clock: Clock, data_dir: Path, backend: LocalBackend,
-                 templates: bool = False) -> None:
+                 templates: bool = False, freezer: Freezer | None = None) -> None:
         self.store = store
         self.clock = clock
         self.data_dir = data_dir
@@ -60,6 +64,9 @@ class Reconciler:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.on_ready: Callable[[Instance], None] = lambda instance: None
+        self.ledger = Ledger(store, clock)
+        self.idle = IdleMode(freezer or SignalFreezer(), clock, self.ledger, self._background)
+        self._last_heartbeat = 0.0
 
     # deploy / delete ---------------------------------------------------------------------------
 
@@ -103,6 +110,7 @@ class Reconciler:
                              provision=provision or ProvisionConfig(target=spec.scaling.provisioned),
                              model_path=model_path)
         route.observer = fn.recorder
+        route.thaw = lambda endpoint: self.idle.thaw(fn, endpoint)
         self.functions[spec.name] = fn
         self.routes[spec.name] = route
         self._prepare_template(fn)
@@ -144,6 +152,9 @@ class Reconciler:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            if self.clock.now() - self._last_heartbeat >= HEARTBEAT_S:
+                self._last_heartbeat = self.clock.now()
+                self.ledger.heartbeat()
             for fn in list(self.functions.values()):
                 try:
                     self.reconcile(fn)
@@ -174,10 +185,11 @@ class Reconciler:
             for n in range(desired - len(live)):
                 self._spawn(fn, provisioned=provisioned + n < fn.decision.provisioned)
         elif len(live) > desired:
-            idle = [i for i in live if i.state == InstanceState.READY]
+            idle = [i for i in live if i.state in (InstanceState.READY, InstanceState.FROZEN)]
             idle.sort(key=lambda i: (i.provisioned, -(i.facts.ready_at or 0)))
             for instance in idle[: len(live) - desired]:
                 self._drain_soon(fn, instance, "scale in")
+        self.idle.freeze_idle(fn, now)
         # Instances of an older revision go once the current one serves (or nothing is needed).
         serving = any(i.state in (InstanceState.READY, InstanceState.BUSY) for i in live)
         if serving or desired == 0:
@@ -220,6 +232,7 @@ class Reconciler:
             provisioned=provisioned,
         )
         fn.instances[instance_id] = instance
+        self.ledger.transition(instance, fn.spec, InstanceState.STARTING)
         fn.route.failure = None
         self._background(self._start(fn, instance), f"start {instance_id}")
 
@@ -231,6 +244,7 @@ class Reconciler:
             client = await launcher.start(
                 self.backend, self.clock, spec, fn.base_dir, instance, socket_path,
                 self.templates if self.uses_template(fn) else None, fn.model_path,
+                on_process=lambda: self.idle.attach(fn, instance),
             )
         except (launcher.StartFailed, OSError) as exc:
             await self._start_failed(fn, instance, str(exc), getattr(exc, "stderr_path", None))
@@ -247,6 +261,7 @@ class Reconciler:
                                      provisioned=instance.provisioned)
         fn.failures, fn.backoff_until, fn.last_error = 0, 0.0, None
         fn.route.add_endpoint(instance.endpoint)
+        self.ledger.transition(instance, spec, InstanceState.READY)
         self._save(instance)
         self.on_ready(instance)
         total = instance.cold_start()["total_s"]
@@ -263,6 +278,7 @@ class Reconciler:
         instance.facts.failure = reason
         instance.facts.exited_at = self.clock.now()
         instance.facts.exit_code = instance.handle.returncode if instance.handle else None
+        self.ledger.transition(instance, fn.spec, None)
         self._save(instance)
         if fn.revision != instance.revision or self.functions.get(fn.name) is not fn:
             return
@@ -293,6 +309,8 @@ class Reconciler:
         code = await instance.handle.wait()
         instance.facts.exited_at = self.clock.now()
         instance.facts.exit_code = code
+        self.ledger.transition(instance, fn.spec, None)
+        self.idle.release(instance)
         endpoint = instance.endpoint
         if endpoint is not None:
             fn.route.remove_endpoint(endpoint)
@@ -318,6 +336,8 @@ class Reconciler:
         """No new requests; stop the process once its in-flight requests are answered."""
         if instance.facts.draining_at is None:
             instance.facts.draining_at = self.clock.now()
+            if instance.facts.exited_at is None:
+                self.ledger.transition(instance, fn.spec, InstanceState.DRAINING)
             self._event(fn.name, "stopping", f"instance {instance.id}: {why}")
         if instance.endpoint is not None:
             fn.route.remove_endpoint(instance.endpoint)
@@ -326,6 +346,7 @@ class Reconciler:
                 await asyncio.sleep(DRAIN_POLL_S)
         self._save(instance)
         if instance.handle is not None and instance.handle.returncode is None:
+            await self.idle.thaw_before_stop(instance)
             await self.backend.stop(instance.handle, STOP_GRACE_S)
 
     # shutdown ----------------------------------------------------------------------------------
@@ -357,6 +378,7 @@ class Reconciler:
                 if instance.facts.draining_at is None:
                     instance.facts.draining_at = instance.facts.exited_at
             self.store.save_instance(instance.record())
+        self.store.run_now(self.store.close_open_intervals, self.clock.now())
 
     # helpers -----------------------------------------------------------------------------------
 

@@ -338,7 +338,8 @@ def _text(value: Decimal | None) -> str | None:
 
 
 def _json(record: Bill | BillLine) -> dict[str, Any]:
-    """Fields with their units in the name (``active_seconds`` → ``active_s``), amounts as text."""
+    """Fields keep their unit-carrying names (``active_seconds``, ``gpu_gb_seconds_active``, ``cost``
+    in the bill's currency); amounts are decimal text."""
     out: dict[str, Any] = {}
     for item in fields(record):
         value = getattr(record, item.name)
@@ -348,6 +349,7 @@ def _json(record: Bill | BillLine) -> dict[str, Any]:
             value = {key: _text(amount) for key, amount in sorted(value.items())}
         elif isinstance(value, tuple):
             value = [_json(line) for line in value]
-        name = {"since": "since_s", "until": "until_s", "lines": "functions"}.get(item.name, item.name)
-        out[name.replace("seconds", "s")] = value
+        name = {"since": "since_epoch_s", "until": "until_epoch_s", "lines": "functions"}.get(
+            item.name, item.name)
+        out[name] = value
     return out

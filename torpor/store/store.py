@@ -52,6 +52,10 @@ class Store:
         """Queue a write without waiting for it; writes keep their order."""
         self._executor.submit(_logged, fn, *args)
 
+    def run_now(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run on the store's thread and wait (for shutdown, after queued writes)."""
+        return self._executor.submit(fn, *args).result()
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
@@ -135,6 +139,49 @@ class Store:
             query = query.where(t.c.function == function)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+    # ledger -------------------------------------------------------------------------------------
+
+    def ledger_transition(self, info: dict[str, Any], state: str | None, at: float) -> None:
+        """Close the instance's open interval at ``at`` and, unless ``state`` is None, open the next.
+
+        One transaction, so an interval is never lost between the two.
+        """
+        t = tables.ledger
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t)
+                .where(t.c.instance_id == info["instance_id"], t.c.end.is_(None))
+                .values(end=at)
+            )
+            if state is not None:
+                conn.execute(insert(t).values(**info, state=state, start=at, end=None))
+
+    def close_open_intervals(self, at: float) -> int:
+        t = tables.ledger
+        with self.engine.begin() as conn:
+            result = conn.execute(update(t).where(t.c.end.is_(None)).values(end=at))
+            return int(result.rowcount or 0)
+
+    def ledger_rows(self, since: float, until: float, function: str | None = None) -> list[dict[str, Any]]:
+        t = tables.ledger
+        query = select(t).where(t.c.start < until, (t.c.end.is_(None)) | (t.c.end > since))
+        if function is not None:
+            query = query.where(t.c.function == function)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query.order_by(t.c.id))]
+
+    def heartbeat(self, at: float) -> None:
+        t = tables.server_state
+        with self.engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.key == "heartbeat"))
+            conn.execute(insert(t).values(key="heartbeat", value=at))
+
+    def last_heartbeat(self) -> float | None:
+        t = tables.server_state
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.c.value).where(t.c.key == "heartbeat")).first()
+        return float(row.value) if row else None
 
     def close_open_instances(self, now: float) -> int:
         """Instances left live by a server that died are stopped as of ``now``; returns how many."""

@@ -47,6 +47,32 @@ events = Table(
     Column("message", Text, nullable=False),
 )
 
+# Metering: one row per instance state interval [start, end); end is NULL while open.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("instance_id", String(100), nullable=False, index=True),
+    Column("function", String(63), nullable=False, index=True),
+    Column("revision", Integer, nullable=False),
+    Column("pool", String(63), nullable=False),
+    Column("device", String(63), nullable=False),
+    Column("gpu_memory_mb", Integer, nullable=False),
+    Column("cpus", Float, nullable=False),
+    Column("memory_mb", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("start", Float, nullable=False, index=True),
+    Column("end", Float),
+)
+
+# Small facts about the server itself, e.g. its last heartbeat (what a crash is closed at).
+server_state = Table(
+    "server_state",
+    metadata,
+    Column("key", String(63), primary_key=True),
+    Column("value", Float, nullable=False),
+)
+
 provision_configs = Table(
     "provision_configs",
     metadata,
