@@ -103,7 +103,9 @@ def create_api(platform: Platform) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "functions": len(platform.functions)}
+        return {"status": "ok", "version": __version__, "functions": len(platform.functions),
+                "freezer": platform.freezer.name,
+                "templates": platform.reconciler.templates is not None}
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
