@@ -143,13 +143,22 @@ def get(name: str, server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> 
             out.print(f"  {_when(event['at'])}  {event['kind']:<13} {event['message']}")
 
 
+def _ms(value: Any) -> str:
+    return f"{value * 1000:.1f}" if isinstance(value, int | float) else "-"
+
+
 def _instance_table(instances: list[dict[str, Any]]) -> None:
-    table = Table("ID", "FUNCTION", "REV", "STATE", "PID", "IN FLIGHT", "STARTED", "COLD START")
+    """Instances with their cold start in ms: fork or spawn (start → listening, setup included),
+    setup, initialize (/initialize: warmup), first response, total (start → ready)."""
+    table = Table("ID", "FUNCTION", "REV", "STATE", "PID", "IN FLIGHT", "STARTED", "MODE",
+                  "FORK/SPAWN", "SETUP", "INIT", "1ST RESP", "COLD START")
     for i in instances:
-        total = (i.get("cold_start") or {}).get("total_s")
+        cold = i.get("cold_start") or {}
         table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], str(i["pid"] or "-"),
-                      str(i.get("in_flight", 0)), _when(i["started_at"]),
-                      f"{total * 1000:.0f} ms" if total is not None else "-")
+                      str(i.get("in_flight", 0)), _when(i["started_at"]), cold.get("mode", "-"),
+                      _ms(cold.get("fork_s", cold.get("spawn_s"))), _ms(cold.get("setup_s")),
+                      _ms(cold.get("initialize_s")), _ms(cold.get("first_response_s")),
+                      _ms(cold.get("total_s")))
     out.print(table)
 
 
