@@ -63,7 +63,8 @@ def function_env(spec: FunctionSpec, revision: int, model_path: Path | None = No
     pools = str(max(1, int(spec.resources.cpus)))
     env = {**os.environ, **dict.fromkeys(_THREAD_POOL_VARS, pools)}
     env = {**env, **spec.env, "TORPOR_FUNCTION": spec.name,
-           "TORPOR_REVISION": str(revision), "PYTHONUNBUFFERED": "1"}
+           "TORPOR_REVISION": str(revision), "PYTHONUNBUFFERED": "1",
+           "TORPOR_SERVER_PID": str(os.getpid())}
     if model_path is not None:
         env["TORPOR_MODEL_PATH"] = str(model_path)
     return env

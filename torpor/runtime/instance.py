@@ -7,7 +7,10 @@ report the same timings through ``/initialize``.
 from __future__ import annotations
 
 import importlib
+import os
+import select
 import sys
+import threading
 import time
 import traceback
 
@@ -15,6 +18,7 @@ from torpor.sdk import Model
 
 EXIT_IMPORT = 3
 EXIT_SETUP = 4
+EXIT_ORPHANED = 5  # the server is gone
 
 
 def load_model_class(handler: str) -> type[Model]:
@@ -45,6 +49,26 @@ def import_and_load(handler: str) -> tuple[Model, float]:
         traceback.print_exc()
         sys.exit(EXIT_SETUP)
     return model, time.perf_counter() - started
+
+
+def watch_server() -> None:
+    """Exit when the torpor server that runs us exits (``TORPOR_SERVER_PID``), whoever our parent
+    is: a forked instance is not the server's child until its intermediate parent is gone."""
+    server_pid = int(os.environ.get("TORPOR_SERVER_PID", "0"))
+    if server_pid <= 1 or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        pidfd = os.pidfd_open(server_pid)
+    except ProcessLookupError:
+        os._exit(EXIT_ORPHANED)
+    except OSError:
+        return
+
+    def wait() -> None:
+        select.select([pidfd], [], [])
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=wait, name="torpor-server-watch", daemon=True).start()
 
 
 def setup_and_serve(model: Model, socket_path: str, concurrency: int, timings: dict[str, float]) -> None:

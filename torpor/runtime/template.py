@@ -14,7 +14,6 @@ therefore takes no instance with it.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -26,11 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torpor.runtime.instance import import_and_load, setup_and_serve
+from torpor.runtime.instance import import_and_load, setup_and_serve, watch_server
 from torpor.sdk import Model
-
-_PR_SET_PDEATHSIG = 1
-REPARENT_WAIT_S = 2.0
 
 
 def thread_count() -> int:
@@ -65,14 +61,20 @@ def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> 
             line = conn.makefile("rb").readline()
             if not line:  # a readiness probe: connected and closed
                 continue
+            intermediate = None
             try:
-                reply = fork_instance(model, json.loads(line), listener, conn, concurrency, load_s)
+                reply, intermediate = fork_instance(model, json.loads(line), listener, conn,
+                                                    concurrency, load_s)
             except Exception as exc:  # a bad request must not kill the template
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             try:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
                 pass  # the server gave up on this fork; the child is still its to watch
+        if intermediate is not None:
+            # Reaped after the reply: its exit (unmapping a copy of this whole process) is
+            # off the cold start's critical path.
+            os.waitpid(intermediate, 0)
 
 
 def fork_instance(
@@ -82,7 +84,7 @@ def fork_instance(
     conn: socket.socket,
     concurrency: int,
     load_s: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], int]:
     threads = thread_count()
     read_fd, write_fd = os.pipe()
     started = time.perf_counter()
@@ -90,26 +92,22 @@ def fork_instance(
     if intermediate == 0:
         try:
             os.close(read_fd)
-            me = os.getpid()  # before the fork: this process may be gone by the time the child looks
             child = os.fork()
             if child == 0:
                 os.close(write_fd)
                 listener.close()
                 conn.close()
-                _become_instance(model, request, concurrency, load_s, me)
+                _become_instance(model, request, concurrency, load_s)
             os.write(write_fd, f"{child}\n".encode())
         finally:
             os._exit(0)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         pid = int(pipe.readline())
-    os.waitpid(intermediate, 0)
-    return {"pid": pid, "fork_s": time.perf_counter() - started, "threads": threads}
+    return {"pid": pid, "fork_s": time.perf_counter() - started, "threads": threads}, intermediate
 
 
-def _become_instance(
-    model: Model, request: dict[str, Any], concurrency: int, load_s: float, intermediate: int
-) -> None:
+def _become_instance(model: Model, request: dict[str, Any], concurrency: int, load_s: float) -> None:
     """In the forked child: own session, own logs, own randomness, then setup() and serve."""
     try:
         os.setsid()
@@ -121,11 +119,9 @@ def _become_instance(
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ.update(request.get("env", {}))
         _reseed()
-        deadline = time.monotonic() + REPARENT_WAIT_S
-        while os.getppid() == intermediate and time.monotonic() < deadline:
-            time.sleep(0.0002)
-        if sys.platform == "linux":  # die with the server (now our parent), as spawned instances do
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # No waiting to be re-parented (that happens only once the intermediate has unmapped its
+        # copy of the template): the instance follows the server's life through a pidfd instead.
+        watch_server()
         # no gc.unfreeze(): the template's objects stay out of the collector, so no full collection
         # walks (and copies) the pages shared with the template
         setup_and_serve(model, request["socket"], concurrency,
