@@ -270,7 +270,7 @@ def bill(
     as_json: AsJson = False,
 ) -> None:
     """What each function's instances cost, against an always-on GPU."""
-    params = {k: _when_arg(v, k) for k, v in (("since", since), ("until", until)) if v}
+    params = {k: _when_arg(v) for k, v in (("since", since), ("until", until)) if v}
     if function:
         params["function"] = function
     result = ApiClient(server).api("GET", "/api/v1/billing", params=params)
@@ -289,7 +289,7 @@ def bill(
     out.print(table)
 
 
-def _when_arg(value: str, name: str) -> str:
+def _when_arg(value: str) -> str:
     """A duration like 30m, 6h or 7d means that long before now; anything else goes as given."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if len(value) > 1 and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():

@@ -6,6 +6,7 @@ report the same timings through ``/initialize``.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import select
@@ -19,6 +20,19 @@ from torpor.sdk import Model
 EXIT_IMPORT = 3
 EXIT_SETUP = 4
 EXIT_ORPHANED = 5  # the server is gone
+
+
+def parse_args(prog: str, socket_flag: str, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments both entry points take; enters the function's folder (imports resolve there)."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--handler", required=True)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument(socket_flag, required=True, dest="socket")
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args(argv)
+    os.chdir(args.dir)
+    sys.path.insert(0, args.dir)
+    return args
 
 
 def load_model_class(handler: str) -> type[Model]:

@@ -13,7 +13,6 @@ therefore takes no instance with it.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torpor.runtime.instance import import_and_load, setup_and_serve, watch_server
+from torpor.runtime.instance import import_and_load, parse_args, setup_and_serve, watch_server
 from torpor.sdk import Model
 
 
@@ -151,15 +150,7 @@ def _reseed() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torpor.runtime.template")
-    parser.add_argument("--handler", required=True)
-    parser.add_argument("--dir", required=True)
-    parser.add_argument("--control", required=True)
-    parser.add_argument("--concurrency", type=int, default=1)
-    args = parser.parse_args(argv)
-
-    os.chdir(args.dir)
-    sys.path.insert(0, args.dir)
+    args = parse_args("python -m torpor.runtime.template", "--control", argv)
     model, load_s = import_and_load(args.handler)
     _preimport_serving_stack()
     gc.collect()
@@ -167,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = thread_count()
     print(f"torpor template: {args.handler} loaded in {load_s:.3f}s, {threads} thread(s)",
           file=sys.stderr, flush=True)
-    Path(args.control).parent.mkdir(parents=True, exist_ok=True)
-    serve_forks(model, args.control, args.concurrency, load_s)
+    Path(args.socket).parent.mkdir(parents=True, exist_ok=True)
+    serve_forks(model, args.socket, args.concurrency, load_s)
     return 0
 
 
