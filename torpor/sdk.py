@@ -17,12 +17,34 @@ a template process may run it once and share it with forked instances), ``setup(
 e.g. moving weights to a device), ``warmup()`` (run by ``POST /initialize`` before the instance takes
 traffic, so no real request pays for lazy initialisation), then ``predict(payload)`` per request.
 ``on_freeze()`` and ``on_thaw()`` run around idle mode.
+
+Streaming: a ``predict`` that yields (a generator or an async generator) streams each item to the
+client as it is produced: ``str`` items as text, ``bytes`` as they are, anything else as one JSON
+document per line (``application/x-ndjson``). Return ``Response(body=generator,
+content_type="text/event-stream")`` to stream server-sent events.
+
+Batching: set ``max_batch_size`` above 1 and torpor gathers requests that arrive together (waiting
+at most ``batch_timeout_ms`` after the first one) into one ``predict`` call on a *list* of payloads,
+which must return a list of results of the same length, in order::
+
+    class Embed(torpor.Model):
+        max_batch_size = 16
+        batch_timeout_ms = 5.0
+
+        def predict(self, payloads: list[Any]) -> list[Any]:
+            return [self.encode(p) for p in payloads]
+
+A batch can only form from requests that reach the instance together, so a batching function needs
+``concurrency`` of at least ``max_batch_size`` in its ``torpor.yaml`` (with the default
+``concurrency: 1`` the gateway sends one request at a time and every batch has one payload).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -43,8 +65,29 @@ class Model:
 
     ``payload`` given to :meth:`predict` is the decoded JSON body when the request's content type is
     JSON, ``str`` for ``text/*``, and ``bytes`` otherwise. The result may be JSON-serialisable data,
-    ``str``, ``bytes`` or a :class:`Response`.
+    ``str``, ``bytes`` or a :class:`Response`, or a generator of chunks to stream.
+
+    ``max_batch_size`` and ``batch_timeout_ms`` turn batching on (see the module docstring); they are
+    checked when the class is declared.
     """
+
+    max_batch_size: ClassVar[int] = 1
+    batch_timeout_ms: ClassVar[float] = 10.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        size, timeout = cls.max_batch_size, cls.batch_timeout_ms
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise TypeError(f"{cls.__name__}.max_batch_size must be an integer of at least 1, "
+                            f"got {size!r}")
+        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                or not math.isfinite(timeout) or timeout < 0):
+            raise TypeError(f"{cls.__name__}.batch_timeout_ms must be a number of milliseconds "
+                            f"of at least 0, got {timeout!r}")
+        if size > 1 and (inspect.isgeneratorfunction(cls.predict)
+                         or inspect.isasyncgenfunction(cls.predict)):
+            raise TypeError(f"{cls.__name__}.predict streams (it yields), which batching does not "
+                            f"support; set max_batch_size = 1 or return whole results")
 
     def load(self) -> None:
         """Device-free preparation shared by every instance of a revision (read weights, tokenizers)."""

@@ -16,14 +16,12 @@ import sys
 from pathlib import Path
 from typing import IO
 
-import uvicorn
-
 from torpor import __version__
 from torpor.api.app import create_api
 from torpor.errors import DataDirLocked, TorporError
 from torpor.gateway.proxy import Gateway
+from torpor.httpserver import HttpServer
 from torpor.platform import Platform
-from torpor.runtime.serve import CleanExitServer
 from torpor.spec import load_spec_file
 from torpor.types import Receive, Scope, Send
 
@@ -111,21 +109,12 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
         stream=sys.stderr,
     )
     platform = Platform(data_dir, config_path=config)
-    uvicorn_config = uvicorn.Config(
-        RootApp(platform, deploy),
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = CleanExitServer(uvicorn_config)
+    # torpor's own lean HTTP/1.1 server (uvloop + httptools): the gateway's cost is part of the
+    # product (bench/gateway.py); a finished graceful shutdown on SIGINT/SIGTERM exits with 0
+    server = HttpServer(RootApp(platform, deploy), lifespan=True, graceful_timeout_s=10)
     log.info("torpor %s serving on http://%s:%d (data dir %s)", __version__, host, port, data_dir)
     try:
-        server.run()
+        server.run(host=host, port=port)
     finally:
         lock.close()
     if not server.started:

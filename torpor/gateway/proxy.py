@@ -4,31 +4,60 @@ Headers on every response: ``x-torpor-request-id``, and for forwarded ones ``x-t
 ``x-torpor-start`` (``cold`` when the request waited for an instance that became ready after it
 arrived, ``thawed`` when it waited for a frozen one to thaw, else ``warm``). Errors the gateway
 answers itself are JSON: ``{"error", "reason", "function", "request_id"}``.
+
+The hot path (bench/gateway.py) does per request: one pass over the request headers, one
+allocation-free routing choice, one ``write()`` to a kept-alive instance connection
+(:mod:`torpor.gateway.upstream`), and for a response that arrived whole, one ``write()`` back. Nothing
+is logged and nothing is validated with pydantic on the way.
+
+A response that is still arriving when its head does (a handler that yields, SSE) is streamed chunk
+by chunk as the instance produces it. While it streams, the gateway watches the client: when
+``receive()`` reports ``http.disconnect`` (or ``send()`` fails), it stops reading the instance,
+closes that connection and releases the slot at once. ``timeout_s`` bounds the wait for the
+response head and every gap between two chunks. An instance that breaks off a response mid-stream
+makes the gateway break off the client's response too (no clean end), so truncation is visible.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import json
-import logging
-import uuid
+import os
 from collections.abc import Mapping
-
-import aiohttp
 
 from torpor.clock import Clock
 from torpor.errors import GatewayError, UpstreamFailed, UpstreamTimeout
-from torpor.gateway.route import Endpoint, FunctionRoute
-from torpor.gateway.upstream import UpstreamClient
+from torpor.gateway.route import Endpoint, FunctionRoute, Lease
+from torpor.gateway.upstream import (
+    ConnectFailed,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimedOut,
+)
 from torpor.types import Receive, Scope, Send
-
-log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
-     "proxy-authorization", "proxy-authenticate", "content-length"}
+    {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"host",
+     b"proxy-authorization", b"proxy-authenticate", b"content-length", b"expect"}
 )
-_DROP_FROM_UPSTREAM = frozenset({"connection", "keep-alive", "transfer-encoding", "date", "server"})
+_DROP_FROM_UPSTREAM = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"})
+_START = {"cold": b"cold", "thawed": b"thawed", "warm": b"warm"}
+
+# Request ids: 32 hex digits, a random per-process prefix and a counter (no syscall per request).
+_ID_PREFIX = os.urandom(8).hex()
+_ids = itertools.count()
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):016x}"
+
+
+class BrokenStream(Exception):
+    """The instance broke off a response whose head was already sent to the client."""
 
 
 class Gateway:
@@ -38,8 +67,18 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        name, _, rest = path[4:].partition("/")  # strip "/fn/"
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        name, _, _ = path[4:].partition("/")  # strip "/fn/"
+        request_id = None
+        lines = []
+        for key, value in scope["headers"]:
+            if key in _HOP_BY_HOP:
+                continue
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")
+            lines.append(key + b": " + value + b"\r\n")
+        if request_id is None:
+            request_id = new_request_id()
+        lines.append(b"x-torpor-request-id: " + request_id.encode("latin-1") + b"\r\n")
         route = self.routes.get(name)
         if route is None:
             await _error(send, 404, f"function {name!r} not found", "not_found", name, request_id)
@@ -55,104 +94,116 @@ class Gateway:
         except GatewayError as exc:
             await _gateway_error(send, exc, name, request_id)
             return
-        query = scope.get("query_string", b"")
-        target = "/" + rest + ("?" + query.decode("latin-1") if query else "")
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in scope["headers"]
-            if k.decode("latin-1") not in _HOP_BY_HOP
-        ]
-        headers.append(("x-torpor-request-id", request_id))
-        try:
-            sent = await self._forward(route, lease.endpoint, scope["method"], target, headers,
-                                       body, send, request_id, arrived_at)
-            if not sent:
-                # Nothing reached that instance (it died between choice and send): one more try
-                # elsewhere. A request an instance did receive is never replayed.
-                failed = lease.endpoint
-                failed.accepting = False
-                lease.release()
-                try:
-                    lease = await route.acquire()
-                except GatewayError as exc:
-                    await _gateway_error(send, exc, name, request_id)
-                    return
-                sent = await self._forward(route, lease.endpoint, scope["method"], target,
-                                           headers, body, send, request_id, arrived_at)
-                if not sent:
-                    lease.endpoint.accepting = False
-                    await _upstream_failed(send, name, lease.endpoint, None, request_id)
-        finally:
-            lease.release()
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        target = b"/" + raw_path[4:].partition(b"/")[2]
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            target += b"?" + query
+        await self._forward(route, lease, scope["method"], target, b"".join(lines), body,
+                            receive, send, request_id, arrived_at)
 
     async def _forward(
         self,
         route: FunctionRoute,
-        endpoint: Endpoint,
+        lease: Lease,
         method: str,
-        target: str,
-        headers: list[tuple[str, str]],
+        target: bytes,
+        header_lines: bytes,
         body: bytes,
+        receive: Receive,
         send: Send,
         request_id: str,
         arrived_at: float,
-    ) -> bool:
-        """Send once; False when the connection could not even be made (safe to retry)."""
-        client = endpoint.client
-        assert isinstance(client, UpstreamClient)
+        retried: bool = False,
+    ) -> None:
+        """Send, stream the answer back; ``lease`` is released in any case."""
         try:
-            response = await client.session.request(
-                method,
-                client.base + target,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=route.timeout_s),
-            )
-        except aiohttp.ClientConnectorError:
-            return False
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            message = (f"function {route.name!r} did not answer within "
-                       f"timeout_s={route.timeout_s:g}s on instance {endpoint.instance_id}")
-            await _gateway_error(send, UpstreamTimeout(message), route.name, request_id)
-            return True
-        except aiohttp.ClientError as exc:
-            await _upstream_failed(send, route.name, endpoint, exc, request_id)
-            return True
+            endpoint = lease.endpoint
+            client = endpoint.client
+            assert isinstance(client, UpstreamClient)
+            try:
+                response = await client.request(method, target, header_lines, body, route.timeout_s)
+            except ConnectFailed as exc:
+                # Nothing reached that instance (it died between choice and send): one more try
+                # elsewhere. A request an instance did receive is never replayed.
+                endpoint.accepting = False
+                if retried:
+                    await _upstream_failed(send, route.name, endpoint, exc, request_id)
+                    return
+                lease.release()
+                try:
+                    replacement = await route.acquire()
+                except GatewayError as error:
+                    await _gateway_error(send, error, route.name, request_id)
+                    return
+                await self._forward(route, replacement, method, target, header_lines, body,
+                                    receive, send, request_id, arrived_at, retried=True)
+                return
+            except UpstreamTimedOut:
+                message = (f"function {route.name!r} did not answer within "
+                           f"timeout_s={route.timeout_s:g}s on instance {endpoint.instance_id}")
+                await _gateway_error(send, UpstreamTimeout(message), route.name, request_id)
+                return
+            except UpstreamError as exc:
+                await _upstream_failed(send, route.name, endpoint, exc, request_id)
+                return
+            await self._respond(response, endpoint, receive, send, request_id, arrived_at)
+        finally:
+            lease.release()
+
+    async def _respond(self, response: UpstreamResponse, endpoint: Endpoint, receive: Receive,
+                       send: Send, request_id: str, arrived_at: float) -> None:
         if endpoint.ready_at > arrived_at:
-            start = "cold"
+            start = b"cold"
         elif endpoint.thawed_at > arrived_at:
-            start = "thawed"
+            start = b"thawed"
         else:
-            start = "warm"
-        await _stream(response, send, request_id, endpoint.instance_id, start)
+            start = b"warm"
         if endpoint.first_response_at is None:
             endpoint.first_response_at = self.clock.now()
-        return True
+        headers = [(k, v) for k, v in response.headers if k not in _DROP_FROM_UPSTREAM]
+        headers.append((b"x-torpor-request-id", request_id.encode("latin-1")))
+        headers.append((b"x-torpor-instance", endpoint.instance_id.encode()))
+        headers.append((b"x-torpor-start", start))
+        if response.complete:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": response.body()})
+            return
+        await _stream(response, receive, send, response.status, headers)
 
 
 async def _stream(
-    response: aiohttp.ClientResponse, send: Send, request_id: str, instance: str, start: str
+    response: UpstreamResponse, receive: Receive, send: Send, status: int,
+    headers: list[tuple[bytes, bytes]],
 ) -> None:
-    headers = [
-        (k.lower().encode("latin-1"), v.encode("latin-1"))
-        for k, v in response.headers.items()
-        if k.lower() not in _DROP_FROM_UPSTREAM
-    ]
-    headers += [
-        (b"x-torpor-request-id", request_id.encode()),
-        (b"x-torpor-instance", instance.encode()),
-        (b"x-torpor-start", start.encode()),
-    ]
+    """Pass a response through as it arrives; stop reading the instance when the client leaves."""
+    watcher = asyncio.ensure_future(_abort_on_disconnect(receive, response))
     try:
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        async for chunk in response.content.iter_any():
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})  # headers out now
+        while True:
+            try:
+                chunk = await response.read()
+            except UpstreamError as exc:
+                if watcher.done():
+                    return  # the client left: nothing more to say
+                raise BrokenStream(f"the instance broke off its response: {exc}") from None
+            if not chunk:
+                break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        log.warning("instance %s broke off a response: %s", instance, exc)
-        await send({"type": "http.response.body", "body": b""})
+    except OSError:
+        pass  # the client went away (ASGI servers raise an OSError from send())
     finally:
-        response.release()
+        watcher.cancel()
+        response.abort()
+
+
+async def _abort_on_disconnect(receive: Receive, response: UpstreamResponse) -> None:
+    with contextlib.suppress(Exception):
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    response.abort()
 
 
 async def _upstream_failed(
@@ -184,7 +235,7 @@ async def _error(
     ).encode()
     headers = [
         (b"content-type", b"application/json"),
-        (b"x-torpor-request-id", request_id.encode()),
+        (b"x-torpor-request-id", request_id.encode("latin-1")),
         *(extra or []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -192,21 +243,17 @@ async def _error(
 
 
 async def _read_body(receive: Receive) -> bytes | None:
-    chunks = []
-    size = 0
-    while True:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body"):
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             return None
         chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
+    return b"".join(chunks)

@@ -3,7 +3,8 @@
 
 A synchronous ``predict`` runs inline when the instance takes one request at a time (no thread hop on
 the hot path) and on a thread pool sized to ``concurrency`` otherwise; an ``async def predict`` is
-awaited.
+awaited. A ``predict`` that yields streams (:mod:`torpor.runtime.streaming`); a Model with
+``max_batch_size`` above 1 has its requests gathered into batches (:mod:`torpor.runtime.batching`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from torpor.runtime.batching import Batcher, BatchFailed
 from torpor.runtime.codec import BadPayload, decode_body, encode_result, error_body
-from torpor.sdk import Model
+from torpor.runtime.streaming import is_stream, stream
+from torpor.sdk import Model, Response
 from torpor.types import Receive, Scope, Send
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -38,6 +41,15 @@ class ModelApp:
         )
         self._initialized = False
         self._init_lock = asyncio.Lock()
+        self._batcher: Batcher | None = None
+        if model.max_batch_size > 1:
+            self._batcher = Batcher(self._predict, max_batch_size=model.max_batch_size,
+                                    batch_timeout_s=model.batch_timeout_ms / 1000,
+                                    name=type(model).__name__)
+            if concurrency < model.max_batch_size:
+                print(f"torpor: {type(model).__name__}.max_batch_size is {model.max_batch_size} but "
+                      f"the function's concurrency is {concurrency}: batches hold at most "
+                      f"{concurrency} request(s); raise concurrency in torpor.yaml", file=sys.stderr)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,11 +77,20 @@ class ModelApp:
             return
         name = type(self.model).__name__
         try:
-            result = await self._predict(payload)
+            if self._batcher is not None:
+                result = await self._batcher.submit(payload)
+            else:
+                result = await self._predict(payload)
+        except BatchFailed as exc:
+            await _reply(send, 500, _JSON_HEADERS, error_body(str(exc), "handler_error"))
+            return
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             message = f"{name}.predict raised {type(exc).__name__}: {exc}"
             await _reply(send, 500, _JSON_HEADERS, error_body(message, "handler_error"))
+            return
+        if is_stream(result) or (isinstance(result, Response) and is_stream(result.body)):
+            await self._stream(result, receive, send)
             return
         try:
             status, headers, out = encode_result(result)
@@ -87,6 +108,20 @@ class ModelApp:
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, self.model.predict, payload
         )
+
+    async def _stream(self, result: Any, receive: Receive, send: Send) -> None:
+        status, headers, content_type = 200, [], None
+        if isinstance(result, Response):
+            status = result.status
+            content_type = result.content_type.encode() if result.content_type else None
+            for key, value in result.headers.items():
+                if key.lower() == "content-type":
+                    content_type = str(value).encode()
+                else:
+                    headers.append((key.lower().encode(), str(value).encode()))
+            result = result.body
+        await stream(result, receive, send, status=status, headers=headers, content_type=content_type,
+                     pool=self._pool, name=type(self.model).__name__)
 
     async def _initialize(self, send: Send) -> None:
         async with self._init_lock:

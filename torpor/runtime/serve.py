@@ -1,41 +1,33 @@
-"""Serve a Model's ASGI app on a Unix socket with uvicorn (httptools parser, uvloop)."""
+"""Serve a Model's ASGI app on a Unix socket (or a loopback port) with torpor's lean HTTP server.
+
+The instance's side of the hot path: :class:`torpor.httpserver.HttpServer` on uvloop, no access log,
+connections from the gateway kept alive for as long as it likes (no idle timeout: the gateway owns
+the pool). SIGTERM finishes the requests in flight (up to ``GRACEFUL_TIMEOUT_S``) and exits with 0.
+"""
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
-import uvicorn
-
+from torpor.httpserver import HttpServer
 from torpor.runtime.app import ModelApp
 from torpor.sdk import Model
 
+GRACEFUL_TIMEOUT_S = 5.0
 
-class CleanExitServer(uvicorn.Server):
-    """A uvicorn server whose SIGINT/SIGTERM shutdown ends the process with code 0.
 
-    uvicorn re-raises a captured signal after its graceful shutdown; torpor treats a finished
-    graceful shutdown as a clean exit.
-    """
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        super().handle_exit(sig, frame)
-        self._captured_signals.clear()
+def make_server(model: Model, concurrency: int, timings: dict[str, float] | None = None) -> HttpServer:
+    return HttpServer(ModelApp(model, concurrency, timings), graceful_timeout_s=GRACEFUL_TIMEOUT_S,
+                      keep_alive_s=None)
 
 
 def serve_unix(
     model: Model, socket_path: str, concurrency: int, timings: dict[str, float] | None = None
 ) -> None:
-    if os.path.exists(socket_path):
-        os.unlink(socket_path)
-    config = uvicorn.Config(
-        ModelApp(model, concurrency, timings),
-        uds=socket_path,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    CleanExitServer(config).run()
+    make_server(model, concurrency, timings).run(uds=socket_path)
+
+
+def serve_tcp(
+    model: Model, port: int, concurrency: int, timings: dict[str, float] | None = None,
+    host: str = "127.0.0.1",
+) -> None:
+    """The same server on a TCP port: bench/gateway.py reaches an instance directly through it."""
+    make_server(model, concurrency, timings).run(host=host, port=port)

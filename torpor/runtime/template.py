@@ -37,14 +37,14 @@ def thread_count() -> int:
 
 def _preimport_serving_stack() -> None:
     """Import what a child needs to serve, once, so every fork starts with it loaded."""
-    import uvicorn
-    import uvicorn.lifespan.off
-    import uvicorn.loops.uvloop
-    import uvicorn.protocols.http.httptools_impl  # noqa: F401
+    import httptools  # noqa: F401
     import uvloop  # noqa: F401
 
+    import torpor.httpserver
     import torpor.runtime.app
-    import torpor.runtime.serve  # noqa: F401
+    import torpor.runtime.batching
+    import torpor.runtime.serve
+    import torpor.runtime.streaming  # noqa: F401
 
 
 def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> None:

@@ -1,0 +1,147 @@
+"""Streaming a handler that yields: each item goes to the client as soon as it is produced.
+
+Items: ``str`` is sent as UTF-8 text, ``bytes`` as is, anything else as one JSON document per line;
+the content type follows the first item (``text/plain``, ``application/octet-stream`` or
+``application/x-ndjson``) unless the handler returned ``Response(body=generator, content_type=...)``.
+
+A synchronous generator runs on a worker thread, one ``next()`` at a time, so a handler that sleeps
+between items does not stop the event loop. When the client (the gateway) goes away, the generator is
+closed at once, so its ``finally`` blocks run and it produces nothing more; an async generator is
+interrupted even while it waits for its next item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import sys
+import traceback
+from collections.abc import AsyncGenerator, Generator
+from concurrent.futures import Executor
+from typing import Any
+
+from torpor.runtime.codec import error_body
+from torpor.types import Receive, Send
+
+_END = object()
+NDJSON = b"application/x-ndjson"
+
+
+def is_stream(value: Any) -> bool:
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
+def encode_chunk(item: Any) -> bytes:
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item)
+    if isinstance(item, str):
+        return item.encode()
+    return json.dumps(item, separators=(",", ":")).encode() + b"\n"
+
+
+def _content_type(item: Any) -> bytes:
+    if isinstance(item, bytes | bytearray | memoryview):
+        return b"application/octet-stream"
+    if isinstance(item, str):
+        return b"text/plain; charset=utf-8"
+    return NDJSON
+
+
+async def stream(
+    items: Generator[Any, None, None] | AsyncGenerator[Any, None],
+    receive: Receive,
+    send: Send,
+    *,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    content_type: bytes | None,
+    pool: Executor | None,
+    name: str,
+) -> None:
+    """Send ``items`` as a chunked response; stop and close them when the client disconnects."""
+    loop = asyncio.get_running_loop()
+    gone = asyncio.ensure_future(_disconnected(receive))
+    started = False
+    step: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if isinstance(items, AsyncGenerator):
+                step = asyncio.ensure_future(_anext(items))
+            else:
+                step = loop.run_in_executor(pool, _next, items)
+            await asyncio.wait((step, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return  # the client went away while the handler worked on its next item
+            try:
+                item = step.result()
+            except Exception as exc:
+                if started:
+                    raise  # the response is under way: the server breaks the connection off
+                traceback.print_exc(file=sys.stderr)
+                message = f"{name}.predict raised {type(exc).__name__}: {exc}"
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": error_body(message, "handler_error")})
+                return
+            step = None
+            if item is _END:
+                break
+            if not started:
+                started = True
+                ctype = content_type or _content_type(item)
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(b"content-type", ctype), *headers]})
+            await send({"type": "http.response.body", "body": encode_chunk(item), "more_body": True})
+            if gone.done():
+                return
+        if not started:
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", content_type or b"text/plain; charset=utf-8"),
+                                    *headers]})
+        await send({"type": "http.response.body", "body": b""})
+    except OSError:
+        pass  # send() on a connection the client closed
+    finally:
+        gone.cancel()
+        _close(items, step)
+
+
+def _next(items: Generator[Any, None, None]) -> Any:
+    return next(items, _END)
+
+
+async def _anext(items: AsyncGenerator[Any, None]) -> Any:
+    try:
+        return await items.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+async def _disconnected(receive: Receive) -> None:
+    with contextlib.suppress(Exception):
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+
+def _close(items: Generator[Any, None, None] | AsyncGenerator[Any, None],
+           step: asyncio.Future[Any] | None) -> None:
+    """Close the generator now, or once the item it is producing is done (a sync one can't stop)."""
+    if isinstance(items, AsyncGenerator):
+        agen = items
+        if step is not None and not step.done():
+            step.cancel()  # interrupts the generator where it waits
+        closing = asyncio.ensure_future(agen.aclose())
+        closing.add_done_callback(_quiet)
+        return
+    gen = items
+    if step is not None and not step.done():
+        step.add_done_callback(lambda _: gen.close())
+    else:
+        gen.close()
+
+
+def _quiet(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
