@@ -152,9 +152,10 @@ class Templates:
             raise StartFailed(f"template of {template.function} could not fork: "
                               f"{reply.get('error', 'no answer')}", stderr_path=template.stderr_path)
         template.forks += 1
-        if reply.get("threads", 1) > 1:
-            log.warning("template of %s had %d threads when it forked; thread pools should be "
-                        "created in setup(), not load()", template.function, reply["threads"])
+        if template.forks == 1 and reply.get("threads", 1) > 1:
+            log.warning("template of %s had %d threads when it first forked: threads do not "
+                        "survive fork(), so thread pools belong in setup(), not load()",
+                        template.function, reply["threads"])
         return ForkedHandle(int(reply["pid"]))
 
     def retire(self, name: str) -> None:
