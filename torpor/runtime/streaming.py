@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import sys
 import traceback
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
@@ -30,7 +29,8 @@ NDJSON = b"application/x-ndjson"
 
 
 def is_stream(value: Any) -> bool:
-    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+    """Generators, async generators and other (async) iterators stream; lists and str do not."""
+    return isinstance(value, Iterator | AsyncIterator)
 
 
 def encode_chunk(item: Any) -> bytes:
@@ -50,7 +50,7 @@ def _content_type(item: Any) -> bytes:
 
 
 async def stream(
-    items: Generator[Any, None, None] | AsyncGenerator[Any, None],
+    items: Iterator[Any] | AsyncIterator[Any],
     receive: Receive,
     send: Send,
     *,
@@ -67,7 +67,7 @@ async def stream(
     step: asyncio.Future[Any] | None = None
     try:
         while True:
-            if isinstance(items, AsyncGenerator):
+            if isinstance(items, AsyncIterator):
                 step = asyncio.ensure_future(_anext(items))
             else:
                 step = loop.run_in_executor(pool, _next, items)
@@ -108,11 +108,11 @@ async def stream(
         _close(items, step)
 
 
-def _next(items: Generator[Any, None, None]) -> Any:
+def _next(items: Iterator[Any]) -> Any:
     return next(items, _END)
 
 
-async def _anext(items: AsyncGenerator[Any, None]) -> Any:
+async def _anext(items: AsyncIterator[Any]) -> Any:
     try:
         return await items.__anext__()
     except StopAsyncIteration:
@@ -125,21 +125,24 @@ async def _disconnected(receive: Receive) -> None:
             pass
 
 
-def _close(items: Generator[Any, None, None] | AsyncGenerator[Any, None],
+def _close(items: Iterator[Any] | AsyncIterator[Any],
            step: asyncio.Future[Any] | None) -> None:
     """Close the generator now, or once the item it is producing is done (a sync one can't stop)."""
-    if isinstance(items, AsyncGenerator):
+    if isinstance(items, AsyncIterator):
         agen = items
         if step is not None and not step.done():
             step.cancel()  # interrupts the generator where it waits
-        closing = asyncio.ensure_future(agen.aclose())
-        closing.add_done_callback(_quiet)
+        aclose = getattr(agen, "aclose", None)
+        if aclose is not None:
+            asyncio.ensure_future(aclose()).add_done_callback(_quiet)
         return
-    gen = items
+    close = getattr(items, "close", None)
+    if close is None:
+        return
     if step is not None and not step.done():
-        step.add_done_callback(lambda _: gen.close())
+        step.add_done_callback(lambda _: close())
     else:
-        gen.close()
+        close()
 
 
 def _quiet(future: asyncio.Future[Any]) -> None:
