@@ -328,14 +328,14 @@ class TestOverload:
     async def test_burst_of_ten_times_capacity(self, stack: Stack) -> None:
         """10 requests at 1 slot and 3 queue places: 6 fast 503s, 3 504s at the queue timeout, 1 answer."""
         held = Held()
-        route = stack.route(max_queued=3, queue_timeout_s=0.2)
+        route = stack.route(max_queued=3, queue_timeout_s=1.0)
         await stack.instance(route, held)
         assert stack.http is not None
         first = asyncio.create_task(stack.http.post("/fn/fn/invoke"))
         while route.in_flight == 0:
             await asyncio.sleep(0.001)
         burst = [asyncio.create_task(stack.http.post("/fn/fn/invoke")) for _ in range(9)]
-        done, _ = await asyncio.wait(burst, timeout=0.1)
+        done, _ = await asyncio.wait(burst, timeout=0.7)  # the queued 3 wait until 1.0 s
         assert route.queued == 3  # the queue never grows past queue.max_queued
         fast = [task.result() for task in done]
         assert [(r.status_code, r.headers.get("retry-after"), r.json()["reason"]) for r in fast] == [

@@ -80,6 +80,24 @@ class TestProvisionedFirst:
         endpoints = [FakeEndpoint("provisioned", 4, 4, provisioned=True), FakeEndpoint("on-demand", 3, 4)]
         assert chosen(RoutingPolicy.make(name), endpoints) == "on-demand"
 
+    def test_round_robin_cycles_through_provisioned_only(self) -> None:
+        """While provisioned endpoints have room, round-robin turns among them alone."""
+        endpoints = [FakeEndpoint("od", 0, 4), FakeEndpoint("p0", 0, 4, provisioned=True),
+                     FakeEndpoint("p1", 0, 4, provisioned=True)]
+        policy = RoundRobin()
+        assert [chosen(policy, endpoints) for _ in range(4)] == ["p0", "p1", "p0", "p1"]
+
+    def test_power_of_two_samples_provisioned_only(self) -> None:
+        """Power of two draws its pair from the free provisioned endpoints, as sample() would."""
+        endpoints = [FakeEndpoint("od0", 0, 4), FakeEndpoint("p0", 2, 4, provisioned=True),
+                     FakeEndpoint("od1", 0, 4), FakeEndpoint("p1", 1, 4, provisioned=True),
+                     FakeEndpoint("p2", 3, 4, provisioned=True)]
+        provisioned = [e for e in endpoints if e.provisioned]
+        policy, mirror = PowerOfTwo(random.Random(11)), random.Random(11)
+        for _ in range(20):
+            a, b = mirror.sample(provisioned, 2)
+            assert chosen(policy, endpoints) == (a if a.in_flight <= b.in_flight else b).name
+
     def test_least_outstanding_among_provisioned(self) -> None:
         """Among provisioned endpoints the policy's own rule still applies."""
         endpoints = [
