@@ -35,7 +35,6 @@ import random
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
