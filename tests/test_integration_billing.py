@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sqlite3
 import time
@@ -34,7 +35,7 @@ def contiguous(rows: list[dict[str, Any]]) -> None:
         by_instance.setdefault(row["instance_id"], []).append(row)
     for intervals in by_instance.values():
         intervals.sort(key=lambda r: r["start"])
-        for before, after in zip(intervals, intervals[1:], strict=False):
+        for before, after in itertools.pairwise(intervals):
             assert before["end"] == after["start"], (before, after)
         assert all(r["end"] is not None and r["end"] >= r["start"] for r in intervals)
 
@@ -72,7 +73,8 @@ class TestLedger:
         (line,) = bill["functions"]
         first = min(r["start"] for r in rows)
         # every recorded second of the dead server's instance is billed, once
-        assert Decimal(line["active_seconds"]) >= Decimal(str(round(last_alive - first, 6))) - Decimal("0.001")
+        billed = Decimal(line["active_seconds"])
+        assert billed >= Decimal(str(round(last_alive - first, 6))) - Decimal("0.001")
 
 
 class TestBill:
