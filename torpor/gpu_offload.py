@@ -174,7 +174,7 @@ class _CudaBackend(_Backend):
         self._streams: dict[int, Any] = {}
 
     def is_target(self, tensor: torch.Tensor) -> bool:
-        return tensor.device.type == "cuda"
+        return bool(tensor.device.type == "cuda")
 
     def host_buffer(self, nbytes: int) -> _HostBuffer:
         """Exactly ``nbytes`` (page-rounded) of pinned memory.
@@ -539,7 +539,7 @@ def _align(nbytes: int) -> int:
 def _device_index(device: torch.device) -> int:
     import torch  # type: ignore[import-not-found, unused-ignore]
 
-    return device.index if device.index is not None else torch.cuda.current_device()
+    return int(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @contextlib.contextmanager
