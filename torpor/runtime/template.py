@@ -144,9 +144,10 @@ def _redirect(fd: int, path: str, flags: int) -> None:
 def _reseed() -> None:
     """Siblings must not share random streams inherited from the template."""
     random.seed()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed()
+    # Only if the template imported it: touching numpy.random otherwise imports it (~10 ms).
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
 
 
 def main(argv: list[str] | None = None) -> int:
