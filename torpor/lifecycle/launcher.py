@@ -25,7 +25,7 @@ from torpor.spec import FunctionSpec
 if TYPE_CHECKING:
     from torpor.lifecycle.templates import Templates
 
-POLL_S = 0.003  # how often to try connecting while an instance starts
+POLL_S = 0.001  # how often to try connecting while an instance starts (a cheap connect())
 
 
 class StartFailed(Exception):

@@ -6,13 +6,14 @@ instance that runs only ``setup()`` and ``warmup()``: no interpreter start, no i
 reading. The template stays single-threaded and never touches a GPU, so forking is safe; thread pools
 and devices are created in the child.
 
-Instances are double-forked: the intermediate process exits at once, so the instance is re-parented
-to the torpor server (a child subreaper), which waits for it through a pidfd. A template that dies
-therefore takes no instance with it.
+Instances are double-forked: a spare intermediate process, forked ahead of time, forks the instance
+and exits at once, so the instance is re-parented to the torpor server (a child subreaper), which
+waits for it through a pidfd. A template that dies therefore takes no instance with it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -26,6 +27,8 @@ from typing import Any
 
 from torpor.runtime.instance import import_and_load, parse_args, setup_and_serve, watch_server
 from torpor.sdk import Model
+
+_PR_SET_PDEATHSIG = 1
 
 
 def thread_count() -> int:
@@ -47,63 +50,94 @@ def _preimport_serving_stack() -> None:
     import torpor.runtime.streaming  # noqa: F401
 
 
+class Spare:
+    """An intermediate process forked ahead of time, waiting for the next instance's request.
+
+    On a request it forks the instance and exits at once, so the instance is re-parented to the
+    server; with the spare ready, only that one fork is on the cold start's critical path (the
+    template forks the next spare after it has replied). A spare dies with its template.
+    """
+
+    def __init__(self, model: Model, listener: socket.socket, concurrency: int,
+                 load_s: float) -> None:
+        request_r, self.request_w = os.pipe()
+        self.reply_r, reply_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.close(self.request_w)
+                os.close(self.reply_r)
+                listener.close()
+                if sys.platform == "linux":
+                    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                with os.fdopen(request_r, "rb") as requests:
+                    line = requests.readline()
+                if line:
+                    child = os.fork()
+                    if child == 0:
+                        os.close(reply_w)
+                        _become_instance(model, json.loads(line), concurrency, load_s)
+                    os.write(reply_w, f"{child}\n".encode())
+            finally:
+                os._exit(0)
+        os.close(request_r)
+        os.close(reply_w)
+
+    def fork(self, request: dict[str, Any]) -> int:
+        """The instance's pid (raises OSError/ValueError if this spare is gone)."""
+        os.write(self.request_w, json.dumps(request).encode() + b"\n")
+        with os.fdopen(self.reply_r, "rb") as replies:
+            return int(replies.readline())
+
+    def close(self) -> None:
+        try:
+            os.close(self.request_w)  # an unused spare reads EOF and exits
+        except OSError:
+            pass
+        os.waitpid(self.pid, 0)
+
+
 def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> None:
     if os.path.exists(control):
         os.unlink(control)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(control)
     listener.listen(64)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    spare = Spare(model, listener, concurrency, load_s)
+
+    def stop(*_: object) -> None:
+        spare.close()  # reaped here: a spare outliving us would be re-parented to the server
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     while True:
         conn, _ = listener.accept()
         with conn:
             line = conn.makefile("rb").readline()
             if not line:  # a readiness probe: connected and closed
                 continue
-            intermediate = None
+            threads = thread_count()
+            started = time.perf_counter()
             try:
-                reply, intermediate = fork_instance(model, json.loads(line), listener, conn,
-                                                    concurrency, load_s)
+                request = json.loads(line)
+                try:
+                    pid = spare.fork(request)
+                except (OSError, ValueError):  # the spare died: make one now and use it
+                    spare.close()
+                    spare = Spare(model, listener, concurrency, load_s)
+                    pid = spare.fork(request)
+                reply: dict[str, Any] = {"pid": pid, "fork_s": time.perf_counter() - started,
+                                         "threads": threads}
             except Exception as exc:  # a bad request must not kill the template
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             try:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
                 pass  # the server gave up on this fork; the child is still its to watch
-        if intermediate is not None:
-            # Reaped after the reply: its exit (unmapping a copy of this whole process) is
-            # off the cold start's critical path.
-            os.waitpid(intermediate, 0)
-
-
-def fork_instance(
-    model: Model,
-    request: dict[str, Any],
-    listener: socket.socket,
-    conn: socket.socket,
-    concurrency: int,
-    load_s: float,
-) -> tuple[dict[str, Any], int]:
-    threads = thread_count()
-    read_fd, write_fd = os.pipe()
-    started = time.perf_counter()
-    intermediate = os.fork()
-    if intermediate == 0:
-        try:
-            os.close(read_fd)
-            child = os.fork()
-            if child == 0:
-                os.close(write_fd)
-                listener.close()
-                conn.close()
-                _become_instance(model, request, concurrency, load_s)
-            os.write(write_fd, f"{child}\n".encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        pid = int(pipe.readline())
-    return {"pid": pid, "fork_s": time.perf_counter() - started, "threads": threads}, intermediate
+        # After the reply, off the critical path: reap the used spare, fork the next.
+        spare.close()
+        spare = Spare(model, listener, concurrency, load_s)
 
 
 def _become_instance(model: Model, request: dict[str, Any], concurrency: int, load_s: float) -> None:
