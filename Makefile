@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck unit setup clean bench-coldstart
+.PHONY: run test lint typecheck setup clean bench-setup
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/python -m pytest
+
+# the benchmarks' load generator (bench/gateway); Ray Serve installs itself into bench/.venv-ray
+bench-setup: $(STAMP)
+	command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
 
 clean:
 	rm -rf $(VENV) .torpor .mypy_cache .ruff_cache .pytest_cache
