@@ -81,8 +81,17 @@ class Server:
 
 
 def summary(samples: Sequence[float]) -> dict[str, float]:
+    """Median, min and max (and the first run, which pays for cold caches) of one measurement."""
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
-            "n": len(samples)}
+            "first": samples[0], "n": len(samples)}
+
+
+def write_skip(out: Path, reason: str) -> int:
+    """A benchmark that cannot run here says why in one line and in its JSON, and exits 0."""
+    print(f"skip: {reason}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"skipped": reason}))
+    return 0
 
 
 def ms(value: float) -> str:

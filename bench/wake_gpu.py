@@ -1,6 +1,6 @@
 """Freeze and thaw a GPU model: GpuOffloader.restore() time against the pinned-PCIe floor.
 
-    python bench/wake_gpu.py --out result.json [--size-gb 2] [--blocks 16] [--runs 5]
+    python -m bench.wake_gpu --out result.json [--size-gb 2] [--blocks 16] [--runs 5]
 
 Builds a stack of fp16 blocks (LayerNorm, Linear d→2d, GELU, Linear 2d→d) with about ``--size-gb``
 GiB of weights on the GPU, measures pinned host→device bandwidth with
@@ -25,13 +25,13 @@ import json
 import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bench.harness import summary, write_skip
 
 if TYPE_CHECKING:
     import torch  # type: ignore[import-not-found, unused-ignore]
@@ -40,10 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GOAL_RATIO = 1.2
 MIB = 1 << 20
 
-
-def summary(samples: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
-            "first": samples[0], "n": len(samples)}
 
 
 def build_model(size_bytes: int, blocks: int) -> tuple[torch.nn.Sequential, int]:
@@ -137,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        return skip(args.out, "torch is not installed")
+        return write_skip(args.out, "torch is not installed")
     if not torch.cuda.is_available():
-        return skip(args.out, "no CUDA GPU (torch.cuda.is_available() is False)")
+        return write_skip(args.out, "no CUDA GPU (torch.cuda.is_available() is False)")
     if importlib.util.find_spec("torpor") is None:
         sys.path.insert(0, str(ROOT))
     from torpor.gpu_offload import GpuOffloader
@@ -235,12 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2))
     return 0
 
-
-def skip(out: Path, reason: str) -> int:
-    print(f"skip: {reason}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"skipped": reason}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """GPU weight loading: torpor's pinned-buffer streaming against the physical floor and against safetensors.
 
-    python bench/weights_gpu.py --out result.json [--size-gb 2] [--tensors 200] [--runs 5] [--sweep]
+    python -m bench.weights_gpu --out result.json [--size-gb 2] [--tensors 200] [--runs 5] [--sweep]
 
 Writes a ~2 GiB safetensors file of random fp16 tensors, measures pinned host→device bandwidth, then
 alternates ``torpor.weights.load_safetensors_torch(device="cuda")`` and
@@ -18,21 +18,18 @@ import argparse
 import functools
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench.harness import summary, write_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = [(16, 4), (32, 4), (64, 2), (64, 4), (64, 8), (128, 4)]  # (chunk_mb, num_buffers)
 
-
-def summary(samples: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
-            "first": samples[0], "n": len(samples)}
 
 
 def write_random_fp16(path: Path, total_bytes: int, num_tensors: int) -> int:
@@ -80,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
     except ImportError:
-        return skip(args.out, "torch is not installed")
+        return write_skip(args.out, "torch is not installed")
     if not torch.cuda.is_available():
-        return skip(args.out, "no CUDA GPU (torch.cuda.is_available() is False)")
+        return write_skip(args.out, "no CUDA GPU (torch.cuda.is_available() is False)")
     if importlib.util.find_spec("torpor") is None:
         sys.path.insert(0, str(ROOT))
     from torpor.weights import load_safetensors_torch, measure_pinned_h2d_gbps
@@ -161,12 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2))
     return 0
 
-
-def skip(out: Path, reason: str) -> int:
-    print(f"skip: {reason}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"skipped": reason}))
-    return 0
 
 
 if __name__ == "__main__":
