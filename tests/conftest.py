@@ -134,7 +134,10 @@ def make_server(tmp_path: Path) -> Iterator[Any]:
     yield make
     for server in servers:
         if server.process.poll() is None:
-            server.stop(signal.SIGKILL)
+            try:
+                server.stop(signal.SIGTERM, timeout_s=20)
+            except subprocess.TimeoutExpired:
+                server.stop(signal.SIGKILL)
 
 
 def make_function(tmp_path: Path, source: str, **overrides: Any) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,23 @@ def cpu_ticks(pid: int) -> int:
 def only_instance(srv: Any) -> dict[str, Any]:
     (instance,) = srv.instances("sleepy")
     return dict(instance)
+
+
+class TestNothingOutlivesTheServer:
+    def test_sigkill_with_a_frozen_instance(self, make_server: Any, tmp_path: Path) -> None:
+        """A frozen instance cannot act on its server's death; the guard thaws and stops it."""
+        from tests.conftest import process_alive
+
+        srv = make_server([make_function(tmp_path, "sleepy")])
+        srv.wait_for(lambda: srv.instances("sleepy") and only_instance(srv)["state"] == "frozen",
+                     what="frozen")
+        pids = [only_instance(srv)["pid"], srv.function("sleepy")["template"]["pid"]]
+        srv.stop(signal.SIGKILL)
+        srv.wait_for(lambda: not any(process_alive(p) for p in pids), timeout_s=10,
+                     what="no process left behind")
+        guard_log = srv.data_dir / "logs" / "guard.log"
+        srv.wait_for(lambda: " is gone; thawed 1 cgroup(s)" in guard_log.read_text(), timeout_s=10,
+                     what="the guard's report")
 
 
 class TestFreezeThaw:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +69,22 @@ class Platform:
                     seconds
                 )
 
+    def start_guard(self) -> None:
+        """A process of its own that stops whatever this server leaves if it is killed (SIGKILL)."""
+        if sys.platform != "linux" or not hasattr(os, "pidfd_open"):
+            return
+        args = [sys.executable, "-m", "torpor.lifecycle.guard", "--server-pid", str(os.getpid())]
+        if self.freezer.base is not None:
+            args += ["--cgroup-base", str(self.freezer.base)]
+        log_path = self.data_dir / "logs" / "guard.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                             start_new_session=True)
+
     async def startup(self) -> None:
         """Close what a previous server left open, restore deployed functions, start reconciling."""
+        self.start_guard()
         # What a crashed server left open ends at its last heartbeat: the last moment it was
         # known to be alive (a clean stop closes everything itself).
         last_alive = await self.store.run(self.store.last_heartbeat) or self.clock.now()
@@ -102,6 +119,7 @@ class Platform:
 
     async def shutdown(self) -> None:
         await self.reconciler.shutdown()
+        self.freezer.close()
         self.store.close()
 
     async def deploy(self, raw: dict[str, Any], base_dir: Path, source: str) -> FunctionRuntime:

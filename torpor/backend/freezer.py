@@ -24,6 +24,7 @@ POLL_S = 0.0005
 
 class Freezer(Protocol):
     name: str
+    base: Path | None  # the cgroup holding this server's instances, if it uses one
 
     def attach(self, instance_id: str, pid: int) -> None: ...
 
@@ -33,9 +34,12 @@ class Freezer(Protocol):
 
     def release(self, instance_id: str) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class SignalFreezer:
     name = "signal"
+    base: Path | None = None
 
     def attach(self, instance_id: str, pid: int) -> None:
         pass
@@ -49,16 +53,20 @@ class SignalFreezer:
     def release(self, instance_id: str) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 class _CgroupFreezer:
     name = "cgroup"
 
     def __init__(self, base: Path) -> None:
-        self.base = base
+        self.root = base
+        self.base: Path | None = base
         base.mkdir(exist_ok=True)
 
     def _dir(self, instance_id: str) -> Path:
-        return self.base / instance_id
+        return self.root / instance_id
 
     def attach(self, instance_id: str, pid: int) -> None:
         path = self._dir(instance_id)
@@ -70,6 +78,10 @@ class _CgroupFreezer:
             self._dir(instance_id).rmdir()
         except OSError:
             pass
+
+    def close(self) -> None:
+        """At shutdown, after every instance has exited: remove this server's cgroups."""
+        remove_groups(self.root)
 
     async def _until(self, path: Path, expected: str, timeout_s: float = 5.0) -> None:
         loop = asyncio.get_running_loop()
@@ -102,6 +114,22 @@ class CgroupV1Freezer(_CgroupFreezer):
     async def thaw(self, instance_id: str, pid: int) -> None:
         (self._dir(instance_id) / "freezer.state").write_text("THAWED")
         await self._until(self._dir(instance_id) / "freezer.state", "THAWED")
+
+
+def remove_groups(base: Path) -> None:
+    """Remove the (empty) cgroups below ``base``, then ``base``; busy ones stay."""
+    if not base.is_dir():
+        return
+    for group in base.iterdir():
+        if group.is_dir():
+            try:
+                group.rmdir()
+            except OSError:
+                pass
+    try:
+        base.rmdir()
+    except OSError:
+        pass
 
 
 def make_freezer(data_dir: Path, prefer: str = "auto") -> Freezer:

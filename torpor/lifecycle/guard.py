@@ -1,0 +1,108 @@
+"""``python -m torpor.lifecycle.guard``: makes sure nothing outlives a torpor server that died.
+
+A server stopped by SIGTERM stops its instances itself. One killed with SIGKILL cannot, and two kinds
+of instance would then survive it: a frozen one (a cgroup-v1-frozen process receives no signal, not
+even SIGKILL, until thawed; a SIGSTOPped forked one cannot run the thread that watches the server),
+and anything a command function started. The guard, a small process of its own session started with
+the server, waits on the server's pidfd; when the server is gone it thaws the server's freezer
+cgroups and kills every process whose environment carries that server's ``TORPOR_SERVER_PID``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+from torpor.backend.freezer import remove_groups
+
+EXIT_WAIT_S = 5.0
+
+
+def server_processes(server_pid: int) -> list[int]:
+    """Processes started for this server (instances, templates, their children)."""
+    marker = f"TORPOR_SERVER_PID={server_pid}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
+def thaw_all(base: Path) -> int:
+    """Thaw every cgroup below ``base``; returns how many there were."""
+    if not base.is_dir():
+        return 0
+    groups = [group for group in base.iterdir() if group.is_dir()]
+    for group in groups:
+        for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            try:
+                (group / name).write_text(value)
+            except OSError:
+                pass
+    return len(groups)
+
+
+def _busy(base: Path) -> bool:
+    for procs in base.glob("*/cgroup.procs"):
+        try:
+            if procs.read_text().strip():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def clean_up(server_pid: int, cgroup_base: Path | None) -> tuple[int, int]:
+    """Thaw, then SIGKILL (SIGCONT first, for SIGSTOPped ones) what is left.
+
+    Returns (cgroups thawed, processes killed). A thawed instance usually exits by itself: it
+    watches the server too, and only had to be able to run.
+    """
+    thawed = thaw_all(cgroup_base) if cgroup_base is not None else 0
+    victims = server_processes(server_pid)
+    for pid in victims:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+    if cgroup_base is not None:
+        deadline = time.monotonic() + EXIT_WAIT_S  # a cgroup can go only once it is empty
+        while _busy(cgroup_base) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        remove_groups(cgroup_base)
+    return thawed, len(victims)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m torpor.lifecycle.guard")
+    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--cgroup-base", type=Path, default=None)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the server is not for us
+    try:
+        pidfd = os.pidfd_open(args.server_pid)
+    except ProcessLookupError:
+        pidfd = None
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+    thawed, killed = clean_up(args.server_pid, args.cgroup_base)
+    if thawed or killed:
+        print(f"torpor guard: server {args.server_pid} is gone; thawed {thawed} cgroup(s), "
+              f"killed {killed} process(es) it left", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
