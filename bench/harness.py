@@ -86,6 +86,19 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
             "first": samples[0], "n": len(samples)}
 
 
+def cuda_torch(out: Path) -> Any | None:
+    """torch, when it is installed and sees a CUDA GPU; otherwise None, after ``write_skip``."""
+    try:
+        import torch  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        write_skip(out, "torch is not installed")
+        return None
+    if not torch.cuda.is_available():
+        write_skip(out, "no CUDA GPU (torch.cuda.is_available() is False)")
+        return None
+    return torch
+
+
 def write_skip(out: Path, reason: str) -> int:
     """A benchmark that cannot run here says why in one line and in its JSON, and exits 0."""
     print(f"skip: {reason}")

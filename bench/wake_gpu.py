@@ -20,7 +20,6 @@ Without a CUDA GPU it prints one line, writes ``{"skipped": reason}`` and exits 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -31,12 +30,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.harness import summary, write_skip
+from bench.harness import cuda_torch, summary
 
 if TYPE_CHECKING:
     import torch  # type: ignore[import-not-found, unused-ignore]
 
-ROOT = Path(__file__).resolve().parent.parent
 GOAL_RATIO = 1.2
 MIB = 1 << 20
 
@@ -130,14 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="freeze/thaw cycles")
     args = parser.parse_args(argv)
 
-    try:
-        import torch  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return write_skip(args.out, "torch is not installed")
-    if not torch.cuda.is_available():
-        return write_skip(args.out, "no CUDA GPU (torch.cuda.is_available() is False)")
-    if importlib.util.find_spec("torpor") is None:
-        sys.path.insert(0, str(ROOT))
+    torch = cuda_torch(args.out)
+    if torch is None:
+        return 0
     from torpor.gpu_offload import GpuOffloader
     from torpor.weights import measure_pinned_h2d_gbps
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import sys
 import tempfile
@@ -25,9 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import summary, write_skip
+from bench.harness import cuda_torch, summary
 
-ROOT = Path(__file__).resolve().parent.parent
 SWEEP = [(16, 4), (32, 4), (64, 2), (64, 4), (64, 8), (128, 4)]  # (chunk_mb, num_buffers)
 
 
@@ -74,14 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also time other chunk sizes / buffer counts")
     args = parser.parse_args(argv)
 
-    try:
-        import torch
-    except ImportError:
-        return write_skip(args.out, "torch is not installed")
-    if not torch.cuda.is_available():
-        return write_skip(args.out, "no CUDA GPU (torch.cuda.is_available() is False)")
-    if importlib.util.find_spec("torpor") is None:
-        sys.path.insert(0, str(ROOT))
+    torch = cuda_torch(args.out)
+    if torch is None:
+        return 0
     from torpor.weights import load_safetensors_torch, measure_pinned_h2d_gbps
 
     load_file: Callable[..., dict[str, Any]] | None

@@ -12,7 +12,7 @@ from torpor.autoscaling.metrics import ConcurrencyRecorder
 from torpor.autoscaling.scaling_policies import ProvisionConfig
 from torpor.backend.local import InstanceProcess
 from torpor.gateway.route import Endpoint, FunctionRoute
-from torpor.lifecycle.state import InstanceFacts, InstanceState, derive_state
+from torpor.lifecycle.state import LIVE_STATES, InstanceFacts, InstanceState, derive_state
 from torpor.spec import FunctionSpec
 
 
@@ -136,8 +136,6 @@ class FunctionRuntime:
 
     def live(self, *, current_only: bool = True) -> list[Instance]:
         """Instances starting, serving or frozen (of the current revision unless told otherwise)."""
-        from torpor.lifecycle.state import LIVE_STATES
-
         return [
             i
             for i in self.instances.values()
