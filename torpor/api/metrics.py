@@ -6,24 +6,23 @@ the cold-start histogram is observed when an instance becomes ready.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from torpor.lifecycle.state import InstanceState
+from torpor.lifecycle.instance import FunctionRuntime, Instance
+from torpor.states import InstanceState
 
-if TYPE_CHECKING:
-    from torpor.platform import Platform
+Functions = Callable[[], Mapping[str, FunctionRuntime]]
 
 COLD_START_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class PlatformCollector(Collector):
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
+    def __init__(self, functions: Functions) -> None:
+        self.functions = functions
 
     def collect(self) -> Iterator[Metric]:
         instances = GaugeMetricFamily("torpor_instances", "Instances by function and state.",
@@ -38,7 +37,7 @@ class PlatformCollector(Collector):
                                         labels=["function"])
         requests = CounterMetricFamily("torpor_requests", "Requests received by the gateway.",
                                        labels=["function"])
-        for name, fn in self.platform.functions.items():
+        for name, fn in self.functions().items():
             counts = dict.fromkeys(InstanceState, 0)
             for instance in fn.instances.values():
                 counts[instance.state] += 1
@@ -53,9 +52,9 @@ class PlatformCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, functions: Functions) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(PlatformCollector(platform))
+        self.registry.register(PlatformCollector(functions))
         self.cold_start = Histogram(
             "torpor_cold_start_seconds",
             "Time from starting an instance to ready, by phase (spawn, initialize, total).",
@@ -63,6 +62,11 @@ class Metrics:
             buckets=COLD_START_BUCKETS_S,
             registry=self.registry,
         )
+
+    def observe_cold_start(self, instance: Instance) -> None:
+        for phase, seconds in instance.cold_start().items():
+            if isinstance(seconds, float):
+                self.cold_start.labels(instance.function, phase.removesuffix("_s")).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

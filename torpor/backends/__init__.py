@@ -132,8 +132,9 @@ class InstanceBackend(Protocol):
     async def wait(self, instance_id: str) -> Exit:
         """Return when the instance has ended, however it ended."""
 
-    async def stop(self, instance_id: str, grace_s: float) -> None:
-        """Ask it to stop (thawing it first if frozen); kill it after ``grace_s``."""
+    async def stop(self, instance_id: str, grace_s: float) -> Exit:
+        """Ask it to stop (thawing it first if frozen); kill it after ``grace_s``. Stopping an
+        instance the backend no longer knows is harmless (``Exit(None)``)."""
 
     async def freeze(self, instance_id: str) -> None:
         """Stop the instance using any CPU; raise if it cannot be frozen."""

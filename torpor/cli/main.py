@@ -95,14 +95,23 @@ def deploy(
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
-    """Validate a spec and deploy it (a new revision if the name exists)."""
-    from torpor.spec import load_spec_file
+    """Validate a spec, upload its folder and deploy it (a new revision if the name exists).
 
-    _, raw, base_dir = load_spec_file(path)
+    The folder is packed (minus what `.torporignore` lists) and uploaded; the server keeps it by
+    content, so an unchanged folder is not sent again.
+    """
+    from torpor.cli.upload import upload_folder
+    from torpor.spec import load_spec_file, resolve_model_path
+
+    spec, raw, base_dir = load_spec_file(path)
     source = str((path / "torpor.yaml") if path.is_dir() else path)
-    fn = ApiClient(server).api(
-        "POST", "/api/v1/functions", json={"spec": raw, "base_dir": str(base_dir), "source": source}
-    )
+    client = ApiClient(server)
+    body: dict[str, Any] = {"spec": raw, "source": source,
+                            "code": upload_folder(client, base_dir, out)}
+    model_path = resolve_model_path(spec, base_dir)
+    if model_path is not None and not model_path.is_relative_to(base_dir):
+        body["model"] = upload_folder(client, model_path, out)  # model.path outside the folder
+    fn = client.api("POST", "/api/v1/functions", json=body)
     if as_json:
         _print_json(fn)
         return
