@@ -133,8 +133,8 @@ def pack_dir(root: Path, max_bytes: int = DEFAULT_MAX_BYTES,
                                 f"function does not need in {IGNORE_FILE}")
     data = buffer.getvalue()
     if len(data) > max_bytes:
-        raise CodeError(f"{root} packs to {len(data)} bytes, more than {max_bytes}; list what the "
-                        f"function does not need in {IGNORE_FILE}")
+        raise CodeError(f"{root} packs to {len(data)} bytes, more than {max_bytes} bytes; list what "
+                        f"the function does not need in {IGNORE_FILE}")
     return Archive(data, hashlib.sha256(data).hexdigest(), len(files), total)
 
 
@@ -167,6 +167,8 @@ def unpack(data: bytes, digest: str, dest_root: Path) -> Path:
             for member in members:
                 if not (member.isfile() or member.isdir()):
                     raise CodeError(f"the archive's entry {member.name!r} is not a file or folder")
+                if member.name.startswith("/") or ".." in member.name.split("/"):
+                    raise CodeError(f"the archive's entry {member.name!r} points outside it")
                 size += member.size
             if size > MAX_UNPACKED_BYTES:
                 raise CodeError(f"the archive unpacks to {size} bytes, more than {MAX_UNPACKED_BYTES}")
