@@ -45,7 +45,7 @@ class TestWithoutServer:
         """`torpor --help` lists every command."""
         result = torpor_cli("--help")
         assert result.returncode == 0
-        for command in ("serve", "deploy", "ls", "get", "instances", "invoke", "delete"):
+        for command in ("serve", "deploy", "ls", "get", "instances", "invoke", "delete", "nodes"):
             assert command in result.stdout
 
 
@@ -70,6 +70,15 @@ class TestAgainstServer:
 
         rows = json.loads(torpor_cli("instances", "echo", "--json", server=srv.url).stdout)
         assert {k for k in rows[0]} >= {"id", "function", "state", "pid", "started_at"}
+        assert (rows[0]["node"], rows[0]["pool"]) == ("local", "local")
+
+        nodes = json.loads(torpor_cli("nodes", "--json", server=srv.url).stdout)
+        assert [(n["id"], n["pool"], n["alive"], n["instances"]) for n in nodes] == [
+            ("local", "local", True, [rows[0]["id"]])]
+        by_pool = torpor_cli("bill", "--by", "pool", server=srv.url)
+        assert by_pool.returncode == 0, by_pool.stderr
+        assert [p["pool"] for p in json.loads(
+            torpor_cli("bill", "--json", server=srv.url).stdout)["pools"]] == ["local"]
 
         table = torpor_cli("instances", server=srv.url)
         assert rows[0]["id"] in table.stdout

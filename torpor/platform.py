@@ -260,7 +260,16 @@ class Platform:
             since = min((row["start"] for row in rows), default=until)
         elif since >= until:
             raise BadRequest(f"since ({since}) must be before until ({until})")
-        return billing.bill(ledger.intervals(rows), self.prices, since, until, function).to_json()
+        intervals = ledger.intervals(rows)
+        result = billing.bill(intervals, self.prices, since, until, function).to_json()
+        result["pools"] = [
+            {"pool": pool, "active_seconds": part["active_seconds"],
+             "idle_seconds": part["idle_seconds"], "cost": part["cost"]}
+            for pool in sorted({i.pool for i in intervals})
+            for part in [_totals(billing.bill([i for i in intervals if i.pool == pool], self.prices,
+                                              since, until, function).to_json())]
+        ]
+        return result
 
     async def events(self, name: str) -> list[dict[str, Any]]:
         return await self.store.run(self.store.list_events, name)
@@ -308,3 +317,12 @@ def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None)
         "model_digest": fn.model.digest if fn.model else None,
         "spec": fn.spec.model_dump(mode="json"),
     }
+
+
+def _totals(bill_json: dict[str, Any]) -> dict[str, Any]:
+    """A bill's seconds and cost summed over its functions (decimal strings, as in the bill)."""
+    from decimal import Decimal
+
+    lines = bill_json["functions"]
+    return {key: str(sum((Decimal(line[key]) for line in lines), Decimal(0)))
+            for key in ("active_seconds", "idle_seconds")} | {"cost": bill_json["cost"]}

@@ -159,11 +159,12 @@ def _ms(value: Any) -> str:
 def _instance_table(instances: list[dict[str, Any]]) -> None:
     """Instances with their cold start in ms: fork or spawn (start → listening, setup included),
     setup, initialize (/initialize: warmup), first response, total (start → ready)."""
-    table = Table("ID", "FUNCTION", "REV", "STATE", "PID", "IN FLIGHT", "STARTED", "MODE",
+    table = Table("ID", "FUNCTION", "REV", "STATE", "NODE", "POOL", "IN FLIGHT", "STARTED", "MODE",
                   "FORK/SPAWN", "SETUP", "INIT", "1ST RESP", "COLD START")
     for i in instances:
         cold = i.get("cold_start") or {}
-        table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], str(i["pid"] or "-"),
+        table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], i.get("node") or "-",
+                      i.get("pool") or "-",
                       str(i.get("in_flight", 0)), _when(i["started_at"]), cold.get("mode", "-"),
                       _ms(cold.get("fork_s", cold.get("spawn_s"))), _ms(cold.get("setup_s")),
                       _ms(cold.get("initialize_s")), _ms(cold.get("first_response_s")),
@@ -275,10 +276,13 @@ def bill(
         help="Start: ISO 8601, epoch seconds, or a duration ago (30m, 6h, 7d).")] = None,
     until: Annotated[str | None, typer.Option(help="End, same forms (default: now).")] = None,
     function: Annotated[str | None, typer.Option(help="Only this function.")] = None,
+    by: Annotated[str, typer.Option(help="Group the table by `function` or `pool`.")] = "function",
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
     """What each function's instances cost, against an always-on GPU."""
+    if by not in ("function", "pool"):
+        raise CliError(f"--by must be function or pool, not {by!r}")
     params = {k: _when_arg(v) for k, v in (("since", since), ("until", until)) if v}
     if function:
         params["function"] = function
@@ -287,6 +291,13 @@ def bill(
         _print_json(result)
         return
     currency = result["currency"]
+    if by == "pool":
+        pools = Table("POOL", "ACTIVE S", "IDLE S", f"COST {currency}")
+        for line in result["pools"]:
+            pools.add_row(line["pool"], line["active_seconds"], line["idle_seconds"], line["cost"])
+        pools.add_row("total", "", "", result["cost"])
+        out.print(pools)
+        return
     table = Table("FUNCTION", "ACTIVE S", "IDLE S", f"COST {currency}",
                   f"ALWAYS-ON {currency}", "SAVING")
     for line in result["functions"]:
@@ -306,6 +317,25 @@ def _when_arg(value: str) -> str:
 
         return str(time.time() - float(value[:-1]) * units[value[-1]])
     return value
+
+
+@app.command()
+def nodes(server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> None:
+    """The machines instances run on: pool, resources and live instances of each."""
+    rows = ApiClient(server).api("GET", "/api/v1/nodes")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("ID", "ADDRESS", "POOL", "ALIVE", "TOTAL", "ALLOCATED", "INSTANCES")
+    for node in rows:
+        table.add_row(node["id"], node["address"], node["pool"], "yes" if node["alive"] else "no",
+                      _resources(node["resources_total"]), _resources(node["resources_allocated"]),
+                      ", ".join(node["instances"]) or "-")
+    out.print(table)
+
+
+def _resources(values: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:g}" for name, value in sorted(values.items())) or "-"
 
 
 @app.command()
