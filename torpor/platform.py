@@ -2,8 +2,11 @@
 deploy/delete semantics and the read model the API reads (``describe``, ``health``).
 
 Deploy validates the whole spec against the uploaded code before anything is written, so a bad spec
-never half-deploys; the spec is stored with the code's digest, then installed in the reconciler,
-which replaces old instances without dropping in-flight requests.
+never half-deploys; every deploy is stored as an immutable, numbered revision (spec, code digest,
+model digest, who and when), then installed in the reconciler, which moves traffic without dropping
+in-flight requests. Traffic is split between revisions by weight (``set_traffic``, ``deploy(...,
+traffic_percent=10)``), pinned by tags (``/fn/NAME@tag/``) and moved back in one step
+(``rollback``); a revision that takes no traffic scales to zero and its template is retired.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from torpor.cache import CachedModel, ModelCache
 from torpor.clock import Clock, SystemClock
 from torpor.code import CodeError, CodeStore
 from torpor.errors import BadRequest, NotFound, SpecError
+from torpor.gateway.traffic import TrafficConfig, check_tag, parse_weights, shift
 from torpor.lifecycle.instance import FunctionRuntime
 from torpor.lifecycle.reconciler import Reconciler
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
 from torpor.spec import FunctionSpec, load_spec_file, parse_spec, resolve_model_path
 from torpor.store import Store
+from torpor.store.store import FunctionRecord, RevisionRecord
 
 log = logging.getLogger(__name__)
 
@@ -70,32 +75,63 @@ class Platform:
             log.info("closed %d instance records and %d ledger intervals left open by a previous "
                      "server at its last heartbeat", closed, intervals)
         for record in await self.store.run(self.store.list_functions):
-            code = self.code.get(record.code_digest) if record.code_digest else None
-            if code is None and record.code_digest is None and Path(record.base_dir).is_dir():
-                # deployed by a torpor that ran code from the user's folder: keep a copy now
-                code = await asyncio.to_thread(self.code.put_dir, Path(record.base_dir))
-            if code is None:
-                log.error("cannot restore function %s: its code %s is no longer in %s",
-                          record.name, record.code_digest or record.base_dir, self.code.root)
-                continue
             try:
-                spec = parse_spec(record.spec, source=record.source, base_dir=code.path,
-                                  check_model_path=False)
-            except SpecError as exc:
+                await self._restore(record)
+            except (SpecError, BadRequest) as exc:
                 log.error("cannot restore function %s: %s", record.name, exc)
-                continue
-            model = None
-            if record.model_digest is not None:
-                cached = self.cache.get(record.model_digest)
-                if cached is None:
-                    log.error("cannot restore function %s: its model %s is no longer in the cache",
-                              record.name, record.model_digest)
-                    continue
-                model = CodeRef(cached.digest, cached.path)
-            self.reconciler.apply(spec, record.revision, code, record.source,
-                                  record.created_at, record.updated_at,
-                                  await self._stored_provision(record.name), model)
         self.reconciler.start()
+
+    async def _restore(self, record: FunctionRecord) -> None:
+        """Install a stored function: its newest revision and every revision its split names."""
+        code = self.code.get(record.code_digest) if record.code_digest else None
+        if code is None and record.code_digest is None and Path(record.base_dir).is_dir():
+            # deployed by a torpor that ran code from the user's folder: keep a copy now
+            code = await asyncio.to_thread(self.code.put_dir, Path(record.base_dir))
+        if code is None:
+            raise BadRequest(f"its code {record.code_digest or record.base_dir} is no longer in "
+                             f"{self.code.root}")
+        spec = parse_spec(record.spec, source=record.source, base_dir=code.path,
+                          check_model_path=False)
+        model = self._cached_model(record.model_digest)
+        traffic = TrafficConfig.from_json(record.traffic) if record.traffic else None
+        fn = self.reconciler.apply(spec, record.revision, code, record.source,
+                                   record.created_at, record.updated_at,
+                                   await self._stored_provision(record.name), model,
+                                   TrafficConfig.only(record.revision))
+        if traffic is not None:
+            await self._load_revisions(fn, traffic.routed)
+            self.reconciler.set_traffic(record.name, traffic)
+
+    def _cached_model(self, digest: str | None) -> CodeRef | None:
+        if digest is None:
+            return None
+        cached = self.cache.get(digest)
+        if cached is None:
+            raise BadRequest(f"its model {digest} is no longer in the model cache")
+        return CodeRef(cached.digest, cached.path)
+
+    async def _load_revisions(self, fn: FunctionRuntime, numbers: frozenset[int]) -> None:
+        """Bring stored revisions back into memory (a rollback to one that scaled to zero)."""
+        for number in sorted(numbers - fn.revisions.keys()):
+            record = await self.store.run(self.store.get_revision, fn.name, number)
+            if record is None:
+                raise BadRequest(f"revision: {fn.name!r} has no revision {number}")
+            spec, code, model = self._revision_parts(record)
+            self.reconciler.add_revision(fn, number, spec, code, record.source, record.created_at,
+                                         model, record.created_by)
+
+    def _revision_parts(self, record: RevisionRecord) -> tuple[FunctionSpec, CodeRef, CodeRef | None]:
+        what = f"revision {record.number} of {record.function!r}"
+        code = self.code.get(record.code_digest) if record.code_digest else None
+        if code is None:
+            raise BadRequest(f"{what}: its code is no longer kept (deployed by an older torpor)")
+        try:
+            spec = parse_spec(record.spec, source=record.source, base_dir=code.path,
+                              check_model_path=False)
+            model = self._cached_model(record.model_digest)
+        except (SpecError, BadRequest) as exc:
+            raise BadRequest(f"{what} cannot run again: {exc}") from None
+        return spec, code, model
 
     async def _stored_provision(self, name: str) -> ProvisionConfig | None:
         data = await self.store.run(self.store.get_provision, name)
@@ -125,28 +161,127 @@ class Platform:
         return ref
 
     async def deploy(self, raw: dict[str, Any], code: CodeRef, source: str,
-                     model_code: CodeRef | None = None) -> FunctionRuntime:
-        """Deploy ``raw`` (the spec) running ``code``; ``model_code``: model.path uploaded apart
-        (it was outside the function's folder)."""
+                     model_code: CodeRef | None = None, traffic_percent: int | None = None,
+                     created_by: str | None = None) -> FunctionRuntime:
+        """Deploy ``raw`` (the spec) running ``code`` as a new revision; ``model_code``: model.path
+        uploaded apart (it was outside the function's folder). ``traffic_percent``: the new
+        revision's share (default 100); the rest stays with the revisions serving now."""
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
+        existing = self.functions.get(spec.name)
+        traffic = None
+        if traffic_percent is not None and traffic_percent != 100:
+            if existing is None:
+                raise BadRequest(f"traffic: {spec.name!r} has no revision yet to keep "
+                                 f"{100 - traffic_percent}% of its traffic; deploy it at 100 first")
+            weights = shift({**existing.config.weights, -1: 0}, -1, traffic_percent)
+            traffic = {"weights": {("new" if r == -1 else str(r)): w for r, w in weights.items()},
+                       "tags": dict(existing.config.tags)}
         model_source = self._model_source(spec, code, model_code, source)
         cached = await self._cache_model(model_source, source)
         record = await self.store.run(
             self.store.put_function, spec.name, raw, str(code.path), source, self.clock.now(),
-            cached.digest if cached else None, code.digest,
+            cached.digest if cached else None, code.digest, created_by,
+            traffic or {"weights": {"new": 100},
+                        "tags": dict(existing.config.tags) if existing else {}},
         )
         model = CodeRef(cached.digest, cached.path) if cached is not None else None
+        config = TrafficConfig.from_json(record.traffic) if record.traffic else None
         fn = self.reconciler.apply(spec, record.revision, code, source, record.created_at,
-                                   record.updated_at, await self._stored_provision(spec.name), model)
+                                   record.updated_at, await self._stored_provision(spec.name), model,
+                                   config, created_by)
         if cached is not None:
             verb = "already cached" if cached.hit else "cached"
             await self.store.run(self.store.add_event, spec.name, self.clock.now(), "model",
                                  f"model.path {verb} as {cached.digest[:12]} "
                                  f"({cached.size_bytes} bytes, {cached.files} files)")
+        share = f", {traffic_percent}% of the traffic" if traffic is not None else ""
         await self.store.run(self.store.add_event, spec.name, self.clock.now(), "deployed",
                              f"revision {record.revision} deployed from {source} "
-                             f"(code {code.digest[:12]})")
+                             f"(code {code.digest[:12]}{share})")
         return fn
+
+    # revisions and traffic ---------------------------------------------------------------------
+
+    async def revisions(self, name: str) -> list[dict[str, Any]]:
+        """Every revision of ``name``, oldest first, with its share, tags and live instances."""
+        fn = self.function(name)
+        config = fn.config
+        rows = []
+        for record in await self.store.run(self.store.list_revisions, name):
+            rev = fn.revisions.get(record.number)
+            live = fn.live(record.number)
+            rows.append({
+                "revision": record.number,
+                "percent": config.weights.get(record.number, 0),
+                "tags": sorted(t for t, r in config.tags.items() if r == record.number),
+                "instances": len(live),
+                "in_flight": rev.route.in_flight if rev is not None else 0,
+                "requests": rev.route.requests if rev is not None else 0,
+                "errors": rev.route.errors if rev is not None else 0,
+                "desired": rev.decision.desired if rev is not None else 0,
+                "latest": record.number == fn.latest,
+                "code_digest": record.code_digest,
+                "model_digest": record.model_digest,
+                "source": record.source,
+                "created_at": record.created_at,
+                "created_by": record.created_by,
+                "template": self.backend.function_info(name, record.number),
+            })
+        return rows
+
+    async def set_traffic(self, name: str, raw_weights: dict[str, Any],
+                          why: str = "traffic set") -> dict[str, Any]:
+        """Split ``name``'s traffic: ``{"3": 90, "4": 10}`` (whole percents summing to 100)."""
+        fn = self.function(name)
+        known = {r.number for r in await self.store.run(self.store.list_revisions, name)}
+        weights = parse_weights(raw_weights, known)
+        return await self._move(fn, TrafficConfig(weights, dict(fn.config.tags)), why)
+
+    async def tag(self, name: str, revision: int | None, tag: str) -> dict[str, Any]:
+        """Pin ``/fn/NAME@tag/`` to ``revision`` (``None``: remove the tag)."""
+        fn = self.function(name)
+        check_tag(tag)
+        tags = dict(fn.config.tags)
+        if revision is None:
+            if tags.pop(tag, None) is None:
+                raise NotFound(f"function {name!r} has no tag {tag!r}")
+            why = f"tag {tag} removed"
+        else:
+            if await self.store.run(self.store.get_revision, name, revision) is None:
+                raise BadRequest(f"revision: {name!r} has no revision {revision}")
+            tags[tag] = revision
+            why = f"tag {tag} → revision {revision}"
+        return await self._move(fn, TrafficConfig(dict(fn.config.weights), tags), why)
+
+    async def rollback(self, name: str, revision: int | None = None) -> dict[str, Any]:
+        """All traffic to ``revision`` in one step (default: the revision before the newest one
+        taking traffic now). Requests queued or in flight finish where they started."""
+        fn = self.function(name)
+        if revision is None:
+            newest = max(r for r, w in fn.config.weights.items() if w > 0)
+            older = [r.number for r in await self.store.run(self.store.list_revisions, name)
+                     if r.number < newest]
+            if not older:
+                raise BadRequest(f"revision: {name!r} has no revision before {newest} to roll "
+                                 "back to")
+            revision = max(older)
+        elif await self.store.run(self.store.get_revision, name, revision) is None:
+            raise BadRequest(f"revision: {name!r} has no revision {revision}")
+        return await self._move(fn, TrafficConfig.only(revision, fn.config.tags),
+                                f"rolled back to revision {revision}")
+
+    async def _move(self, fn: FunctionRuntime, config: TrafficConfig, why: str) -> dict[str, Any]:
+        await self._load_revisions(fn, config.routed)
+        await self.store.run(self.store.put_traffic, fn.name, config.to_json(), self.clock.now())
+        self.reconciler.set_traffic(fn.name, config)
+        split = ", ".join(f"{r}={w}" for r, w in sorted(config.weights.items()) if w > 0)
+        await self.store.run(self.store.add_event, fn.name, self.clock.now(), "traffic",
+                             f"{why}: {split}")
+        return self.traffic(fn.name)
+
+    def traffic(self, name: str) -> dict[str, Any]:
+        fn = self.function(name)
+        return {"function": name, "latest": fn.latest, **fn.config.to_json()}
 
     async def deploy_folder(self, path: Path) -> FunctionRuntime:
         """Deploy a spec file or folder on this machine (``torpor serve --deploy``): its code is
@@ -199,7 +334,7 @@ class Platform:
     def nodes(self) -> list[dict[str, Any]]:
         by_node: dict[str, list[str]] = {}
         for fn in self.functions.values():
-            for instance in fn.live(current_only=False):
+            for instance in fn.live():
                 by_node.setdefault(instance.node or "", []).append(instance.id)
         return [{"id": n.id, "address": n.address, "pool": n.pool, "alive": n.alive,
                  "resources_total": n.resources_total,
@@ -287,7 +422,7 @@ class Platform:
 
 
 def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None) -> dict[str, Any]:
-    live = fn.live(current_only=False)
+    live = fn.live()
     counts: dict[str, int] = {}
     for instance in live:
         counts[instance.state.value] = counts.get(instance.state.value, 0) + 1
@@ -315,6 +450,7 @@ def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None)
         "updated_at": fn.updated_at,
         "template": template,
         "model_digest": fn.model.digest if fn.model else None,
+        "traffic": fn.config.to_json(),
         "spec": fn.spec.model_dump(mode="json"),
     }
 

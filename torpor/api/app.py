@@ -1,4 +1,5 @@
-"""Control API: upload code, deploy, list, get, delete functions; instances, nodes; health.
+"""Control API: upload code, deploy, list, get, delete functions; revisions, traffic, tags and
+rollback; instances, nodes; health.
 
 Every error is JSON ``{"error": "<one sentence>"}`` so the CLI can print it as is.
 """
@@ -33,6 +34,27 @@ class DeployRequest(BaseModel):
     code: str
     model: str | None = None
     source: str = "torpor.yaml"
+    traffic: int | None = None  # the new revision's percent of the traffic (default 100)
+    created_by: str | None = None  # who deploys, as the client says (recorded with the revision)
+
+
+class TrafficRequest(BaseModel):
+    """Weights per revision in whole percents summing to 100: ``{"weights": {"3": 90, "4": 10}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    weights: dict[str, Any]
+
+
+class TagRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revision: int
+
+
+class RollbackRequest(BaseModel):
+    """``revision``: where all traffic goes (default: the one before the newest taking traffic)."""
+
+    model_config = ConfigDict(extra="forbid")
+    revision: int | None = None
 
 
 def parse_time(value: str | None, name: str) -> float | None:
@@ -123,8 +145,37 @@ def create_api(platform: Platform) -> FastAPI:
     async def deploy(body: DeployRequest) -> dict[str, Any]:
         code = platform.code_ref(body.code, "code")
         model = platform.code_ref(body.model, "model") if body.model is not None else None
-        fn = await platform.deploy(body.spec, code, body.source, model)
+        fn = await platform.deploy(body.spec, code, body.source, model, body.traffic,
+                                   body.created_by)
         return platform.describe(fn.name)
+
+    @app.get("/api/v1/functions/{name}/revisions", tags=["revisions"])
+    async def list_revisions(name: str) -> list[dict[str, Any]]:
+        """Every deploy of the function, oldest first, with its traffic share, tags and instances."""
+        return await platform.revisions(name)
+
+    @app.get("/api/v1/functions/{name}/traffic", tags=["revisions"])
+    async def get_traffic(name: str) -> dict[str, Any]:
+        return platform.traffic(name)
+
+    @app.put("/api/v1/functions/{name}/traffic", tags=["revisions"])
+    async def put_traffic(name: str, body: TrafficRequest) -> dict[str, Any]:
+        """Split the traffic between revisions by weight; tags are kept."""
+        return await platform.set_traffic(name, body.weights)
+
+    @app.put("/api/v1/functions/{name}/tags/{tag}", tags=["revisions"])
+    async def put_tag(name: str, tag: str, body: TagRequest) -> dict[str, Any]:
+        """``/fn/NAME@TAG/...`` reaches only ``revision``."""
+        return await platform.tag(name, body.revision, tag)
+
+    @app.delete("/api/v1/functions/{name}/tags/{tag}", tags=["revisions"])
+    async def delete_tag(name: str, tag: str) -> dict[str, Any]:
+        return await platform.tag(name, None, tag)
+
+    @app.post("/api/v1/functions/{name}/rollback", tags=["revisions"])
+    async def rollback(name: str, body: RollbackRequest | None = None) -> dict[str, Any]:
+        """All traffic to one revision in one step; requests in flight finish where they started."""
+        return await platform.rollback(name, body.revision if body is not None else None)
 
     @app.get("/api/v1/nodes", tags=["nodes"])
     async def list_nodes() -> list[dict[str, Any]]:

@@ -119,8 +119,9 @@ class InstanceBackend(Protocol):
     def prepare(self, plan: RevisionPlan) -> None:
         """A revision was deployed: get ready to start it fast (e.g. build its template)."""
 
-    def retire(self, function: str) -> None:
-        """The function was deleted or no longer uses what ``prepare`` built."""
+    def retire(self, function: str, revision: int | None = None) -> None:
+        """A revision (``None``: every revision, the function was deleted) no longer needs what
+        ``prepare`` built: it takes no traffic and has no instance left."""
 
     async def start(self, plan: InstancePlan) -> StartedInstance:
         """Start the instance and return once it accepts connections; raise :class:`StartFailed`.
@@ -144,8 +145,9 @@ class InstanceBackend(Protocol):
     def log_tail(self, instance_id: str, max_lines: int = 20) -> str:
         """The last lines of the instance's stderr ('' when there are none)."""
 
-    def function_info(self, function: str) -> dict[str, Any] | None:
-        """What the backend holds for a function between instances (its template), for the API."""
+    def function_info(self, function: str, revision: int | None = None) -> dict[str, Any] | None:
+        """What the backend holds for a revision between instances (its template), for the API;
+        ``None``: the newest revision it holds something for."""
 
     def health(self) -> dict[str, Any]:
         """A few facts for ``/healthz`` (freezer, templates, cluster)."""

@@ -1,5 +1,9 @@
 """The gateway's ASGI app for ``/fn/{name}/{path}``: find the route, take a slot, forward, stream back.
 
+``/fn/{name}@{tag}/{path}`` reaches only the revision tagged ``tag``; otherwise the function's
+:class:`~torpor.gateway.traffic.Traffic` picks a revision by weight. Forwarded responses say
+which in ``x-torpor-revision``.
+
 Headers on every response: ``x-torpor-request-id``, and for forwarded ones ``x-torpor-instance`` and
 ``x-torpor-start`` (``cold`` when the request waited for an instance that became ready after it
 arrived, ``thawed`` when it waited for a frozen one to thaw, else ``warm``). Errors the gateway
@@ -26,6 +30,7 @@ import itertools
 import json
 import os
 from collections.abc import Mapping
+from typing import Protocol
 
 from torpor.clock import Clock
 from torpor.errors import GatewayError, UpstreamFailed, UpstreamTimeout
@@ -55,18 +60,25 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):016x}"
 
 
+class RouteTable(Protocol):
+    """A function's routes: the one a request goes to (``tag``: from ``/fn/name@tag/``, or '')."""
+
+    def pick(self, tag: str) -> FunctionRoute | None: ...
+
+
 class BrokenStream(Exception):
     """The instance broke off a response whose head was already sent to the client."""
 
 
 class Gateway:
-    def __init__(self, routes: Mapping[str, FunctionRoute], clock: Clock) -> None:
+    def __init__(self, routes: Mapping[str, RouteTable], clock: Clock) -> None:
         self.routes = routes
         self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         name, _, _ = path[4:].partition("/")  # strip "/fn/"
+        name, _, tag = name.partition("@")
         request_id = None
         lines = []
         for key, value in scope["headers"]:
@@ -78,9 +90,14 @@ class Gateway:
         if request_id is None:
             request_id = new_request_id()
         lines.append(b"x-torpor-request-id: " + request_id.encode("latin-1") + b"\r\n")
-        route = self.routes.get(name)
-        if route is None:
+        table = self.routes.get(name)
+        if table is None:
             await _error(send, 404, f"function {name!r} not found", "not_found", name, request_id)
+            return
+        route = table.pick(tag)
+        if route is None:
+            await _error(send, 404, f"function {name!r} has no revision tagged {tag!r}",
+                         "not_found", name, request_id)
             return
         body = await _read_body(receive)
         if body is None:
@@ -91,6 +108,7 @@ class Gateway:
         try:
             lease = await route.acquire()
         except GatewayError as exc:
+            route.errors += 1
             await _gateway_error(send, exc, name, request_id)
             return
         raw_path: bytes = scope.get("raw_path") or path.encode()
@@ -126,31 +144,38 @@ class Gateway:
                 # elsewhere. A request an instance did receive is never replayed.
                 endpoint.open = False
                 if retried:
+                    route.errors += 1
                     await _upstream_failed(send, route.name, endpoint, exc, request_id)
                     return
                 lease.release()
                 try:
                     replacement = await route.acquire()
                 except GatewayError as error:
+                    route.errors += 1
                     await _gateway_error(send, error, route.name, request_id)
                     return
                 await self._forward(route, replacement, method, target, header_lines, body,
                                     receive, send, request_id, arrived_at, retried=True)
                 return
             except UpstreamTimedOut:
+                route.errors += 1
                 message = (f"function {route.name!r} did not answer within "
                            f"timeout_s={route.timeout_s:g}s on instance {endpoint.instance_id}")
                 await _gateway_error(send, UpstreamTimeout(message), route.name, request_id)
                 return
             except UpstreamError as exc:
+                route.errors += 1
                 await _upstream_failed(send, route.name, endpoint, exc, request_id)
                 return
-            await self._respond(response, endpoint, receive, send, request_id, arrived_at)
+            if response.status >= 500:
+                route.errors += 1
+            await self._respond(response, endpoint, receive, send, request_id, arrived_at,
+                                route.revision_header)
         finally:
             lease.release()
 
     async def _respond(self, response: UpstreamResponse, endpoint: Endpoint, receive: Receive,
-                       send: Send, request_id: str, arrived_at: float) -> None:
+                       send: Send, request_id: str, arrived_at: float, revision: bytes) -> None:
         if endpoint.ready_at > arrived_at:
             start = b"cold"
         elif endpoint.thawed_at > arrived_at:
@@ -162,6 +187,7 @@ class Gateway:
         headers = [(k, v) for k, v in response.headers if k not in _DROP_FROM_UPSTREAM]
         headers.append((b"x-torpor-request-id", request_id.encode("latin-1")))
         headers.append((b"x-torpor-instance", endpoint.instance_id.encode()))
+        headers.append((b"x-torpor-revision", revision))
         headers.append((b"x-torpor-start", start))
         if response.complete:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})

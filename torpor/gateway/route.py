@@ -123,8 +123,11 @@ class FunctionRoute:
         on_demand: Callable[[], None] = lambda: None,
         observer: LoadObserver | None = None,
         thaw: Callable[[Endpoint], None] = lambda endpoint: None,
+        revision: int = 0,
     ) -> None:
         self.name = name
+        self.revision = revision
+        self.revision_header = str(revision).encode()  # x-torpor-revision, encoded once
         self.clock = clock
         self.max_queued = max_queued
         self.queue_timeout_s = queue_timeout_s
@@ -137,6 +140,7 @@ class FunctionRoute:
         self.in_flight = 0
         self.last_request_at: float | None = None
         self.requests = 0  # received, for /metrics
+        self.errors = 0  # answered with a 5xx (by the instance or the gateway), for rollouts
         # Set while the function cannot start an instance (failed cold start, in backoff):
         # new requests fail fast with it instead of waiting for a queue timeout.
         self.failure: GatewayError | None = None
@@ -145,6 +149,10 @@ class FunctionRoute:
     @property
     def queued(self) -> int:
         return len(self._waiters)
+
+    def pick(self, tag: str) -> FunctionRoute | None:
+        """A function with one route is its own route table (see ``gateway.traffic``)."""
+        return None if tag else self
 
     @property
     def in_system(self) -> int:

@@ -84,10 +84,10 @@ class IdleMode:
             log.warning("could not freeze %s: %s", instance.id, exc)
             if instance.facts.thaw_requested_at is None:
                 instance.facts.freeze_requested_at = None  # routable again
-                fn.route.dispatch()
+                fn.revision_of(instance).route.dispatch()
             return
         instance.facts.frozen_at = self.clock.now()
-        self.ledger.transition(instance.ledger_record(fn.spec), InstanceState.FROZEN)
+        self.ledger.transition(instance.ledger_record(fn.revision_of(instance).spec), InstanceState.FROZEN)
 
     async def _thaw(self, fn: FunctionRuntime, instance: Instance, endpoint: Endpoint,
                     previous: asyncio.Task[None] | None) -> None:
@@ -102,13 +102,13 @@ class IdleMode:
         facts = instance.facts
         if facts.frozen_at is not None:
             facts.frozen_at = None
-            self.ledger.transition(instance.ledger_record(fn.spec), InstanceState.READY)
+            self.ledger.transition(instance.ledger_record(fn.revision_of(instance).spec), InstanceState.READY)
         now = self.clock.now()
         endpoint.thawed_at = now
         endpoint.idle_since = now
         facts.freeze_requested_at = None
         facts.thaw_requested_at = None
-        fn.route.dispatch()
+        fn.revision_of(instance).route.dispatch()
 
 
 async def _hook(client: InstanceClient, which: str) -> None:

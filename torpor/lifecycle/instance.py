@@ -11,6 +11,7 @@ from torpor.autoscaling.metrics import ConcurrencyRecorder
 from torpor.autoscaling.scaling_policies import ProvisionConfig
 from torpor.backends import CodeRef, RevisionPlan, StartedInstance
 from torpor.gateway.route import Endpoint, FunctionRoute
+from torpor.gateway.traffic import Traffic, TrafficConfig
 from torpor.lifecycle.state import LIVE_STATES, InstanceFacts, InstanceState, derive_state
 from torpor.metering.billing import InstanceInfo
 from torpor.spec import FunctionSpec
@@ -127,19 +128,19 @@ class Instance:
 
 
 @dataclass
-class FunctionRuntime:
-    """A deployed function: its current spec and revision, routing table and instances."""
+class RevisionRuntime:
+    """One immutable revision of a function: what it runs, its own route (instances and queue)
+    and its own autoscaler. A revision that takes no traffic scales to zero and is then forgotten
+    (it stays in the store and comes back on a rollback)."""
 
+    number: int
     spec: FunctionSpec
-    revision: int
     code: CodeRef  # the uploaded code this revision runs
     source: str
     route: FunctionRoute
     created_at: float
-    updated_at: float
     model: CodeRef | None = None  # model.path's copy in the model cache
-    instances: dict[str, Instance] = field(default_factory=dict)
-    provision: ProvisionConfig = field(default_factory=ProvisionConfig)
+    created_by: str | None = None
     recorder: ConcurrencyRecorder = field(default_factory=ConcurrencyRecorder)
     autoscaler: AutoscalerState = field(default_factory=AutoscalerState)
     decision: ScaleDecision = field(default_factory=lambda: ScaleDecision(0, 0, False, "deployed"))
@@ -147,30 +148,98 @@ class FunctionRuntime:
     failures: int = 0  # consecutive failed cold starts (drives the backoff)
     backoff_until: float = 0.0
     last_error: str | None = None
+    prepared: bool = False  # the backend was asked to prepare it (a template), not yet retired
 
     @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def revision_plan(self) -> RevisionPlan:
-        return RevisionPlan(function=self.name, revision=self.revision, spec=self.spec,
+    def plan(self) -> RevisionPlan:
+        return RevisionPlan(function=self.spec.name, revision=self.number, spec=self.spec,
                             code=self.code, model=self.model)
 
     @property
     def kpa_config(self) -> KpaConfig:
         return KpaConfig.from_spec(self.spec.scaling, self.spec.concurrency)
 
-    def live(self, *, current_only: bool = True) -> list[Instance]:
-        """Instances starting, serving or frozen (of the current revision unless told otherwise)."""
+
+@dataclass
+class FunctionRuntime:
+    """A deployed function: its revisions in memory, how traffic is split between them, and the
+    instances of all of them. ``latest`` (the newest deploy) is always in memory; ``spec``,
+    ``code`` and friends are its."""
+
+    name: str
+    traffic: Traffic  # what the gateway reads: one route per revision, weights and tags
+    created_at: float
+    updated_at: float
+    latest: int = 0
+    revisions: dict[int, RevisionRuntime] = field(default_factory=dict)
+    instances: dict[str, Instance] = field(default_factory=dict)
+    provision: ProvisionConfig = field(default_factory=ProvisionConfig)
+
+    @property
+    def current(self) -> RevisionRuntime:
+        return self.revisions[self.latest]
+
+    @property
+    def spec(self) -> FunctionSpec:
+        return self.current.spec
+
+    @property
+    def revision(self) -> int:
+        return self.latest
+
+    @property
+    def code(self) -> CodeRef:
+        return self.current.code
+
+    @property
+    def model(self) -> CodeRef | None:
+        return self.current.model
+
+    @property
+    def source(self) -> str:
+        return self.current.source
+
+    @property
+    def route(self) -> Traffic:
+        """In flight, queued and requests summed over the revisions (for /metrics)."""
+        return self.traffic
+
+    @property
+    def config(self) -> TrafficConfig:
+        return self.traffic.config
+
+    @property
+    def decision(self) -> ScaleDecision:
+        """The revisions' decisions summed (the primary revision's reason)."""
+        decisions = [r.decision for r in self.revisions.values()]
+        primary = self.revisions.get(self.config.primary) if self.config.weights else None
+        reason = (primary or self.current).decision.reason
+        return ScaleDecision(sum(d.desired for d in decisions), sum(d.provisioned for d in decisions),
+                             any(d.panic for d in decisions), reason)
+
+    @property
+    def last_error(self) -> str | None:
+        errors = [r.last_error for r in self.routed() if r.last_error is not None]
+        return errors[-1] if errors else None
+
+    def routed(self) -> list[RevisionRuntime]:
+        """Revisions that take traffic (a weight or a tag), oldest first."""
+        return [self.revisions[n] for n in sorted(self.config.routed) if n in self.revisions]
+
+    def revision_of(self, instance: Instance) -> RevisionRuntime:
+        return self.revisions.get(instance.revision) or self.current
+
+    def live(self, revision: int | None = None) -> list[Instance]:
+        """Instances starting, serving or frozen (of one revision, or of all)."""
         return [
             i
             for i in self.instances.values()
-            if i.state in LIVE_STATES and (i.revision == self.revision or not current_only)
+            if i.state in LIVE_STATES and (revision is None or i.revision == revision)
         ]
 
     def status(self) -> str:
-        states = [i.state for i in self.live()]
+        routed = self.config.routed
+        states = [i.state for i in self.live() if i.revision in routed]
         if InstanceState.READY in states or InstanceState.BUSY in states:
             return "ready"
         if self.last_error is not None:

@@ -13,13 +13,17 @@ The reconciler takes a :class:`FunctionView` (plain data copied from its instanc
    lowest-priority pool first, then the newest first — the reverse of the order they were added
    (seed 004).
 4. **Idle mode**: freeze provisioned instances READY with nothing in flight for ``idle_after_s``.
-5. **Old revisions**: once an instance of the current revision serves (or nothing is wanted),
-   every live instance of an older revision drains ("replaced by revision N").
+5. **Revisions without traffic**: each revision that takes traffic (a weight above 0 or a tag) is
+   planned on its own, with its own decision (:func:`plan_revisions`). Once every one of them
+   serves (or wants nothing), every live instance of a revision that takes no traffic drains
+   ("replaced by revision N"): a redeploy or a rollback never leaves a gap, and a revision at 0 %
+   and untagged scales to zero.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from torpor.autoscaling.autoscaler import ScaleDecision
 from torpor.lifecycle.state import InstanceState
@@ -45,8 +49,10 @@ class InstanceView:
 
 @dataclass(frozen=True)
 class FunctionView:
-    revision: int  # the current one
-    instances: tuple[InstanceView, ...]
+    """One revision that takes traffic, as the planner sees it."""
+
+    revision: int  # the revision this view plans
+    instances: tuple[InstanceView, ...]  # every live instance of the function, of any revision
     idle_mode: bool = False
     idle_after_s: float = 0.0
     in_backoff: bool = False  # a cold start failed recently: start nothing yet
@@ -92,6 +98,31 @@ def scale_in_victims(current: list[InstanceView], provisioned: frozenset[str],
 
 
 def plan(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
+    """The plan when one revision takes all the traffic."""
+    return plan_revisions((view,), (decision,), now)[0]
+
+
+def plan_revisions(views: Sequence[FunctionView], decisions: Sequence[ScaleDecision],
+                   now: float) -> list[Plan]:
+    """One plan per revision that takes traffic (``views[k]`` scaled by ``decisions[k]``); the
+    drains of revisions that take no traffic ride on the first plan."""
+    plans = [_scale(view, decision, now) for view, decision in zip(views, decisions, strict=True)]
+    if not views:
+        return plans
+    routed = {view.revision for view in views}
+    settled = all(decision.desired == 0 or any(
+        i.state in _SERVING for i in view.instances if i.revision == view.revision)
+        for view, decision in zip(views, decisions, strict=True))
+    if settled:
+        why = (f"replaced by revision {views[0].revision}" if len(views) == 1
+               else "its revision takes no traffic")
+        drains = tuple(Drain(i.id, why) for i in views[0].instances if i.revision not in routed)
+        plans[0] = replace(plans[0], drain=plans[0].drain + drains)
+    return plans
+
+
+def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
+    """Rules 1-4 for the instances of ``view.revision``."""
     current = [i for i in view.instances if i.revision == view.revision]
     provisioned = provisioned_ids(current, decision.provisioned)
     desired = decision.desired
@@ -113,12 +144,8 @@ def plan(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
             and i.in_flight == 0 and not i.idle_transition and i.idle_since is not None
             and now - i.idle_since >= view.idle_after_s
         ]
-    serving = any(i.state in _SERVING for i in current)
-    if serving or desired == 0:
-        drains += [Drain(i.id, f"replaced by revision {view.revision}")
-                   for i in view.instances if i.revision != view.revision]
     return Plan(provisioned=provisioned, start=tuple(starts), drain=tuple(drains),
                 freeze=tuple(freeze))
 
 
-__all__ = ["Drain", "FunctionView", "InstanceView", "Plan", "Start", "plan"]
+__all__ = ["Drain", "FunctionView", "InstanceView", "Plan", "Start", "plan", "plan_revisions"]

@@ -1,7 +1,8 @@
 """The reconciler: the only code with side effects on instances. It decides nothing itself.
 
 Each tick (and at once when poked: a request waits, an instance exited, a spec changed) it asks the
-autoscaler for a decision and the planner (``planner.py``, pure) for a plan, then carries the plan
+autoscaler for a decision per revision that takes traffic (each revision has its own route, queue,
+recorder and autoscaler state) and the planner (``planner.py``, pure) for the plans, then carries them
 out through the :class:`~torpor.backends.InstanceBackend`: cold starts (with exponential backoff
 after failures), drains, freezes. It notices exits at once and records every fact in the store off
 the event loop.
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torpor.autoscaling import autoscaler
+from torpor.autoscaling.autoscaler import ScaleDecision
 from torpor.autoscaling.scaling_policies import PolicyState, ProvisionConfig
 from torpor.backends import BackendError, CodeRef, InstanceBackend, InstancePlan, StartFailed
 from torpor.clock import Clock
@@ -31,11 +33,12 @@ from torpor.constants import (
 from torpor.errors import ColdStartFailed
 from torpor.gateway.route import Endpoint, FunctionRoute
 from torpor.gateway.routing_policies import RoutingPolicy
+from torpor.gateway.traffic import Traffic, TrafficConfig
 from torpor.gateway.upstream import UpstreamClient
 from torpor.lifecycle import planner
 from torpor.lifecycle.idle import IdleMode
 from torpor.lifecycle.initialize import initialize
-from torpor.lifecycle.instance import FunctionRuntime, Instance
+from torpor.lifecycle.instance import FunctionRuntime, Instance, RevisionRuntime
 from torpor.lifecycle.state import InstanceFacts, InstanceState
 from torpor.metering.ledger import Ledger
 from torpor.spec import FunctionSpec
@@ -52,7 +55,7 @@ class Reconciler:
         self.clock = clock
         self.backend = backend
         self.functions: dict[str, FunctionRuntime] = {}
-        self.routes: dict[str, FunctionRoute] = {}  # what the gateway reads
+        self.routes: dict[str, Traffic] = {}  # what the gateway reads
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -66,28 +69,35 @@ class Reconciler:
 
     def apply(self, spec: FunctionSpec, revision: int, code: CodeRef, source: str,
               created_at: float, updated_at: float, provision: ProvisionConfig | None = None,
-              model: CodeRef | None = None) -> FunctionRuntime:
-        """Install (or replace) a function's spec. Old instances keep serving until replaced.
+              model: CodeRef | None = None, traffic: TrafficConfig | None = None,
+              created_by: str | None = None) -> FunctionRuntime:
+        """Install a deployed revision and the split (default: all traffic to it, tags kept).
+        Instances of revisions that lose their traffic keep serving until it is served elsewhere.
 
         ``provision`` is a provisioning config set through the API; without one the spec's
         ``scaling.provisioned`` is the static target.
         """
         provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
-        existing = self.functions.get(spec.name)
+        fn = self.functions.get(spec.name)
+        if fn is None:
+            fn = FunctionRuntime(name=spec.name, traffic=Traffic(spec.name), created_at=created_at,
+                                 updated_at=updated_at, provision=provision)
+            self.functions[spec.name] = fn
+            self.routes[spec.name] = fn.traffic
+        fn.provision, fn.updated_at = provision, updated_at
+        self.add_revision(fn, revision, spec, code, source, updated_at, model, created_by)
+        fn.latest = max(fn.latest, revision)
+        for rev in fn.revisions.values():
+            rev.next_decision_at = 0.0
+        self.set_traffic(fn.name, traffic or TrafficConfig.only(revision, fn.config.tags))
+        return fn
+
+    def add_revision(self, fn: FunctionRuntime, number: int, spec: FunctionSpec, code: CodeRef,
+                     source: str, created_at: float, model: CodeRef | None = None,
+                     created_by: str | None = None) -> RevisionRuntime:
+        """Hold a revision in memory (its own route and autoscaler) so traffic can go to it."""
+        existing = fn.revisions.get(number)
         if existing is not None:
-            route = existing.route
-            route.max_queued = spec.queue.max_queued
-            route.queue_timeout_s = spec.queue.timeout_s
-            route.timeout_s = spec.timeout_s
-            route.policy = RoutingPolicy.make(spec.routing.policy)
-            route.failure = None
-            existing.spec, existing.revision, existing.code = spec, revision, code
-            existing.source, existing.updated_at, existing.model = source, updated_at, model
-            existing.failures, existing.backoff_until, existing.last_error = 0, 0.0, None
-            existing.provision = provision
-            existing.next_decision_at = 0.0
-            self.backend.prepare(existing.revision_plan)
-            self.poke()
             return existing
         route = FunctionRoute(
             spec.name,
@@ -97,26 +107,40 @@ class Reconciler:
             timeout_s=spec.timeout_s,
             policy=RoutingPolicy.make(spec.routing.policy),
             on_demand=self.poke,
+            revision=number,
         )
-        fn = FunctionRuntime(spec=spec, revision=revision, code=code, source=source, route=route,
-                             created_at=created_at, updated_at=updated_at, provision=provision,
-                             model=model)
-        route.observer = fn.recorder
+        rev = RevisionRuntime(number=number, spec=spec, code=code, source=source, route=route,
+                              created_at=created_at, model=model, created_by=created_by)
+        route.observer = rev.recorder
         route.thaw = lambda endpoint: self.idle.thaw(fn, endpoint)
-        self.functions[spec.name] = fn
-        self.routes[spec.name] = route
-        self.backend.prepare(fn.revision_plan)
+        fn.revisions[number] = rev
+        fn.traffic.set(fn.config, {n: r.route for n, r in fn.revisions.items()})
+        return rev
+
+    def set_traffic(self, name: str, config: TrafficConfig) -> None:
+        """Split ``name``'s traffic; every revision ``config`` routes to must be in memory
+        (:meth:`add_revision`). Requests already queued or in flight stay where they are."""
+        fn = self.functions[name]
+        missing = sorted(config.routed - fn.revisions.keys())
+        if missing:
+            raise KeyError(f"revisions {missing} of {name!r} are not loaded")
+        for number in config.routed:
+            rev = fn.revisions[number]
+            if not rev.prepared:
+                self.backend.prepare(rev.plan)
+                rev.prepared = True
+            rev.next_decision_at = 0.0
+        fn.traffic.set(config, {n: r.route for n, r in fn.revisions.items()})
         self.poke()
-        return fn
 
     async def remove(self, name: str) -> None:
         """Stop routing to a function, answer its queue, drain and stop its instances."""
         fn = self.functions.pop(name)
         self.routes.pop(name, None)
         self.backend.retire(name)
-        fn.route.fail_waiters(ColdStartFailed(f"function {name!r} was deleted"))
-        await asyncio.gather(*(self._drain(fn, i, "function deleted") for i in fn.live(
-            current_only=False)))
+        for rev in fn.revisions.values():
+            rev.route.fail_waiters(ColdStartFailed(f"function {name!r} was deleted"))
+        await asyncio.gather(*(self._drain(fn, i, "function deleted") for i in fn.live()))
 
     # the loop ----------------------------------------------------------------------------------
 
@@ -144,19 +168,53 @@ class Reconciler:
     def set_provision(self, name: str, provision: ProvisionConfig) -> None:
         fn = self.functions[name]
         fn.provision = provision
-        fn.autoscaler = autoscaler.AutoscalerState(fn.autoscaler.kpa, PolicyState())
-        fn.next_decision_at = 0.0
+        for rev in fn.revisions.values():
+            rev.autoscaler = autoscaler.AutoscalerState(rev.autoscaler.kpa, PolicyState())
+            rev.next_decision_at = 0.0
         self.poke()
 
     def reconcile(self, fn: FunctionRuntime) -> None:
         now = self.clock.now()
-        # Decide every tick_s, and at once while requests wait (e.g. a request at zero instances).
-        if now >= fn.next_decision_at or fn.route.queued > 0:
-            self._decide(fn, fn.live(), now)
-        plan = planner.plan(self.view(fn, now), fn.decision, now)
-        self.carry_out(fn, plan)
+        planned = self.planned(fn)
+        for rev in fn.revisions.values():
+            if rev in planned:
+                # Decide every tick_s, and at once while requests wait (e.g. at zero instances).
+                if now >= rev.next_decision_at or rev.route.queued > 0:
+                    self._decide(fn, rev, fn.live(rev.number), now)
+            elif rev.decision.desired or rev.decision.provisioned:
+                rev.decision = ScaleDecision(0, 0, False, "no traffic")
+        plans = planner.plan_revisions([self.view(fn, rev, now) for rev in planned],
+                                       [rev.decision for rev in planned], now)
+        for rev, plan in zip(planned, plans, strict=True):
+            self.carry_out(fn, rev, plan)
+        self._retire_unused(fn)
 
-    def view(self, fn: FunctionRuntime, now: float) -> planner.FunctionView:
+    @staticmethod
+    def planned(fn: FunctionRuntime) -> list[RevisionRuntime]:
+        """Revisions that take traffic, and those that lost it while requests still wait in their
+        queue (they are served where they started); oldest first."""
+        routed = fn.config.routed
+        return [rev for number, rev in sorted(fn.revisions.items())
+                if number in routed or rev.route.queued > 0]
+
+    def _retire_unused(self, fn: FunctionRuntime) -> None:
+        """A revision without traffic and without instances: retire its template; forget it
+        unless it is the newest (the store keeps it for a rollback)."""
+        routed = fn.config.routed
+        for number, rev in list(fn.revisions.items()):
+            if number in routed or rev.route.in_system > 0 or any(
+                    i.revision == number for i in fn.instances.values()):
+                continue
+            if rev.prepared:
+                rev.prepared = False
+                self.backend.retire(fn.name, number)
+                self._event(fn.name, "retired", f"revision {number} takes no traffic: scaled to "
+                                                "zero, template retired")
+            if number != fn.latest:
+                del fn.revisions[number]
+                fn.traffic.set(fn.config, {n: r.route for n, r in fn.revisions.items()})
+
+    def view(self, fn: FunctionRuntime, rev: RevisionRuntime, now: float) -> planner.FunctionView:
         """A snapshot of the function's live instances, as plain data for the planner."""
         instances = tuple(
             planner.InstanceView(
@@ -165,20 +223,20 @@ class Reconciler:
                 idle_since=i.endpoint.idle_since if i.endpoint is not None else None,
                 idle_transition=i.idle_transition() is not None or self.idle.in_transition(i),
             )
-            for i in fn.live(current_only=False)
+            for i in fn.live()
         )
-        scaling = fn.spec.scaling
-        return planner.FunctionView(revision=fn.revision, instances=instances,
+        scaling = rev.spec.scaling
+        return planner.FunctionView(revision=rev.number, instances=instances,
                                     idle_mode=scaling.idle_mode, idle_after_s=scaling.idle_after_s,
-                                    in_backoff=now < fn.backoff_until)
+                                    in_backoff=now < rev.backoff_until)
 
-    def carry_out(self, fn: FunctionRuntime, plan: planner.Plan) -> None:
-        for instance in fn.live():
+    def carry_out(self, fn: FunctionRuntime, rev: RevisionRuntime, plan: planner.Plan) -> None:
+        for instance in fn.live(rev.number):
             instance.provisioned = instance.id in plan.provisioned
             if instance.endpoint is not None:
                 instance.endpoint.provisioned = instance.provisioned
         for start in plan.start:
-            self._spawn(fn, start)
+            self._spawn(fn, rev, start)
         for drain in plan.drain:
             victim = fn.instances.get(drain.instance_id)
             if victim is not None:
@@ -188,45 +246,57 @@ class Reconciler:
             if idle is not None:
                 self.idle.freeze(fn, idle)
 
-    def _decide(self, fn: FunctionRuntime, live: list[Instance], now: float) -> None:
+    def _decide(self, fn: FunctionRuntime, rev: RevisionRuntime, live: list[Instance],
+                now: float) -> None:
         ready = sum(1 for i in live if i.state in _SERVING)
-        decision, fn.autoscaler = autoscaler.decide(
-            fn.kpa_config, fn.provision, fn.recorder,
-            concurrency=fn.spec.concurrency, ready=ready,
+        # The provisioning config set through the API is the primary revision's (the largest
+        # share); every other revision keeps its spec's static provisioned count.
+        primary = fn.config.weights and rev.number == fn.config.primary
+        provision = fn.provision if primary else ProvisionConfig(
+            target=rev.spec.scaling.provisioned)
+        decision, rev.autoscaler = autoscaler.decide(
+            rev.kpa_config, provision, rev.recorder,
+            concurrency=rev.spec.concurrency, ready=ready,
             current_provisioned=sum(1 for i in live if i.provisioned),
-            now=now, state=fn.autoscaler,
+            now=now, state=rev.autoscaler,
         )
-        fn.next_decision_at = now + fn.spec.scaling.tick_s
-        if decision.desired != fn.decision.desired:
-            self._event(fn.name, "scaled",
-                        f"{fn.name} {fn.decision.desired}→{decision.desired}: {decision.reason}")
-        fn.decision = decision
+        rev.next_decision_at = now + rev.spec.scaling.tick_s
+        if decision.desired != rev.decision.desired:
+            self._event(fn.name, "scaled", f"{fn.name} revision {rev.number} "
+                        f"{rev.decision.desired}→{decision.desired}: {decision.reason}")
+        rev.decision = decision
 
     # starting ----------------------------------------------------------------------------------
 
-    def _spawn(self, fn: FunctionRuntime, start: planner.Start) -> None:
-        instance_id = f"{fn.name}-{fn.revision}-{secrets.token_hex(3)}"
+    def _spawn(self, fn: FunctionRuntime, rev: RevisionRuntime, start: planner.Start) -> None:
+        instance_id = f"{fn.name}-{rev.number}-{secrets.token_hex(3)}"
         instance = Instance(
-            id=instance_id, function=fn.name, revision=fn.revision,
+            id=instance_id, function=fn.name, revision=rev.number,
             facts=InstanceFacts(started_at=self.clock.now()),
             provisioned=start.provisioned,
         )
         fn.instances[instance_id] = instance
-        self.ledger.transition(instance.ledger_record(fn.spec), InstanceState.STARTING)
-        fn.route.failure = None
-        plan = InstancePlan(instance_id, fn.revision_plan, pools=start.pools)
-        self._background(self._start(fn, instance, plan), f"start {instance_id}")
+        self.ledger.transition(instance.ledger_record(rev.spec), InstanceState.STARTING)
+        rev.route.failure = None
+        plan = InstancePlan(instance_id, rev.plan, pools=start.pools)
+        self._background(self._start(fn, rev, instance, plan), f"start {instance_id}")
 
-    async def _start(self, fn: FunctionRuntime, instance: Instance, plan: InstancePlan) -> None:
-        spec, revision = fn.spec, fn.revision
+    def _wanted(self, fn: FunctionRuntime, rev: RevisionRuntime) -> bool:
+        """Does the revision still take traffic (or hold queued requests) in a live function?"""
+        return self.functions.get(fn.name) is fn and (
+            rev.number in fn.config.routed or rev.route.queued > 0)
+
+    async def _start(self, fn: FunctionRuntime, rev: RevisionRuntime, instance: Instance,
+                     plan: InstancePlan) -> None:
+        spec = rev.spec
         self._save(instance)
         try:
             instance.started = await self.backend.start(plan)
         except StartFailed as exc:
-            await self._start_failed(fn, instance, str(exc), exc.log_tail)
+            await self._start_failed(fn, rev, instance, str(exc), exc.log_tail)
             return
         except (BackendError, OSError) as exc:
-            await self._start_failed(fn, instance, str(exc), "")
+            await self._start_failed(fn, rev, instance, str(exc), "")
             return
         instance.facts.listening_at = self.clock.now()
         client = UpstreamClient(instance.started.address)
@@ -235,13 +305,14 @@ class Reconciler:
                                                 timeout_s=spec.initialize_timeout_s)
         except StartFailed as exc:
             await client.close()
-            await self._start_failed(fn, instance, str(exc), self.backend.log_tail(instance.id))
+            await self._start_failed(fn, rev, instance, str(exc),
+                                     self.backend.log_tail(instance.id))
             return
         except BaseException:
             await client.close()
             raise
         self._background(self._watch(fn, instance), f"watch {instance.id}")
-        if instance.facts.draining_at is not None or fn.revision != revision or self._stopping:
+        if instance.facts.draining_at is not None or not self._wanted(fn, rev) or self._stopping:
             await client.close()
             await self._drain(fn, instance, "no longer needed")
             return
@@ -249,16 +320,16 @@ class Reconciler:
         instance.endpoint = Endpoint(instance.id, spec.concurrency, client,
                                      ready_at=instance.facts.ready_at,
                                      provisioned=instance.provisioned, idle=instance.facts)
-        fn.failures, fn.backoff_until, fn.last_error = 0, 0.0, None
-        fn.route.add_endpoint(instance.endpoint)
+        rev.failures, rev.backoff_until, rev.last_error = 0, 0.0, None
+        rev.route.add_endpoint(instance.endpoint)
         self.ledger.transition(instance.ledger_record(spec), InstanceState.READY)
         self._save(instance)
         self.on_ready(instance)
         total = instance.cold_start()["total_s"]
         self._event(fn.name, "started", f"instance {instance.id} ready in {total:.3f}s")
 
-    async def _start_failed(self, fn: FunctionRuntime, instance: Instance, reason: str,
-                            log_tail: str) -> None:
+    async def _start_failed(self, fn: FunctionRuntime, rev: RevisionRuntime, instance: Instance,
+                            reason: str, log_tail: str) -> None:
         exit_ = await self.backend.stop(instance.id, STOP_GRACE_S)
         message = f"instance {instance.id} of function {fn.name!r} failed to start: {reason}"
         if log_tail:
@@ -266,28 +337,28 @@ class Reconciler:
         instance.facts.failure = reason
         instance.facts.exited_at = self.clock.now()
         instance.facts.exit_code = exit_.code
-        self.ledger.transition(instance.ledger_record(fn.spec), None)
+        self.ledger.transition(instance.ledger_record(rev.spec), None)
         self._save(instance)
-        if fn.revision != instance.revision or self.functions.get(fn.name) is not fn:
+        if not self._wanted(fn, rev):
             return
-        fn.failures += 1
+        rev.failures += 1
         # 1 s, 2 s, 4 s ... capped: a function that cannot start never spins.
-        backoff_s = min(BACKOFF_BASE_S * 2 ** (fn.failures - 1), BACKOFF_MAX_S)
-        fn.backoff_until = self.clock.now() + backoff_s
-        fn.last_error = message
+        backoff_s = min(BACKOFF_BASE_S * 2 ** (rev.failures - 1), BACKOFF_MAX_S)
+        rev.backoff_until = self.clock.now() + backoff_s
+        rev.last_error = message
         self._event(fn.name, "start_failed", f"{message.splitlines()[0]} (retry in {backoff_s:g}s)")
-        others = [i for i in fn.live() if i is not instance]
+        others = [i for i in fn.live(rev.number) if i is not instance]
         if not others:
             error = ColdStartFailed(message, retry_after_s=backoff_s)
-            fn.route.failure = error
-            fn.route.fail_waiters(error)
-        self._background(self._end_backoff(fn, backoff_s), f"backoff {fn.name}")
+            rev.route.failure = error
+            rev.route.fail_waiters(error)
+        self._background(self._end_backoff(rev, backoff_s), f"backoff {fn.name}")
 
-    async def _end_backoff(self, fn: FunctionRuntime, delay_s: float) -> None:
+    async def _end_backoff(self, rev: RevisionRuntime, delay_s: float) -> None:
         """After the backoff, requests queue again (and so trigger the next attempt)."""
         await self.clock.sleep(delay_s)
-        if self.clock.now() >= fn.backoff_until:
-            fn.route.failure = None
+        if self.clock.now() >= rev.backoff_until:
+            rev.route.failure = None
         self.poke()
 
     # exits and stopping ------------------------------------------------------------------------
@@ -303,10 +374,11 @@ class Reconciler:
         facts.exit_code = exit_.code
         if exit_.reason is not None and facts.failure is None:
             facts.failure = exit_.reason  # e.g. "node <id> lost": the instance failed
-        self.ledger.transition(instance.ledger_record(fn.spec), None)
+        rev = fn.revision_of(instance)
+        self.ledger.transition(instance.ledger_record(rev.spec), None)
         endpoint = instance.endpoint
         if endpoint is not None:
-            fn.route.remove_endpoint(endpoint)
+            rev.route.remove_endpoint(endpoint)
         if facts.draining_at is None and not self._stopping:
             how = exit_.reason or f"exited with code {exit_.code}"
             self._event(fn.name, "crashed", f"instance {instance.id} {how}")
@@ -327,14 +399,15 @@ class Reconciler:
     async def _drain(self, fn: FunctionRuntime, instance: Instance, why: str) -> None:
         """No new requests; stop the instance once its in-flight requests are answered."""
         facts = instance.facts
+        rev = fn.revision_of(instance)
         if facts.draining_at is None:
             facts.draining_at = self.clock.now()
             if facts.exited_at is None:
-                self.ledger.transition(instance.ledger_record(fn.spec), InstanceState.DRAINING)
+                self.ledger.transition(instance.ledger_record(rev.spec), InstanceState.DRAINING)
                 self._event(fn.name, "stopping", f"instance {instance.id}: {why}")
         if instance.endpoint is not None:
-            fn.route.remove_endpoint(instance.endpoint)
-            deadline = self.clock.now() + fn.spec.timeout_s
+            rev.route.remove_endpoint(instance.endpoint)
+            deadline = self.clock.now() + rev.spec.timeout_s
             while instance.endpoint.in_flight > 0 and self.clock.now() < deadline:
                 await self.clock.sleep(DRAIN_POLL_S)
         self._save(instance)
@@ -351,7 +424,9 @@ class Reconciler:
         if self._loop_task is not None:
             await self._loop_task
         for fn in self.functions.values():
-            fn.route.fail_waiters(ColdStartFailed(f"torpor is shutting down; {fn.name!r} stopped"))
+            for rev in fn.revisions.values():
+                rev.route.fail_waiters(
+                    ColdStartFailed(f"torpor is shutting down; {fn.name!r} stopped"))
         everything = [(fn, i) for fn in self.functions.values() for i in fn.instances.values()]
         await asyncio.gather(*(self._drain(fn, i, "server shutdown") for fn, i in everything
                                if i.started is not None and i.facts.exited_at is None),

@@ -34,6 +34,21 @@ class FunctionRecord:
     updated_at: float
     model_digest: str | None = None
     code_digest: str | None = None
+    traffic: dict[str, Any] | None = None  # {"weights": {"3": 90, ...}, "tags": {...}}
+
+
+@dataclass(frozen=True)
+class RevisionRecord:
+    """One deploy, immutable: what ran (spec, code, model), who deployed it and when."""
+
+    function: str
+    number: int
+    spec: dict[str, Any]
+    source: str
+    created_at: float
+    code_digest: str | None = None
+    model_digest: str | None = None
+    created_by: str | None = None
 
 
 class Store:
@@ -43,6 +58,7 @@ class Store:
         event.listen(self.engine, "connect", _sqlite_pragmas)
         tables.metadata.create_all(self.engine)
         migrate(self.engine)
+        backfill_revisions(self.engine)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torpor-store")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -79,13 +95,16 @@ class Store:
     def put_function(
         self, name: str, spec: dict[str, Any], base_dir: str, source: str, now: float,
         model_digest: str | None = None, code_digest: str | None = None,
+        created_by: str | None = None, traffic: dict[str, Any] | None = None,
     ) -> FunctionRecord:
-        """Insert or replace a function; the revision goes up by one on every deploy."""
+        """Insert or replace a function; the revision goes up by one on every deploy and is kept,
+        immutable, in ``revisions``. ``traffic``: the split to store with it (see :meth:`put_traffic`)."""
         t = tables.functions
         with self.engine.begin() as conn:
             row = conn.execute(select(t.c.revision, t.c.created_at).where(t.c.name == name)).first()
             values = {"spec_json": json.dumps(spec), "base_dir": base_dir, "source": source,
                       "model_digest": model_digest, "code_digest": code_digest}
+            number = 1 if row is None else row.revision + 1
             if row is None:
                 conn.execute(
                     insert(t).values(name=name, revision=1, created_at=now, updated_at=now, **values)
@@ -94,8 +113,15 @@ class Store:
                 conn.execute(
                     update(t)
                     .where(t.c.name == name)
-                    .values(revision=row.revision + 1, updated_at=now, **values)
+                    .values(revision=number, updated_at=now, **values)
                 )
+            conn.execute(insert(tables.revisions).values(
+                function=name, number=number, spec_json=values["spec_json"], source=source,
+                code_digest=code_digest, model_digest=model_digest, created_at=now,
+                created_by=created_by))
+            if traffic is not None:
+                conn.execute(update(t).where(t.c.name == name)
+                             .values(traffic_json=json.dumps(_numbered(traffic, number))))
         record = self.get_function(name)
         assert record is not None
         return record
@@ -103,9 +129,32 @@ class Store:
     def delete_function(self, name: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(tables.functions).where(tables.functions.c.name == name))
+            conn.execute(delete(tables.revisions).where(tables.revisions.c.function == name))
             conn.execute(
                 delete(tables.provision_configs).where(tables.provision_configs.c.function == name)
             )
+
+    # revisions and traffic ---------------------------------------------------------------------
+
+    def list_revisions(self, function: str) -> list[RevisionRecord]:
+        t = tables.revisions
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).where(t.c.function == function).order_by(t.c.number))
+            return [_revision_record(row._mapping) for row in rows]
+
+    def get_revision(self, function: str, number: int) -> RevisionRecord | None:
+        t = tables.revisions
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t).where(t.c.function == function, t.c.number == number)).first()
+            return _revision_record(row._mapping) if row else None
+
+    def put_traffic(self, function: str, traffic: dict[str, Any], now: float) -> None:
+        """Store a function's split: ``{"weights": {"3": 90, "4": 10}, "tags": {"canary": 4}}``."""
+        t = tables.functions
+        with self.engine.begin() as conn:
+            conn.execute(update(t).where(t.c.name == function)
+                         .values(traffic_json=json.dumps(traffic), updated_at=now))
 
     # provisioning configs (set through the API; they outlive redeploys) --------------------------
 
@@ -229,7 +278,38 @@ def _function_record(row: Any) -> FunctionRecord:
         updated_at=row["updated_at"],
         model_digest=row["model_digest"],
         code_digest=row["code_digest"],
+        traffic=json.loads(row["traffic_json"]) if row["traffic_json"] else None,
     )
+
+
+def _revision_record(row: Any) -> RevisionRecord:
+    return RevisionRecord(
+        function=row["function"], number=row["number"], spec=json.loads(row["spec_json"]),
+        source=row["source"], created_at=row["created_at"], code_digest=row["code_digest"],
+        model_digest=row["model_digest"], created_by=row["created_by"],
+    )
+
+
+def _numbered(traffic: dict[str, Any], number: int) -> dict[str, Any]:
+    """``traffic`` with the key ``"new"`` (the revision being written) replaced by its number."""
+    weights = {(str(number) if k == "new" else k): v for k, v in traffic.get("weights", {}).items()}
+    tags = {k: (number if v == "new" else v) for k, v in traffic.get("tags", {}).items()}
+    return {"weights": weights, "tags": tags}
+
+
+def backfill_revisions(engine: Engine) -> int:
+    """A database written before revisions were kept: record each function's current revision
+    (the only one it still knows) so that every function has its revision row."""
+    f, r = tables.functions, tables.revisions
+    with engine.begin() as conn:
+        known = {(row.function, row.number) for row in conn.execute(select(r.c.function, r.c.number))}
+        missing = [row for row in conn.execute(select(f)) if (row.name, row.revision) not in known]
+        for row in missing:
+            conn.execute(insert(r).values(
+                function=row.name, number=row.revision, spec_json=row.spec_json, source=row.source,
+                code_digest=row.code_digest, model_digest=row.model_digest,
+                created_at=row.updated_at, created_by=None))
+    return len(missing)
 
 
 def migrate(engine: Engine) -> list[str]:

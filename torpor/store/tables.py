@@ -22,6 +22,22 @@ functions = Table(
     Column("code_digest", String(64)),  # the uploaded code (DATA_DIR/code/<digest>)
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # {"weights": {"3": 90, "4": 10}, "tags": {"canary": 4}}; NULL: all to the newest revision
+    Column("traffic_json", Text),
+)
+
+# Every deploy, kept as it was: a revision is never changed after it is written.
+revisions = Table(
+    "revisions",
+    metadata,
+    Column("function", String(63), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("spec_json", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("code_digest", String(64)),
+    Column("model_digest", String(64)),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(255)),  # who deployed it (as the client said)
 )
 
 instances = Table(

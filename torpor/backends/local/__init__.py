@@ -110,14 +110,14 @@ class LocalBackend:
         if uses_template(plan):
             self.templates.ensure(plan.spec, plan.revision, plan.code.path, _model_path(plan))
         else:
-            self.templates.retire(plan.function)
+            self.templates.retire(plan.function, plan.revision)
 
-    def retire(self, function: str) -> None:
+    def retire(self, function: str, revision: int | None = None) -> None:
         if self.templates is not None:
-            self.templates.retire(function)
+            self.templates.retire(function, revision)
 
-    def function_info(self, function: str) -> dict[str, Any] | None:
-        template = self.templates.by_function.get(function) if self.templates is not None else None
+    def function_info(self, function: str, revision: int | None = None) -> dict[str, Any] | None:
+        template = self.templates.get(function, revision) if self.templates is not None else None
         return template.to_api() if template is not None else None
 
     # instances ---------------------------------------------------------------------------------

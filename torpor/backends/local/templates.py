@@ -1,5 +1,6 @@
 """Per-revision templates: start one, fork instances from it, rebuild it if it dies, retire it when
-its revision is replaced. See ``torpor.runtime.template`` for the process itself.
+its revision takes no more traffic (several revisions of a function can have one at a time).
+See ``torpor.runtime.template`` for the process itself.
 
 A failure here raises :class:`~torpor.backends.StartFailed` whose log tail is the template's stderr
 (an import error in the user's module shows there, not in the instance's log).
@@ -61,28 +62,28 @@ class Templates:
         self.clock = clock
         self.data_dir = data_dir
         self.run_dir = run_dir
-        self.by_function: dict[str, Template] = {}
+        self.by_revision: dict[tuple[str, int], Template] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def ensure(self, spec: FunctionSpec, revision: int, base_dir: Path,
                model_path: Path | None = None) -> Template:
         """The live template of this revision, starting (or rebuilding) it if needed."""
-        current = self.by_function.get(spec.name)
-        if current is not None and current.revision == revision and current.alive and not (
+        current = self.by_revision.get((spec.name, revision))
+        if current is not None and current.alive and not (
             current.ready.done() and current.ready.exception() is not None
         ):
             return current
         if current is not None:
-            self.retire(spec.name)
+            self.retire(spec.name, revision)
         logs = self.data_dir / "logs" / spec.name
-        crashes = current.crashes if current is not None and current.revision == revision else 0
+        crashes = current.crashes if current is not None else 0
         template = Template(
             function=spec.name, revision=revision, crashes=crashes,
             control=str(self.run_dir / f"{spec.name}-{revision}.template.sock"),
             stdout_path=logs / f"template-{revision}.stdout.log",
             stderr_path=logs / f"template-{revision}.stderr.log",
         )
-        self.by_function[spec.name] = template
+        self.by_revision[(spec.name, revision)] = template
         self._background(self._start(template, spec, base_dir, model_path))
         return template
 
@@ -109,7 +110,8 @@ class Templates:
             return
         template.ready.set_result(None)
         code = await template.handle.wait()
-        if self.by_function.get(template.function) is not template:
+        key = (template.function, template.revision)
+        if self.by_revision.get(key) is not template:
             return  # retired
         # 1 s, 2 s, 4 s ... between rebuilds of a template that keeps dying: never a hot loop.
         delay_s = min(2.0 ** template.crashes, 30.0)
@@ -117,7 +119,7 @@ class Templates:
         log.warning("template of %s revision %d exited with code %s; rebuilding in %gs",
                     template.function, template.revision, code, delay_s)
         await self.clock.sleep(delay_s)
-        if self.by_function.get(template.function) is template:
+        if self.by_revision.get(key) is template:
             self.ensure(spec, template.revision, base_dir, model_path)
 
     async def fork(self, template: Template, *, instance_id: str, socket_path: str,
@@ -144,9 +146,18 @@ class Templates:
                         template.function, reply["threads"])
         return ForkedHandle(int(reply["pid"]))
 
-    def retire(self, name: str) -> None:
-        template = self.by_function.pop(name, None)
-        if template is not None:
+    def get(self, name: str, revision: int | None = None) -> Template | None:
+        """The template of ``name``'s ``revision`` (``None``: its newest)."""
+        if revision is not None:
+            return self.by_revision.get((name, revision))
+        revisions = [r for (function, r) in self.by_revision if function == name]
+        return self.by_revision[(name, max(revisions))] if revisions else None
+
+    def retire(self, name: str, revision: int | None = None) -> None:
+        """Stop one revision's template (``None``: every template of the function)."""
+        keys = [(f, r) for (f, r) in self.by_revision if f == name and revision in (None, r)]
+        for key in keys:
+            template = self.by_revision.pop(key)
             if not template.ready.done():
                 template.ready.cancel()
             if template.handle is not None:
@@ -156,7 +167,7 @@ class Templates:
         await processes.stop(handle, STOP_GRACE_S)
 
     async def shutdown(self) -> None:
-        for name in list(self.by_function):
+        for name in {name for name, _ in self.by_revision}:
             self.retire(name)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
