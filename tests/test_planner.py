@@ -6,7 +6,15 @@ from typing import Any
 
 from torpor.autoscaling.autoscaler import ScaleDecision
 from torpor.clock import FakeClock
-from torpor.lifecycle.planner import Drain, FunctionView, InstanceView, Plan, Start, plan
+from torpor.lifecycle.planner import (
+    Drain,
+    FunctionView,
+    InstanceView,
+    Plan,
+    Start,
+    plan,
+    plan_revisions,
+)
 from torpor.lifecycle.state import InstanceState
 
 READY, BUSY, STARTING, FROZEN = (InstanceState.READY, InstanceState.BUSY, InstanceState.STARTING,
@@ -124,3 +132,53 @@ class TestRevisions:
         view = make_view(make_instance("r1", 0.0, revision=1), revision=2)
         assert plan(view, decision(0), now=1.0) == Plan(
             drain=(Drain("r1", "replaced by revision 2"),))
+
+
+class TestSplit:
+    """Several revisions take traffic: each scales on its own, the rest drain (plan_revisions)."""
+
+    def test_each_routed_revision_scales_on_its_own_decision(self) -> None:
+        """80/20 under load: revision 3 wants 4 and has 1, revision 4 wants 1 and has 0."""
+        instances = (make_instance("a", 0.0, revision=3),)
+        views = [make_view(*instances, revision=3), make_view(*instances, revision=4)]
+        plans = plan_revisions(views, [decision(4), decision(1)], now=1.0)
+        assert [len(p.start) for p in plans] == [3, 1]
+        assert all(p.drain == () for p in plans)
+
+    def test_a_revision_at_zero_percent_scales_to_zero(self) -> None:
+        """A timeline: traffic moves from 3 to 4; 3 keeps serving until 4 serves, then drains."""
+        clock = FakeClock(100.0)
+        old = make_instance("r3", 0.0, revision=3)
+        # t=100: traffic 4=100; revision 4 has nothing yet and wants one instance
+        views = [make_view(old, revision=4)]
+        result = plan_revisions(views, [decision(1)], clock.now())[0]
+        assert result.start == (Start(False),) and result.drain == ()
+        clock.advance(0.5)  # revision 4 starting: revision 3 still holds its instance
+        starting = make_instance("r4", 100.0, STARTING, revision=4)
+        assert plan_revisions([make_view(old, starting, revision=4)], [decision(1)],
+                              clock.now())[0].drain == ()
+        clock.advance(0.5)  # revision 4 serves: revision 3 (0 %, untagged) drains
+        serving = make_instance("r4", 100.0, revision=4)
+        assert plan_revisions([make_view(old, serving, revision=4)], [decision(1)],
+                              clock.now())[0].drain == (Drain("r3", "replaced by revision 4"),)
+
+    def test_unrouted_waits_for_every_routed_revision(self) -> None:
+        """Split 4/5 with 5 still starting: revision 3 stays; once 5 serves too, it drains."""
+        old = make_instance("r3", 0.0, revision=3)
+        four = make_instance("r4", 1.0, revision=4)
+        five = make_instance("r5", 1.0, STARTING, revision=5)
+        views = [make_view(old, four, five, revision=4), make_view(old, four, five, revision=5)]
+        assert all(p.drain == () for p in plan_revisions(views, [decision(1), decision(1)], 2.0))
+        five = make_instance("r5", 1.0, revision=5)
+        views = [make_view(old, four, five, revision=4), make_view(old, four, five, revision=5)]
+        first, second = plan_revisions(views, [decision(1), decision(1)], 3.0)
+        assert first.drain == (Drain("r3", "its revision takes no traffic"),)
+        assert second.drain == ()
+
+    def test_a_routed_revision_never_drains_another_routed_one(self) -> None:
+        """Instances of a revision that takes traffic are only scaled by its own plan."""
+        three = make_instance("r3", 0.0, revision=3)
+        four = make_instance("r4", 0.0, revision=4)
+        views = [make_view(three, four, revision=3), make_view(three, four, revision=4)]
+        plans = plan_revisions(views, [decision(1), decision(1)], now=5.0)
+        assert plans == [Plan(), Plan()]

@@ -92,6 +92,9 @@ def serve(
 @app.command()
 def deploy(
     path: Annotated[Path, typer.Argument(help="A folder with torpor.yaml, or a spec file.")],
+    traffic: Annotated[int | None, typer.Option(
+        "--traffic", help="The new revision's percent of the traffic; the rest stays on the "
+                          "revisions serving now (default 100).")] = None,
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
@@ -106,8 +109,10 @@ def deploy(
     spec, raw, base_dir = load_spec_file(path)
     source = str((path / "torpor.yaml") if path.is_dir() else path)
     client = ApiClient(server)
-    body: dict[str, Any] = {"spec": raw, "source": source,
+    body: dict[str, Any] = {"spec": raw, "source": source, "created_by": _who(),
                             "code": upload_folder(client, base_dir, out)}
+    if traffic is not None:
+        body["traffic"] = traffic
     model_path = resolve_model_path(spec, base_dir)
     if model_path is not None and not model_path.is_relative_to(base_dir):
         body["model"] = upload_folder(client, model_path, out)  # model.path outside the folder
@@ -116,7 +121,105 @@ def deploy(
         _print_json(fn)
         return
     out.print(f"deployed [bold]{fn['name']}[/] revision {fn['revision']} → "
-              f"{server.rstrip('/')}{fn['url']}")
+              f"{server.rstrip('/')}{fn['url']}  traffic {_split(fn['traffic'])}")
+
+
+def _who() -> str:
+    """Who deploys, for the revision's record (the key's owner once keys name one)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _split(traffic: dict[str, Any]) -> str:
+    weights = " ".join(f"{r}={w}%" for r, w in traffic["weights"].items())
+    tags = " ".join(f"@{t}→{r}" for t, r in traffic["tags"].items())
+    return f"{weights} {tags}".strip()
+
+
+@app.command()
+def revisions(name: str, server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> None:
+    """List a function's revisions with their traffic share, tags and instances."""
+    rows = ApiClient(server).api("GET", f"/api/v1/functions/{name}/revisions")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("REV", "TRAFFIC", "TAGS", "INSTANCES", "REQUESTS", "ERRORS", "CODE", "CREATED",
+                  "BY", "SOURCE")
+    for row in rows:
+        table.add_row(str(row["revision"]) + (" (latest)" if row["latest"] else ""),
+                      f"{row['percent']}%", ", ".join(row["tags"]) or "-", str(row["instances"]),
+                      str(row["requests"]), str(row["errors"]), (row["code_digest"] or "-")[:12],
+                      _when(row["created_at"]), row["created_by"] or "-", row["source"])
+    out.print(table)
+
+
+@app.command()
+def traffic(
+    name: str,
+    weights: Annotated[list[str] | None, typer.Argument(
+        help="REV=PERCENT pairs summing to 100, e.g. 3=90 4=10 (none: show the split).")] = None,
+    server: Server = DEFAULT_SERVER,
+    as_json: AsJson = False,
+) -> None:
+    """Show or set how a function's traffic is split between its revisions."""
+    client = ApiClient(server)
+    path = f"/api/v1/functions/{name}/traffic"
+    if weights:
+        pairs: dict[str, Any] = {}
+        for pair in weights:
+            revision, sep, percent = pair.partition("=")
+            if not sep or not percent.strip().isdigit():
+                raise CliError(f"traffic.{revision or pair}: {pair!r} is not REV=PERCENT, e.g. 3=90")
+            pairs[revision.strip()] = int(percent)
+        result = client.api("PUT", path, json={"weights": pairs})
+    else:
+        result = client.api("GET", path)
+    _print_traffic(result, as_json)
+
+
+def _print_traffic(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"{result['function']}: {_split(result)}")
+
+
+@app.command()
+def tag(
+    name: str,
+    revision: Annotated[int, typer.Argument(help="The revision the tag reaches.")],
+    tag_name: Annotated[str, typer.Argument(metavar="TAG", help="/fn/NAME@TAG/ reaches REVISION.")],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the tag instead.")] = False,
+    server: Server = DEFAULT_SERVER,
+    as_json: AsJson = False,
+) -> None:
+    """Tag a revision: /fn/NAME@TAG/... reaches only that revision."""
+    path = f"/api/v1/functions/{name}/tags/{tag_name}"
+    client = ApiClient(server)
+    method, body = ("DELETE", None) if remove else ("PUT", {"revision": revision})
+    result = client.api(method, path, json=body)
+    _print_traffic(result, as_json)
+
+
+@app.command()
+def rollback(
+    name: str,
+    revision: Annotated[int | None, typer.Argument(
+        help="Where all traffic goes (default: the revision before the newest taking traffic).")
+    ] = None,
+    server: Server = DEFAULT_SERVER,
+    as_json: AsJson = False,
+) -> None:
+    """Move all traffic back to one revision in one step; requests in flight finish where they are."""
+    result = ApiClient(server).api("POST", f"/api/v1/functions/{name}/rollback",
+                                   json={"revision": revision})
+    _print_traffic(result, as_json)
 
 
 @app.command("ls")
