@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -175,3 +176,91 @@ class TestCli:
         assert none_left.returncode == 1
         assert none_left.stderr.strip() == ("error: revision: 'cli' has no revision before 1 to "
                                             "roll back to")
+
+
+def deploy_with(srv: TorporServer, folder: Path, **extra: Any) -> httpx.Response:
+    """Deploy as ``torpor deploy`` does, with extra fields in the request (``rollout``)."""
+    from torpor.code import pack_dir
+    from torpor.spec import load_spec_file
+
+    _, raw, base_dir = load_spec_file(folder)
+    archive = pack_dir(base_dir)
+    srv.http.put(f"/api/v1/code/{archive.digest}", content=archive.data)
+    return srv.http.post("/api/v1/functions", json={"spec": raw, "code": archive.digest,
+                                                    "source": str(folder), **extra})
+
+
+class Load:
+    """A few threads sending requests until stopped; keeps (status, x-torpor-revision)."""
+
+    def __init__(self, srv: TorporServer, path: str, threads: int = 2) -> None:
+        self.results: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(threads)
+        for _ in range(threads):
+            self._pool.submit(self._run, srv.url, path)
+
+    def _run(self, url: str, path: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not self._stop.is_set():
+                r = client.post(path, json={"sleep_s": 0.02})
+                self.results.append((r.status_code, r.headers.get("x-torpor-revision", "")))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=True)
+
+
+class TestRollout:
+    def test_rollout_steps_to_100(self, make_server: Any, tmp_path: Path) -> None:
+        """--rollout 10,50,100 --every 1s: the split steps on by itself and ends at 2=100."""
+        srv = make_server()
+        folder = make_function(tmp_path, "slow", name="steps", scaling={"max_instances": 2})
+        srv.deploy(folder)
+        srv.invoke("steps", {})
+        rollout = {"steps": [10, 50, 100], "every_s": 1.0}
+        deployed = deploy_with(srv, folder, rollout=rollout)
+        assert deployed.status_code == 201, deployed.text
+        assert deployed.json()["traffic"]["weights"] == {"1": 90, "2": 10}
+        load = Load(srv, "/fn/steps/invoke")
+        try:
+            status = srv.wait_for(
+                lambda: (r := srv.http.get("/api/v1/functions/steps/rollout").json())["status"]
+                != "running" and r, timeout_s=30, what="rollout done")
+        finally:
+            load.stop()
+        assert status["status"] == "done", status
+        assert [e["weights"] for e in status["timeline"]] == [
+            {"1": 90, "2": 10}, {"1": 50, "2": 50}, {"2": 100}, {"2": 100}]
+        assert {code for code, _ in load.results} == {200}
+        assert srv.http.get("/api/v1/functions/steps/traffic").json()["weights"] == {"2": 100}
+
+    def test_automatic_rollback_on_a_revision_failing_half(self, make_server: Any,
+                                                           tmp_path: Path) -> None:
+        """Revision 2 fails every other request: the rollout puts all traffic back on 1."""
+        srv = make_server()
+        good = make_function(tmp_path, "halfbad")
+        srv.deploy(good)
+        srv.invoke("halfbad", {})
+        bad = make_function(tmp_path, "halfbad", env={"FAIL_HALF": "1"})
+        rollout = {"steps": [50, 100], "every_s": 60, "max_error_margin": 0.1,
+                   "min_requests": 10}
+        assert deploy_with(srv, bad, rollout=rollout).json()["traffic"]["weights"] == {
+            "1": 50, "2": 50}
+        load = Load(srv, "/fn/halfbad/invoke")
+        try:
+            status = srv.wait_for(
+                lambda: (r := srv.http.get("/api/v1/functions/halfbad/rollout").json())["status"]
+                != "running" and r, timeout_s=30, what="automatic rollback")
+        finally:
+            load.stop()
+        assert status["status"] == "rolled_back", status
+        rate = int(re.match(r"error rate (\d+)%", status["reason"]).group(1))  # type: ignore[union-attr]
+        assert 40 <= rate <= 60, status["reason"]  # about half of revision 2's requests fail
+        assert srv.http.get("/api/v1/functions/halfbad/traffic").json()["weights"] == {"1": 100}
+        events = [e["message"] for e in srv.function("halfbad")["events"]]
+        assert any("rolled back automatically" in e for e in events)
+        last = status["timeline"][-1]
+        assert last["event"] == "rollback" and last["weights"] == {"1": 100}
+        assert last["revision_1"]["errors"] == 0
+        assert last["revision_2"]["errors"] >= 5

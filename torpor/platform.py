@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from torpor.clock import Clock, SystemClock
 from torpor.code import CodeError, CodeStore
 from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.gateway.traffic import TrafficConfig, check_tag, parse_weights, shift
+from torpor.lifecycle import rollout as rollouts
 from torpor.lifecycle.instance import FunctionRuntime
 from torpor.lifecycle.reconciler import Reconciler
+from torpor.lifecycle.rollout import Counts, Rollout, RolloutConfig
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
 from torpor.spec import FunctionSpec, load_spec_file, parse_spec, resolve_model_path
@@ -58,6 +61,8 @@ class Platform:
             backend = LocalBackend(data_dir, self.clock)
         self.backend = backend
         self.reconciler = Reconciler(self.store, self.clock, backend)
+        self.rollouts: dict[str, Rollout] = {}  # the last rollout of each function (in memory)
+        self._rollout_tasks: dict[str, asyncio.Task[None]] = {}
 
     @property
     def functions(self) -> dict[str, FunctionRuntime]:
@@ -138,6 +143,8 @@ class Platform:
         return ProvisionConfig.model_validate(data) if data is not None else None
 
     async def shutdown(self) -> None:
+        for name in list(self._rollout_tasks):
+            self._cancel_rollout(name)
         await self.reconciler.shutdown()
         self.store.close()
 
@@ -162,14 +169,26 @@ class Platform:
 
     async def deploy(self, raw: dict[str, Any], code: CodeRef, source: str,
                      model_code: CodeRef | None = None, traffic_percent: int | None = None,
-                     created_by: str | None = None) -> FunctionRuntime:
+                     created_by: str | None = None,
+                     rollout: RolloutConfig | None = None) -> FunctionRuntime:
         """Deploy ``raw`` (the spec) running ``code`` as a new revision; ``model_code``: model.path
         uploaded apart (it was outside the function's folder). ``traffic_percent``: the new
-        revision's share (default 100); the rest stays with the revisions serving now."""
+        revision's share (default 100); the rest stays with the revisions serving now.
+        ``rollout``: start at its first step and go on by itself (see ``lifecycle/rollout.py``)."""
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
         existing = self.functions.get(spec.name)
         traffic = None
-        if traffic_percent is not None and traffic_percent != 100:
+        old = existing.config.primary if existing is not None else None
+        if rollout is not None:
+            if traffic_percent is not None:
+                raise BadRequest("rollout: give either a rollout or traffic, not both")
+            if existing is None or old is None:
+                raise BadRequest(f"rollout: {spec.name!r} has no revision yet to roll out from; "
+                                 "deploy it first")
+            first = rollout.steps[0]
+            traffic = {"weights": {str(old): 100 - first, "new": first},
+                       "tags": dict(existing.config.tags)}
+        elif traffic_percent is not None and traffic_percent != 100:
             if existing is None:
                 raise BadRequest(f"traffic: {spec.name!r} has no revision yet to keep "
                                  f"{100 - traffic_percent}% of its traffic; deploy it at 100 first")
@@ -194,11 +213,92 @@ class Platform:
             await self.store.run(self.store.add_event, spec.name, self.clock.now(), "model",
                                  f"model.path {verb} as {cached.digest[:12]} "
                                  f"({cached.size_bytes} bytes, {cached.files} files)")
-        share = f", {traffic_percent}% of the traffic" if traffic is not None else ""
+        share = f", {fn.config.weights.get(record.revision, 0)}% of the traffic" if traffic else ""
         await self.store.run(self.store.add_event, spec.name, self.clock.now(), "deployed",
                              f"revision {record.revision} deployed from {source} "
                              f"(code {code.digest[:12]}{share})")
+        self._cancel_rollout(spec.name)
+        if rollout is not None and old is not None:
+            self._start_rollout(fn, rollout, record.revision, old)
         return fn
+
+    # gradual rollouts ----------------------------------------------------------------------------
+
+    def _start_rollout(self, fn: FunctionRuntime, config: RolloutConfig, new: int, old: int) -> None:
+        started = rollouts.start(config, new, old, self._counts(fn), self.clock.now())
+        self.rollouts[fn.name] = self._with_entry(fn, started, "started")
+        task = asyncio.create_task(self._run_rollout(fn.name), name=f"rollout {fn.name}")
+        self._rollout_tasks[fn.name] = task
+        task.add_done_callback(lambda t: self._rollout_tasks.pop(fn.name, None)
+                               if self._rollout_tasks.get(fn.name) is t else None)
+
+    def _cancel_rollout(self, name: str) -> None:
+        """A deploy, a hand-set split or a rollback ends a rollout in progress."""
+        task = self._rollout_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    @staticmethod
+    def _counts(fn: FunctionRuntime) -> dict[int, Counts]:
+        return {n: Counts(r.route.requests, r.route.errors) for n, r in fn.revisions.items()}
+
+    def _with_entry(self, fn: FunctionRuntime, current: Rollout, what: str) -> Rollout:
+        """``current`` with one more timeline entry: when, the split, and requests and errors per
+        revision since the rollout began."""
+        state = current.state
+        entry: dict[str, object] = {
+            "t_s": round(self.clock.now() - state.started_at, 3), "event": what,
+            "weights": fn.config.to_json()["weights"],
+        }
+        for number in (state.old, state.new):
+            counts = self._counts(fn).get(number, Counts()).since(
+                state.baseline.get(number, Counts()))
+            entry[f"revision_{number}"] = {"requests": counts.requests, "errors": counts.errors}
+        return replace(current, timeline=(*current.timeline, entry))
+
+    async def _run_rollout(self, name: str) -> None:
+        try:
+            await self._rollout_loop(name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the rollout of %s failed", name)
+
+    async def _rollout_loop(self, name: str) -> None:
+        while True:
+            current = self.rollouts[name]
+            await self.clock.sleep(current.config.check_s)
+            fn = self.functions.get(name)
+            if fn is None:
+                return
+            state = current.state
+            action, new_state = rollouts.decide(current.config, state, self._counts(fn),
+                                                self.clock.now())
+            current = replace(current, state=new_state)
+            tags = dict(fn.config.tags)
+            if action.kind == "weights":
+                weights = {state.old: 100 - action.percent, state.new: action.percent}
+                await self._move(fn, TrafficConfig(weights, tags),
+                                 f"rollout of revision {state.new} at {action.percent}%")
+            elif action.kind == "rollback":
+                await self._move(fn, TrafficConfig.only(state.old, tags),
+                                 f"rollout of revision {state.new} rolled back automatically: "
+                                 f"{action.reason}")
+            elif action.kind == "done":
+                await self.store.run(self.store.add_event, name, self.clock.now(), "rollout",
+                                     f"rollout of revision {state.new} done: {action.reason}")
+            if action.kind != "wait":
+                current = self._with_entry(fn, current, action.kind)
+            self.rollouts[name] = current
+            if new_state.status != "running":
+                return
+
+    def rollout(self, name: str) -> dict[str, Any]:
+        self.function(name)
+        current = self.rollouts.get(name)
+        if current is None:
+            raise NotFound(f"function {name!r} has no rollout since the server started")
+        return current.to_api()
 
     # revisions and traffic ---------------------------------------------------------------------
 
@@ -233,6 +333,7 @@ class Platform:
                           why: str = "traffic set") -> dict[str, Any]:
         """Split ``name``'s traffic: ``{"3": 90, "4": 10}`` (whole percents summing to 100)."""
         fn = self.function(name)
+        self._cancel_rollout(name)
         known = {r.number for r in await self.store.run(self.store.list_revisions, name)}
         weights = parse_weights(raw_weights, known)
         return await self._move(fn, TrafficConfig(weights, dict(fn.config.tags)), why)
@@ -257,6 +358,7 @@ class Platform:
         """All traffic to ``revision`` in one step (default: the revision before the newest one
         taking traffic now). Requests queued or in flight finish where they started."""
         fn = self.function(name)
+        self._cancel_rollout(name)
         if revision is None:
             newest = max(r for r, w in fn.config.weights.items() if w > 0)
             older = [r.number for r in await self.store.run(self.store.list_revisions, name)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from torpor import __version__
 from torpor.api.metrics import Metrics
 from torpor.errors import BadRequest, NotFound, SpecError
+from torpor.lifecycle.rollout import RolloutConfig
 from torpor.platform import Platform
 
 MAX_CODE_UPLOAD_BYTES = 512 * 1024 * 1024  # torpor.code.DEFAULT_MAX_BYTES: what the CLI packs at most
@@ -23,6 +24,17 @@ MAX_CODE_UPLOAD_BYTES = 512 * 1024 * 1024  # torpor.code.DEFAULT_MAX_BYTES: what
 
 class PayloadTooLarge(BadRequest):
     """A body over its limit (413)."""
+
+
+class RolloutRequest(BaseModel):
+    """A gradual rollout: the new revision's percent at each step (the last 100), ``every_s``
+    between steps, and the automatic rollback's margin over the old revision's error rate."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: list[int]
+    every_s: float
+    max_error_margin: float = 0.05
+    min_requests: int = 10
 
 
 class DeployRequest(BaseModel):
@@ -36,6 +48,7 @@ class DeployRequest(BaseModel):
     source: str = "torpor.yaml"
     traffic: int | None = None  # the new revision's percent of the traffic (default 100)
     created_by: str | None = None  # who deploys, as the client says (recorded with the revision)
+    rollout: RolloutRequest | None = None
 
 
 class TrafficRequest(BaseModel):
@@ -145,8 +158,12 @@ def create_api(platform: Platform) -> FastAPI:
     async def deploy(body: DeployRequest) -> dict[str, Any]:
         code = platform.code_ref(body.code, "code")
         model = platform.code_ref(body.model, "model") if body.model is not None else None
+        rollout = None
+        if body.rollout is not None:
+            r = body.rollout
+            rollout = RolloutConfig.parse(r.steps, r.every_s, r.max_error_margin, r.min_requests)
         fn = await platform.deploy(body.spec, code, body.source, model, body.traffic,
-                                   body.created_by)
+                                   body.created_by, rollout)
         return platform.describe(fn.name)
 
     @app.get("/api/v1/functions/{name}/revisions", tags=["revisions"])
@@ -162,6 +179,11 @@ def create_api(platform: Platform) -> FastAPI:
     async def put_traffic(name: str, body: TrafficRequest) -> dict[str, Any]:
         """Split the traffic between revisions by weight; tags are kept."""
         return await platform.set_traffic(name, body.weights)
+
+    @app.get("/api/v1/functions/{name}/rollout", tags=["revisions"])
+    async def get_rollout(name: str) -> dict[str, Any]:
+        """The function's last gradual rollout: its steps, status and timeline."""
+        return platform.rollout(name)
 
     @app.put("/api/v1/functions/{name}/tags/{tag}", tags=["revisions"])
     async def put_tag(name: str, tag: str, body: TagRequest) -> dict[str, Any]:

@@ -95,6 +95,14 @@ def deploy(
     traffic: Annotated[int | None, typer.Option(
         "--traffic", help="The new revision's percent of the traffic; the rest stays on the "
                           "revisions serving now (default 100).")] = None,
+    rollout: Annotated[str | None, typer.Option(
+        "--rollout", help="Roll the new revision out in steps, e.g. 10,50,100 (the last 100); "
+                          "rolled back by itself if its error rate exceeds the old one's.")] = None,
+    every: Annotated[str, typer.Option(
+        "--every", help="Time between rollout steps: 60s, 5m, or seconds.")] = "60s",
+    max_error_margin: Annotated[float, typer.Option(
+        "--max-error-margin", help="Roll back when the new error rate exceeds the old one's by "
+                                   "more than this (0.05: 5 points).")] = 0.05,
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
@@ -113,6 +121,9 @@ def deploy(
                             "code": upload_folder(client, base_dir, out)}
     if traffic is not None:
         body["traffic"] = traffic
+    if rollout is not None:
+        body["rollout"] = {"steps": _percents(rollout), "every_s": _seconds(every, "--every"),
+                           "max_error_margin": max_error_margin}
     model_path = resolve_model_path(spec, base_dir)
     if model_path is not None and not model_path.is_relative_to(base_dir):
         body["model"] = upload_folder(client, model_path, out)  # model.path outside the folder
@@ -122,6 +133,22 @@ def deploy(
         return
     out.print(f"deployed [bold]{fn['name']}[/] revision {fn['revision']} → "
               f"{server.rstrip('/')}{fn['url']}  traffic {_split(fn['traffic'])}")
+
+
+def _percents(value: str) -> list[int]:
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise CliError(f"--rollout: {value!r} is not a list of percents like 10,50,100") from None
+
+
+def _seconds(value: str, option: str) -> float:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (value[:-1], units[value[-1]]) if value[-1:] in units else (value, 1.0)
+    try:
+        return float(number) * unit
+    except ValueError:
+        raise CliError(f"{option}: {value!r} is not a duration like 60s or 5m") from None
 
 
 def _who() -> str:
