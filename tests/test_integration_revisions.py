@@ -61,6 +61,13 @@ class TestSplit:
         listed = revisions(srv, "split")
         assert (listed[1]["percent"], listed[2]["percent"]) == (80, 20)
         assert listed[1]["requests"] + listed[2]["requests"] == 1000
+        metrics = srv.http.get("/metrics").text
+        assert 'torpor_revision_traffic_percent{function="split",revision="1"} 80.0' in metrics
+        count = f'torpor_revision_requests_total{{function="split",revision="2"}} {by_revision["2"]}.0'
+        assert count in metrics
+        bill = srv.http.get("/api/v1/billing", params={"function": "split"}).json()
+        assert [(line["function"], line["revision"]) for line in bill["revisions"]] == [
+            ("split", 1), ("split", 2)]
 
     def test_tag_reaches_only_its_revision(self, make_server: Any, tmp_path: Path) -> None:
         """`/fn/NAME@stable/` reaches revision 1 only, while untagged traffic goes to 2."""

@@ -506,6 +506,15 @@ class Platform:
             for part in [_totals(billing.bill([i for i in intervals if i.pool == pool], self.prices,
                                               since, until, function).to_json())]
         ]
+        result["revisions"] = [
+            {"function": name, "revision": int(revision), "active_seconds": part["active_seconds"],
+             "idle_seconds": part["idle_seconds"], "cost": part["cost"]}
+            for name, revision in sorted({(i.function, i.revision) for i in intervals},
+                                         key=lambda key: (key[0], int(key[1])))
+            for part in [_totals(billing.bill(
+                [i for i in intervals if (i.function, i.revision) == (name, revision)],
+                self.prices, since, until, function).to_json())]
+        ]
         return result
 
     async def events(self, name: str) -> list[dict[str, Any]]:

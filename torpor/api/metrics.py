@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from torpor.api.revision_metrics import RevisionCollector
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.states import InstanceState
 
@@ -55,6 +56,7 @@ class Metrics:
     def __init__(self, functions: Functions) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(PlatformCollector(functions))
+        self.registry.register(RevisionCollector(functions))
         self.cold_start = Histogram(
             "torpor_cold_start_seconds",
             "Time from starting an instance to ready, by phase (spawn, initialize, total).",

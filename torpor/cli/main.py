@@ -273,6 +273,7 @@ def get(name: str, server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> 
     out.print(f"[bold]{fn['name']}[/] revision {fn['revision']} ({fn['kind']}) — {fn['status']}")
     out.print(f"  url {fn['url']}  concurrency {fn['concurrency']}  "
               f"instances {fn['min_instances']}..{fn['max_instances']}  source {fn['source']}")
+    out.print(f"  traffic {_split(fn['traffic'])}")
     if fn["last_error"]:
         err.print(f"[red]last error:[/] {fn['last_error']}")
     _instance_table(fn["instance_list"])
@@ -406,13 +407,14 @@ def bill(
         help="Start: ISO 8601, epoch seconds, or a duration ago (30m, 6h, 7d).")] = None,
     until: Annotated[str | None, typer.Option(help="End, same forms (default: now).")] = None,
     function: Annotated[str | None, typer.Option(help="Only this function.")] = None,
-    by: Annotated[str, typer.Option(help="Group the table by `function` or `pool`.")] = "function",
+    by: Annotated[str, typer.Option(
+        help="Group the table by `function`, `pool` or `revision`.")] = "function",
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
     """What each function's instances cost, against an always-on GPU."""
-    if by not in ("function", "pool"):
-        raise CliError(f"--by must be function or pool, not {by!r}")
+    if by not in ("function", "pool", "revision"):
+        raise CliError(f"--by must be function, pool or revision, not {by!r}")
     params = {k: _when_arg(v) for k, v in (("since", since), ("until", until)) if v}
     if function:
         params["function"] = function
@@ -421,6 +423,14 @@ def bill(
         _print_json(result)
         return
     currency = result["currency"]
+    if by == "revision":
+        revs = Table("FUNCTION", "REV", "ACTIVE S", "IDLE S", f"COST {currency}")
+        for line in result["revisions"]:
+            revs.add_row(line["function"], str(line["revision"]), line["active_seconds"],
+                         line["idle_seconds"], line["cost"])
+        revs.add_row("total", "", "", "", result["cost"])
+        out.print(revs)
+        return
     if by == "pool":
         pools = Table("POOL", "ACTIVE S", "IDLE S", f"COST {currency}")
         for line in result["pools"]:

@@ -131,7 +131,7 @@ def cycle(weights: Mapping[int, int]) -> tuple[int, ...]:
 class Traffic:
     """The gateway's view of one function: its revisions' routes, split by weight or tag."""
 
-    __slots__ = ("_next", "_slots", "_tagged", "config", "name", "routes")
+    __slots__ = ("_forgotten_requests", "_next", "_slots", "_tagged", "config", "name", "routes")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -140,9 +140,12 @@ class Traffic:
         self._slots: tuple[FunctionRoute, ...] = ()
         self._tagged: dict[str, FunctionRoute] = {}
         self._next = 0
+        self._forgotten_requests = 0  # of revisions no longer held: /metrics' counter never drops
 
     def set(self, config: TrafficConfig, routes: Mapping[int, FunctionRoute]) -> None:
         """Install a split; ``routes`` must hold every revision it names."""
+        self._forgotten_requests += sum(route.requests for number, route in self.routes.items()
+                                        if routes.get(number) is not route)
         self.routes = dict(routes)
         self.config = config
         self._slots = tuple(self.routes[r] for r in cycle(config.weights))
@@ -172,7 +175,7 @@ class Traffic:
 
     @property
     def requests(self) -> int:
-        return sum(r.requests for r in self.routes.values())
+        return self._forgotten_requests + sum(r.requests for r in self.routes.values())
 
     @property
     def in_system(self) -> int:
