@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,12 @@ from torpor.clock import Clock, SystemClock
 from torpor.code import CodeError, CodeStore
 from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.gateway.traffic import TrafficConfig, check_tag, parse_weights, shift
-from torpor.lifecycle import rollout as rollouts
 from torpor.lifecycle.instance import FunctionRuntime
 from torpor.lifecycle.reconciler import Reconciler
-from torpor.lifecycle.rollout import Counts, Rollout, RolloutConfig
+from torpor.lifecycle.rollout import RolloutConfig
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
+from torpor.rollouts import Rollouts
 from torpor.spec import FunctionSpec, load_spec_file, parse_spec, resolve_model_path
 from torpor.store import Store
 from torpor.store.store import FunctionRecord, RevisionRecord
@@ -61,8 +60,7 @@ class Platform:
             backend = LocalBackend(data_dir, self.clock)
         self.backend = backend
         self.reconciler = Reconciler(self.store, self.clock, backend)
-        self.rollouts: dict[str, Rollout] = {}  # the last rollout of each function (in memory)
-        self._rollout_tasks: dict[str, asyncio.Task[None]] = {}
+        self.rollouts = Rollouts(self)
 
     @property
     def functions(self) -> dict[str, FunctionRuntime]:
@@ -143,8 +141,7 @@ class Platform:
         return ProvisionConfig.model_validate(data) if data is not None else None
 
     async def shutdown(self) -> None:
-        for name in list(self._rollout_tasks):
-            self._cancel_rollout(name)
+        self.rollouts.cancel_all()
         await self.reconciler.shutdown()
         self.store.close()
 
@@ -217,88 +214,10 @@ class Platform:
         await self.store.run(self.store.add_event, spec.name, self.clock.now(), "deployed",
                              f"revision {record.revision} deployed from {source} "
                              f"(code {code.digest[:12]}{share})")
-        self._cancel_rollout(spec.name)
+        self.rollouts.cancel(spec.name)
         if rollout is not None and old is not None:
-            self._start_rollout(fn, rollout, record.revision, old)
+            self.rollouts.start(fn, rollout, record.revision, old)
         return fn
-
-    # gradual rollouts ----------------------------------------------------------------------------
-
-    def _start_rollout(self, fn: FunctionRuntime, config: RolloutConfig, new: int, old: int) -> None:
-        started = rollouts.start(config, new, old, self._counts(fn), self.clock.now())
-        self.rollouts[fn.name] = self._with_entry(fn, started, "started")
-        task = asyncio.create_task(self._run_rollout(fn.name), name=f"rollout {fn.name}")
-        self._rollout_tasks[fn.name] = task
-        task.add_done_callback(lambda t: self._rollout_tasks.pop(fn.name, None)
-                               if self._rollout_tasks.get(fn.name) is t else None)
-
-    def _cancel_rollout(self, name: str) -> None:
-        """A deploy, a hand-set split or a rollback ends a rollout in progress."""
-        task = self._rollout_tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-
-    @staticmethod
-    def _counts(fn: FunctionRuntime) -> dict[int, Counts]:
-        return {n: Counts(r.route.requests, r.route.errors) for n, r in fn.revisions.items()}
-
-    def _with_entry(self, fn: FunctionRuntime, current: Rollout, what: str) -> Rollout:
-        """``current`` with one more timeline entry: when, the split, and requests and errors per
-        revision since the rollout began."""
-        state = current.state
-        entry: dict[str, object] = {
-            "t_s": round(self.clock.now() - state.started_at, 3), "event": what,
-            "weights": fn.config.to_json()["weights"],
-        }
-        for number in (state.old, state.new):
-            counts = self._counts(fn).get(number, Counts()).since(
-                state.baseline.get(number, Counts()))
-            entry[f"revision_{number}"] = {"requests": counts.requests, "errors": counts.errors}
-        return replace(current, timeline=(*current.timeline, entry))
-
-    async def _run_rollout(self, name: str) -> None:
-        try:
-            await self._rollout_loop(name)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the rollout of %s failed", name)
-
-    async def _rollout_loop(self, name: str) -> None:
-        while True:
-            current = self.rollouts[name]
-            await self.clock.sleep(current.config.check_s)
-            fn = self.functions.get(name)
-            if fn is None:
-                return
-            state = current.state
-            action, new_state = rollouts.decide(current.config, state, self._counts(fn),
-                                                self.clock.now())
-            current = replace(current, state=new_state)
-            tags = dict(fn.config.tags)
-            if action.kind == "weights":
-                weights = {state.old: 100 - action.percent, state.new: action.percent}
-                await self._move(fn, TrafficConfig(weights, tags),
-                                 f"rollout of revision {state.new} at {action.percent}%")
-            elif action.kind == "rollback":
-                await self._move(fn, TrafficConfig.only(state.old, tags),
-                                 f"rollout of revision {state.new} rolled back automatically: "
-                                 f"{action.reason}")
-            elif action.kind == "done":
-                await self.store.run(self.store.add_event, name, self.clock.now(), "rollout",
-                                     f"rollout of revision {state.new} done: {action.reason}")
-            if action.kind != "wait":
-                current = self._with_entry(fn, current, action.kind)
-            self.rollouts[name] = current
-            if new_state.status != "running":
-                return
-
-    def rollout(self, name: str) -> dict[str, Any]:
-        self.function(name)
-        current = self.rollouts.get(name)
-        if current is None:
-            raise NotFound(f"function {name!r} has no rollout since the server started")
-        return current.to_api()
 
     # revisions and traffic ---------------------------------------------------------------------
 
@@ -333,10 +252,10 @@ class Platform:
                           why: str = "traffic set") -> dict[str, Any]:
         """Split ``name``'s traffic: ``{"3": 90, "4": 10}`` (whole percents summing to 100)."""
         fn = self.function(name)
-        self._cancel_rollout(name)
+        self.rollouts.cancel(name)
         known = {r.number for r in await self.store.run(self.store.list_revisions, name)}
         weights = parse_weights(raw_weights, known)
-        return await self._move(fn, TrafficConfig(weights, dict(fn.config.tags)), why)
+        return await self.move(fn, TrafficConfig(weights, dict(fn.config.tags)), why)
 
     async def tag(self, name: str, revision: int | None, tag: str) -> dict[str, Any]:
         """Pin ``/fn/NAME@tag/`` to ``revision`` (``None``: remove the tag)."""
@@ -352,13 +271,13 @@ class Platform:
                 raise BadRequest(f"revision: {name!r} has no revision {revision}")
             tags[tag] = revision
             why = f"tag {tag} → revision {revision}"
-        return await self._move(fn, TrafficConfig(dict(fn.config.weights), tags), why)
+        return await self.move(fn, TrafficConfig(dict(fn.config.weights), tags), why)
 
     async def rollback(self, name: str, revision: int | None = None) -> dict[str, Any]:
         """All traffic to ``revision`` in one step (default: the revision before the newest one
         taking traffic now). Requests queued or in flight finish where they started."""
         fn = self.function(name)
-        self._cancel_rollout(name)
+        self.rollouts.cancel(name)
         if revision is None:
             newest = max(r for r, w in fn.config.weights.items() if w > 0)
             older = [r.number for r in await self.store.run(self.store.list_revisions, name)
@@ -369,10 +288,11 @@ class Platform:
             revision = max(older)
         elif await self.store.run(self.store.get_revision, name, revision) is None:
             raise BadRequest(f"revision: {name!r} has no revision {revision}")
-        return await self._move(fn, TrafficConfig.only(revision, fn.config.tags),
+        return await self.move(fn, TrafficConfig.only(revision, fn.config.tags),
                                 f"rolled back to revision {revision}")
 
-    async def _move(self, fn: FunctionRuntime, config: TrafficConfig, why: str) -> dict[str, Any]:
+    async def move(self, fn: FunctionRuntime, config: TrafficConfig, why: str) -> dict[str, Any]:
+        """Install a split (loading the revisions it names), store it and record why."""
         await self._load_revisions(fn, config.routed)
         await self.store.run(self.store.put_traffic, fn.name, config.to_json(), self.clock.now())
         self.reconciler.set_traffic(fn.name, config)
@@ -380,6 +300,11 @@ class Platform:
         await self.store.run(self.store.add_event, fn.name, self.clock.now(), "traffic",
                              f"{why}: {split}")
         return self.traffic(fn.name)
+
+    def rollout(self, name: str) -> dict[str, Any]:
+        """The function's last gradual rollout since the server started."""
+        self.function(name)
+        return self.rollouts.describe(name)
 
     def traffic(self, name: str) -> dict[str, Any]:
         fn = self.function(name)

@@ -262,8 +262,8 @@ class Reconciler:
         )
         rev.next_decision_at = now + rev.spec.scaling.tick_s
         if decision.desired != rev.decision.desired:
-            self._event(fn.name, "scaled", f"{fn.name} revision {rev.number} "
-                        f"{rev.decision.desired}→{decision.desired}: {decision.reason}")
+            self._event(fn.name, "scaled", f"{fn.name} {rev.decision.desired}→{decision.desired}: "
+                                           f"{decision.reason} (revision {rev.number})")
         rev.decision = decision
 
     # starting ----------------------------------------------------------------------------------
