@@ -153,6 +153,15 @@ class TestRollback:
         listed = revisions(again, "kept")
         assert [listed[n]["created_by"] for n in (1, 2)] == [None, None]
         assert listed[1]["code_digest"] == listed[2]["code_digest"]
+        # rolled back to 1, the newest revision (2) takes no traffic after a restart either
+        again.http.delete("/api/v1/functions/kept/tags/canary")
+        assert again.http.post("/api/v1/functions/kept/rollback", json={"revision": 1}).json()[
+            "weights"] == {"1": 100}
+        again.stop()
+        third = make_server(data_dir=data_dir)
+        assert third.http.get("/api/v1/functions/kept/traffic").json()["weights"] == {"1": 100}
+        assert third.function("kept")["revision"] == 2
+        assert {third.invoke("kept", {}).headers["x-torpor-revision"] for _ in range(3)} == {"1"}
 
 
 class TestCli:

@@ -96,14 +96,26 @@ class Platform:
         spec = parse_spec(record.spec, source=record.source, base_dir=code.path,
                           check_model_path=False)
         model = self._cached_model(record.model_digest)
-        traffic = TrafficConfig.from_json(record.traffic) if record.traffic else None
-        fn = self.reconciler.apply(spec, record.revision, code, record.source,
-                                   record.created_at, record.updated_at,
-                                   await self._stored_provision(record.name), model,
-                                   TrafficConfig.only(record.revision))
-        if traffic is not None:
-            await self._load_revisions(fn, traffic.routed)
-            self.reconciler.set_traffic(record.name, traffic)
+        traffic = (TrafficConfig.from_json(record.traffic) if record.traffic
+                   else TrafficConfig.only(record.revision))
+        try:
+            others = [(r, self._revision_parts(r)) for r in [
+                await self._revision_record(record.name, n)
+                for n in sorted(traffic.routed - {record.revision})]]
+        except BadRequest as exc:
+            log.error("function %s: %s; all its traffic goes to revision %d", record.name, exc,
+                      record.revision)
+            others, traffic = [], TrafficConfig.only(record.revision)
+        provision = (await self._stored_provision(record.name)
+                     or ProvisionConfig(target=spec.scaling.provisioned))
+        fn = self.reconciler.install(record.name, record.created_at, record.updated_at, provision)
+        self.reconciler.add_revision(fn, record.revision, spec, code, record.source,
+                                     record.updated_at, model)
+        fn.latest = record.revision
+        for other, (other_spec, other_code, other_model) in others:
+            self.reconciler.add_revision(fn, other.number, other_spec, other_code, other.source,
+                                         other.created_at, other_model, other.created_by)
+        self.reconciler.set_traffic(record.name, traffic)
 
     def _cached_model(self, digest: str | None) -> CodeRef | None:
         if digest is None:
@@ -116,12 +128,18 @@ class Platform:
     async def _load_revisions(self, fn: FunctionRuntime, numbers: frozenset[int]) -> None:
         """Bring stored revisions back into memory (a rollback to one that scaled to zero)."""
         for number in sorted(numbers - fn.revisions.keys()):
-            record = await self.store.run(self.store.get_revision, fn.name, number)
-            if record is None:
-                raise BadRequest(f"revision: {fn.name!r} has no revision {number}")
-            spec, code, model = self._revision_parts(record)
-            self.reconciler.add_revision(fn, number, spec, code, record.source, record.created_at,
-                                         model, record.created_by)
+            self._add_stored(fn, await self._revision_record(fn.name, number))
+
+    async def _revision_record(self, name: str, number: int) -> RevisionRecord:
+        record = await self.store.run(self.store.get_revision, name, number)
+        if record is None:
+            raise BadRequest(f"revision: {name!r} has no revision {number}")
+        return record
+
+    def _add_stored(self, fn: FunctionRuntime, record: RevisionRecord) -> None:
+        spec, code, model = self._revision_parts(record)
+        self.reconciler.add_revision(fn, record.number, spec, code, record.source,
+                                     record.created_at, model, record.created_by)
 
     def _revision_parts(self, record: RevisionRecord) -> tuple[FunctionSpec, CodeRef, CodeRef | None]:
         what = f"revision {record.number} of {record.function!r}"

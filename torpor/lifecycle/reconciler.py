@@ -77,19 +77,25 @@ class Reconciler:
         ``provision`` is a provisioning config set through the API; without one the spec's
         ``scaling.provisioned`` is the static target.
         """
-        provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
-        fn = self.functions.get(spec.name)
-        if fn is None:
-            fn = FunctionRuntime(name=spec.name, traffic=Traffic(spec.name), created_at=created_at,
-                                 updated_at=updated_at, provision=provision)
-            self.functions[spec.name] = fn
-            self.routes[spec.name] = fn.traffic
-        fn.provision, fn.updated_at = provision, updated_at
+        fn = self.install(spec.name, created_at, updated_at,
+                          provision or ProvisionConfig(target=spec.scaling.provisioned))
         self.add_revision(fn, revision, spec, code, source, updated_at, model, created_by)
         fn.latest = max(fn.latest, revision)
         for rev in fn.revisions.values():
             rev.next_decision_at = 0.0
         self.set_traffic(fn.name, traffic or TrafficConfig.only(revision, fn.config.tags))
+        return fn
+
+    def install(self, name: str, created_at: float, updated_at: float,
+                provision: ProvisionConfig) -> FunctionRuntime:
+        """The function's runtime, created on its first deploy; its revisions are added apart."""
+        fn = self.functions.get(name)
+        if fn is None:
+            fn = FunctionRuntime(name=name, traffic=Traffic(name), created_at=created_at,
+                                 updated_at=updated_at, provision=provision)
+            self.functions[name] = fn
+            self.routes[name] = fn.traffic
+        fn.provision, fn.updated_at = provision, updated_at
         return fn
 
     def add_revision(self, fn: FunctionRuntime, number: int, spec: FunctionSpec, code: CodeRef,
