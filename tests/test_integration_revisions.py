@@ -248,6 +248,8 @@ class TestRollout:
         assert status["status"] == "done", status
         assert [e["weights"] for e in status["timeline"]] == [
             {"1": 90, "2": 10}, {"1": 50, "2": 50}, {"2": 100}, {"2": 100}]
+        old = [e["revision_1"]["requests"] for e in status["timeline"]]
+        assert old == sorted(old) and old[-1] > 0  # counted on after revision 1 scaled to zero
         assert {code for code, _ in load.results} == {200}
         assert srv.http.get("/api/v1/functions/steps/traffic").json()["weights"] == {"2": 100}
 

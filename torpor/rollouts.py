@@ -47,10 +47,19 @@ class Rollouts:
         self.platform = platform
         self.last: dict[str, Rollout] = {}  # each function's last rollout
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # the last counts seen per revision: a revision that scaled to zero and was forgotten
+        # (the old one at 100 %) keeps its numbers
+        self._seen: dict[str, dict[int, Counts]] = {}
+
+    def _counts(self, fn: FunctionRuntime) -> dict[int, Counts]:
+        seen = self._seen.setdefault(fn.name, {})
+        seen.update(counts(fn))
+        return dict(seen)
 
     def start(self, fn: FunctionRuntime, config: RolloutConfig, new: int, old: int) -> None:
         """The first step is already in place (the deploy set it); step on from here."""
-        started = rollout.start(config, new, old, counts(fn), self.platform.clock.now())
+        self._seen[fn.name] = {}
+        started = rollout.start(config, new, old, self._counts(fn), self.platform.clock.now())
         self.last[fn.name] = self._with_entry(fn, started, "started")
         task = asyncio.create_task(self._run(fn.name), name=f"rollout {fn.name}")
         self._tasks[fn.name] = task
@@ -81,7 +90,7 @@ class Rollouts:
         """``current`` with one more timeline entry: when, the split, and requests and errors per
         revision since the rollout began."""
         state = current.state
-        now_counts = counts(fn)
+        now_counts = self._counts(fn)
         entry: dict[str, object] = {
             "t_s": round(self.platform.clock.now() - state.started_at, 3), "event": what,
             "weights": fn.config.to_json()["weights"],
@@ -108,7 +117,8 @@ class Rollouts:
             if fn is None:
                 return
             state = current.state
-            action, new_state = rollout.decide(current.config, state, counts(fn), clock.now())
+            action, new_state = rollout.decide(current.config, state, self._counts(fn),
+                                               clock.now())
             current = replace(current, state=new_state)
             tags = dict(fn.config.tags)
             if action.kind == "weights":
