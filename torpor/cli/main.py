@@ -76,6 +76,9 @@ def serve(
         list[Path] | None, typer.Option("--deploy", help="Deploy this spec at start (repeatable).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text, or json: one JSON object a line.")
+    ] = "text",
     config: Annotated[
         Path | None,
         typer.Option(envvar="TORPOR_CONFIG",
@@ -86,7 +89,7 @@ def serve(
     """Run the gateway, control API, reconciler and store in one process."""
     from torpor.server import serve as run_server
 
-    run_server(host, port, data_dir, deploy or [], log_level, config)
+    run_server(host, port, data_dir, deploy or [], log_level, config, log_format)
 
 
 @app.command()

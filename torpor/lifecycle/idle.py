@@ -36,6 +36,7 @@ class IdleMode:
         self.ledger = ledger
         self._background = background
         self._transitions: dict[str, asyncio.Task[None]] = {}
+        self.on_thawed: Callable[[Instance, float], None] = lambda instance, seconds: None
 
     def attach(self, fn: FunctionRuntime, instance: Instance) -> None:
         """Put a new instance's process under the freezer (before it can start children)."""
@@ -114,6 +115,8 @@ class IdleMode:
                     previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
+        began = self.clock.now()
+        was_frozen = instance.facts.frozen_at is not None
         try:
             if instance.facts.frozen_at is not None and instance.handle is not None:
                 await self.freezer.thaw(instance.id, instance.handle.pid)
@@ -130,6 +133,8 @@ class IdleMode:
         endpoint.thawing = False
         endpoint.accepting = instance.facts.draining_at is None
         fn.route.dispatch()
+        if was_frozen:
+            self.on_thawed(instance, now - began)
 
 
 async def _hook(endpoint: Endpoint, which: str) -> None:

@@ -9,6 +9,7 @@ crashed one left open at the last moment it was known to be alive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torpor.clock import Clock
@@ -40,11 +41,17 @@ class Ledger:
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
         self.clock = clock
+        # told about every transition as it is written (torpor.metering.usage for /metrics)
+        self.on_transition: Callable[[dict[str, Any], str | None, float], None] | None = None
 
     def transition(self, instance: Instance, spec: FunctionSpec, state: InstanceState | None) -> None:
         """Close the instance's open interval now and open one in ``state`` (None: it ended)."""
-        self.store.submit(self.store.ledger_transition, instance_info(instance, spec),
-                          state.value if state is not None else None, self.clock.now())
+        info = instance_info(instance, spec)
+        value = state.value if state is not None else None
+        now = self.clock.now()
+        self.store.submit(self.store.ledger_transition, info, value, now)
+        if self.on_transition is not None:
+            self.on_transition(info, value, now)
 
     def heartbeat(self) -> None:
         self.store.submit(self.store.heartbeat, self.clock.now())
