@@ -303,6 +303,36 @@ def _when_arg(value: str) -> str:
 
 
 @app.command()
+def logs(
+    name: str,
+    instance: Annotated[str | None, typer.Option(
+        "--instance", "-i", help="Only this instance (or template-REVISION).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    since: Annotated[str | None, typer.Option(
+        help="Only logs written since: ISO 8601, epoch seconds, or a duration ago (30m, 6h).")] = None,
+    tail: Annotated[int, typer.Option(help="Lines per instance to start with.")] = 100,
+    server: Server = DEFAULT_SERVER,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Print a function's instance and template logs (stdout and stderr); -f follows them."""
+    params: dict[str, Any] = {"tail": tail, "follow": follow}
+    if instance:
+        params["instance"] = instance
+    if since:
+        params["since"] = _when_arg(since)
+    for line in ApiClient(server).lines(f"/api/v1/functions/{name}/logs", params):
+        if not line:
+            continue
+        if as_json:
+            sys.stdout.write(line + "\n")
+        else:
+            record = json.loads(line)
+            mark = "!" if record["stream"] == "stderr" else " "
+            sys.stdout.write(f"{record['source']}{mark}| {record['line']}\n")
+        sys.stdout.flush()
+
+
+@app.command()
 def delete(name: str, server: Server = DEFAULT_SERVER) -> None:
     """Delete a function and stop its instances."""
     ApiClient(server).api("DELETE", f"/api/v1/functions/{name}")

@@ -130,7 +130,7 @@ def compact(store: Store, now: float, retention: Retention) -> dict[str, int]:
             # a bucket may already hold a merged row from the previous pass: merge into it
             existing = {(s.function, s.at): s for s in (
                 _sample(row._mapping) for row in conn.execute(select(t).where(
-                    t.c.resolution_s >= retention.coarse_s, t.c.at > fine_before - retention.coarse_s)))}
+                    t.c.resolution_s >= retention.coarse_s, t.c.at.in_({m.at for m in merged}))))}
             final = []
             for sample in merged:
                 old = existing.get((sample.function, sample.at))
