@@ -108,13 +108,13 @@ def _check_port(host: str, port: int) -> None:
 
 def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info",
           config: Path | None = None, log_format: str = "text") -> None:
+    if log_format not in ("text", "json"):
+        raise TorporError(f"--log-format must be text or json, not {log_format!r}")
     data_dir = data_dir.resolve()
     for path in deploy:  # fail before starting anything
         load_spec_file(path)
     lock = lock_data_dir(data_dir)
     _check_port(host, port)
-    if log_format not in ("text", "json"):
-        raise TorporError(f"--log-format must be text or json, not {log_format!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SAMPLE_S = 5.0
+SAMPLE_S = float(os.environ.get("TORPOR_HISTORY_SAMPLE_S", "5"))  # tests sample faster
 COMPACT_EVERY_S = 300.0
 OVERVIEW_WINDOW_S = 60.0
 _SERVING = (InstanceState.READY, InstanceState.BUSY)
