@@ -19,7 +19,7 @@ function h(tag, attrs, ...children) {
     if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
     else el.setAttribute(key, value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -136,19 +136,25 @@ async function renderLog(name) {
       : "(empty)"));
 }
 
-async function renderFunction(name) {
-  const data = await json(`/api/v1/console/functions/${encodeURIComponent(name)}`);
+const WINDOWS = [["5 min", 300], ["15 min", 900], ["1 h", 3600], ["6 h", 21600], ["24 h", 86400]];
+const windowLabel = (s) => (WINDOWS.find((w) => w[1] === s) || [`${s} s`])[0];
+
+async function renderFunction(name, windowS) {
+  const data = await json(`/api/v1/console/functions/${encodeURIComponent(name)}?window_s=${windowS}`);
   const f = data.function;
   const a = data.autoscaler;
   if (!document.getElementById("fn-" + name)) {
     charts = {};
+    const link = (w) => h("a", { href: `#/fn/${encodeURIComponent(name)}?window_s=${w[1]}`,
+      "aria-current": w[1] === windowS ? "page" : null }, w[0]);
     page.replaceChildren(h("div", { id: "fn-" + name },
       h("h2", {}, h("a", { href: "#/" }, "Functions"), " / ", f.name),
+      h("p", {}, h("small", {}, "window: ", WINDOWS.map((w) => [link(w), " "]))),
       h("div", { id: "summary" }),
       h("div", { class: "grid2" },
         h("article", { class: "chart", id: "chart-rps" }), h("article", { class: "chart", id: "chart-latency" }),
         h("article", { class: "chart", id: "chart-queue" }), h("article", { class: "chart", id: "chart-scale" })),
-      h("article", {}, h("h6", {}, "instance states, last hour"), h("div", { id: "timeline-holder" })),
+      h("article", {}, h("h6", {}, `instance states, last ${windowLabel(windowS)}`), h("div", { id: "timeline-holder" })),
       h("h4", {}, "Instances"), h("div", { id: "instances" }),
       h("div", { class: "grid2" }, h("article", { id: "events" }), h("article", { id: "log" }))));
   }
@@ -212,7 +218,11 @@ async function renderBilling() {
 
 function route() {
   const hash = location.hash || "#/";
-  if (hash.startsWith("#/fn/")) return () => renderFunction(decodeURIComponent(hash.slice(5)));
+  if (hash.startsWith("#/fn/")) {
+    const [path, query] = hash.slice(5).split("?");
+    const windowS = Number(new URLSearchParams(query || "").get("window_s")) || 3600;
+    return () => renderFunction(decodeURIComponent(path), windowS);
+  }
   if (hash === "#/billing") return renderBilling;
   return renderFunctions;
 }
