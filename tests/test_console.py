@@ -92,7 +92,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
 
 def traffic(setup: Setup, name: str, latencies_s: list[float], status: int = 200) -> None:
     for seconds in latencies_s:
-        setup.platform.metrics.requests.observe(name, "warm", status, seconds, "rid", "i")
+        setup.platform.metrics.requests.observe(name, "warm", status, seconds, b"rid", b"i")
 
 
 class TestStartOfDay:

@@ -45,9 +45,9 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
     platform._observe_cold_start(instance)
     platform.metrics.observe_thaw(instance, 0.004)
     requests = platform.metrics.requests
-    requests.observe("sd", "cold", 200, 0.35, "r1", "sd-1-a")
-    requests.observe("sd", "warm", 200, 0.01, "r2", "sd-1-a")
-    requests.observe("sd", "none", 503, 0.0, "r3", "")
+    requests.observe("sd", "cold", 200, 0.35, b"r1", b"sd-1-a")
+    requests.observe("sd", "warm", 200, 0.01, b"r2", b"sd-1-a")
+    requests.observe("sd", "none", 503, 0.0, b"r3", b"")
     fn.route.queue_wait.observe(0.3)
     clock.advance(10)
     yield platform

@@ -62,9 +62,9 @@ class TestRequestStats:
     def test_by_function_start_and_status(self) -> None:
         """Latency goes by start kind, statuses are counted per function."""
         stats = RequestStats()
-        stats.observe("a", "cold", 200, 0.3, "r1", "a-1")
-        stats.observe("a", "warm", 200, 0.002, "r2", "a-1")
-        stats.observe("a", "none", 503, 0.0001, "r3", "")
+        stats.observe("a", "cold", 200, 0.3, b"r1", b"a-1")
+        stats.observe("a", "warm", 200, 0.002, b"r2", b"a-1")
+        stats.observe("a", "none", 503, 0.0001, b"r3", b"")
         fn = stats.function("a")
         assert {kind: h.count for kind, h in fn.latency.items()} == {
             "cold": 1, "warm": 1, "thawed": 0, "none": 1}
@@ -76,7 +76,7 @@ class TestRequestStats:
         """A 5xx leaves one warning naming the request id, function, instance and status."""
         stats = RequestStats()
         with caplog.at_level(logging.INFO, logger="torpor.gateway"):
-            stats.observe("a", "warm", 200, 0.01, "ok-id", "a-1")
-            stats.observe("a", "warm", 502, 0.01, "bad-id", "a-1")
+            stats.observe("a", "warm", 200, 0.01, b"ok-id", b"a-1")
+            stats.observe("a", "warm", 502, 0.01, b"bad-id", b"a-1")
         assert [r.getMessage() for r in caplog.records] == [
             "request_id=bad-id function=a instance=a-1 status=502 duration_s=0.010000"]

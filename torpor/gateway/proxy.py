@@ -64,33 +64,35 @@ class BrokenStream(Exception):
 class RequestObserver(Protocol):
     """Told about every finished request (metrics, error logs with the request id)."""
 
-    def observe(self, function: str, start: str, status: int, seconds: float, request_id: str,
-                instance: str) -> None: ...
+    def observe(self, function: str, start: str, status: int, seconds: float, request_id: bytes,
+                instance: bytes) -> None: ...
 
 
 class _Watched:
-    """Wraps ``send`` to note the status, start kind, instance and request id of the response."""
+    """Wraps ``send`` to note the status, start kind, instance and request id of the response
+    (kept as bytes: only a logged error decodes them)."""
 
     __slots__ = ("instance", "request_id", "send", "start", "status")
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.status = 0
-        self.start = "none"
-        self.instance = ""
-        self.request_id = ""
+        self.start = b"none"
+        self.instance = b""
+        self.request_id = b""
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             for key, value in message["headers"]:
-                if key == b"x-torpor-start":
-                    self.start = value.decode()
-                elif key == b"x-torpor-instance":
-                    self.instance = value.decode()
-                elif key == b"x-torpor-request-id":
-                    self.request_id = value.decode("latin-1")
+                if key in _WATCHED:
+                    setattr(self, _WATCHED[key], value)
         await self.send(message)
+
+
+_WATCHED = {b"x-torpor-start": "start", b"x-torpor-instance": "instance",
+            b"x-torpor-request-id": "request_id"}
+_START_NAMES = {b"cold": "cold", b"warm": "warm", b"thawed": "thawed", b"none": "none"}
 
 
 class Gateway:
@@ -112,8 +114,8 @@ class Gateway:
         finally:
             name = scope["path"][4:].partition("/")[0]
             if name in self.routes:  # unknown names would grow the metrics without bound
-                observer.observe(name, watched.start, watched.status or 499, self.clock.now() - began,
-                                 watched.request_id, watched.instance)
+                observer.observe(name, _START_NAMES.get(watched.start, "none"), watched.status or 499,
+                                 self.clock.now() - began, watched.request_id, watched.instance)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]

@@ -89,6 +89,10 @@ class FunctionStats:
         return total
 
 
+def _debug_enabled() -> bool:
+    return log.isEnabledFor(logging.DEBUG)  # cached by logging until the levels change
+
+
 class RequestStats:
     """Per-function request counts; the gateway's :class:`~torpor.gateway.proxy.RequestObserver`."""
 
@@ -101,14 +105,18 @@ class RequestStats:
             stats = self.functions[name] = FunctionStats()
         return stats
 
-    def observe(self, function: str, start: str, status: int, seconds: float, request_id: str,
-                instance: str) -> None:
-        stats = self.function(function)
+    def observe(self, function: str, start: str, status: int, seconds: float, request_id: bytes,
+                instance: bytes) -> None:
+        """One finished request; ``request_id`` and ``instance`` are header bytes (b"" if none)."""
+        stats = self.functions.get(function) or self.function(function)
         stats.latency[start].observe(seconds)
-        stats.statuses[status] = stats.statuses.get(status, 0) + 1
+        statuses = stats.statuses
+        statuses[status] = statuses.get(status, 0) + 1
         if status >= 500:
             log.warning("request_id=%s function=%s instance=%s status=%d duration_s=%.6f",
-                        request_id, function, instance or "-", status, seconds)
-        elif log.isEnabledFor(logging.DEBUG):
+                        request_id.decode("latin-1"), function, instance.decode() or "-", status,
+                        seconds)
+        elif _debug_enabled():
             log.debug("request_id=%s function=%s instance=%s status=%d start=%s duration_s=%.6f",
-                      request_id, function, instance or "-", status, start, seconds)
+                      request_id.decode("latin-1"), function, instance.decode() or "-", status, start,
+                      seconds)
