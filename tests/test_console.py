@@ -305,3 +305,22 @@ class TestPage:
             text = (console.UI_DIR / name).read_text()
             assert "http://" not in text and "https://" not in text, name
 
+
+
+class TestPackaging:
+    def test_every_asset_is_package_data(self) -> None:
+        """``pip install torpor`` ships the whole console: each file under torpor/api/ui matches
+        a package-data pattern in pyproject.toml."""
+        import fnmatch
+        import tomllib
+
+        root = Path(__file__).resolve().parent.parent
+        pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+        patterns = pyproject["tool"]["setuptools"]["package-data"]["torpor"]
+        files = [p.relative_to(root / "torpor").as_posix()
+                 for p in (root / "torpor" / "api" / "ui").rglob("*") if p.is_file()]
+        assert len(files) >= 9
+        unshipped = [f for f in files
+                     if not any(fnmatch.fnmatch(f, pattern) and f.count("/") == pattern.count("/")
+                                for pattern in patterns)]
+        assert unshipped == []

@@ -309,7 +309,8 @@ def logs(
         "--instance", "-i", help="Only this instance (or template-REVISION).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     since: Annotated[str | None, typer.Option(
-        help="Only logs written since: ISO 8601, epoch seconds, or a duration ago (30m, 6h).")] = None,
+        help="Only instances and templates that wrote since then: ISO 8601, epoch seconds, "
+             "or a duration ago (30m, 6h).")] = None,
     tail: Annotated[int, typer.Option(help="Lines per instance to start with.")] = 100,
     server: Server = DEFAULT_SERVER,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
