@@ -208,8 +208,9 @@ async function renderBilling() {
     h("td", { class: "num" }, l.saving_pct === null ? "–" : `${l.saving_pct} %`));
   const headers = (what) => [what, "active s", "idle s", `cost ${data.currency}`, `always-on ${data.currency}`, "saving"];
   page.replaceChildren(h("h2", {}, "Billing"),
-    h("p", {}, `${new Date(data.since_epoch_s * 1000).toLocaleString()} – now · ${data.cost} ${data.currency} ` +
-      `against ${data.always_on_cost} ${data.currency} for always-on hardware`),
+    h("p", {}, `since ${new Date(data.since_epoch_s * 1000).toISOString().replace(".000Z", " UTC")}: ` +
+      `${data.cost} ${data.currency}, against ${data.always_on_cost} ${data.currency} for always-on ` +
+      "hardware (kept on from each function's first record in the window)"),
     h("h4", {}, "per function"), table(headers("function"), data.functions.map((l) => line("function", l)), "billing-functions"),
     h("h4", {}, "per pool"), table(headers("pool"), data.pools.map((l) => line("pool", l)), "billing-pools"));
 }
