@@ -235,3 +235,21 @@ class TestConcurrency:
         async with make_client(ThreadName(), concurrency=1) as client:
             response = await client.post("/invoke", json={})
         assert response.text == threading.current_thread().name
+
+
+class WhoAmI(torpor.Model):
+    def predict(self, payload: Any) -> Any:
+        return {"request_id": torpor.request_id()}
+
+
+class TestRequestId:
+    async def test_inline_and_on_the_thread_pool(self) -> None:
+        """``torpor.request_id()`` is the gateway's ``x-torpor-request-id``, inline (concurrency 1)
+        and in the thread pool (concurrency 4); without the header it is None, never a stale id."""
+        for concurrency in (1, 4):
+            async with make_client(WhoAmI(), concurrency) as client:
+                response = await client.post("/invoke", json={},
+                                             headers={"x-torpor-request-id": f"rid-{concurrency}"})
+                assert response.json() == {"request_id": f"rid-{concurrency}"}
+                assert (await client.post("/invoke", json={})).json() == {"request_id": None}
+        assert torpor.request_id() is None  # outside a request

@@ -53,6 +53,12 @@ class Platform:
             backend = LocalBackend(data_dir, self.clock)
         self.backend = backend
         self.reconciler = Reconciler(self.store, self.clock, backend)
+        from torpor.api.metrics import Metrics  # the platform owns its metrics; they read it
+
+        self.metrics = Metrics(self)
+        self.reconciler.on_ready = self.metrics.observe_cold_start
+        self.reconciler.ledger.on_transition = self.metrics.usage.transition
+        self.reconciler.idle.on_thawed = self.metrics.observe_thaw
 
     @property
     def functions(self) -> dict[str, FunctionRuntime]:

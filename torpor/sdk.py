@@ -37,14 +37,27 @@ which must return a list of results of the same length, in order::
 A batch can only form from requests that reach the instance together, so a batching function needs
 ``concurrency`` of at least ``max_batch_size`` in its ``torpor.yaml`` (with the default
 ``concurrency: 1`` the gateway sends one request at a time and every batch has one payload).
+
+Following one request: ``torpor.request_id()`` inside ``predict`` is the gateway's
+``x-torpor-request-id`` (the client's ``x-request-id`` when it sent one); print it in log lines and
+``torpor logs NAME`` finds them next to the gateway's.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("torpor_request_id",
+                                                                         default=None)
+
+
+def request_id() -> str | None:
+    """The id of the request being handled (None outside ``predict`` and for batched calls)."""
+    return _request_id.get()
 
 
 @dataclass

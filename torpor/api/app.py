@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from torpor import __version__
-from torpor.api.metrics import Metrics
 from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.platform import Platform
 
@@ -79,9 +78,6 @@ def create_api(platform: Platform) -> FastAPI:
             {"error": str(exc), "source": exc.source, "errors": exc.errors}, status_code=422
         )
 
-    metrics_registry = Metrics(lambda: platform.functions)
-    platform.reconciler.on_ready = metrics_registry.observe_cold_start
-
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
         return {**platform.health(), "version": __version__}
@@ -89,7 +85,7 @@ def create_api(platform: Platform) -> FastAPI:
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
         """Prometheus text format."""
-        return Response(metrics_registry.render(),
+        return Response(platform.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/v1/functions", tags=["functions"])

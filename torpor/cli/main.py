@@ -76,6 +76,9 @@ def serve(
         list[Path] | None, typer.Option("--deploy", help="Deploy this spec at start (repeatable).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text, or json: one JSON object a line.")
+    ] = "text",
     config: Annotated[
         Path | None,
         typer.Option(envvar="TORPOR_CONFIG",
@@ -86,7 +89,7 @@ def serve(
     """Run the gateway, control API, reconciler and store in one process."""
     from torpor.server import serve as run_server
 
-    run_server(host, port, data_dir, deploy or [], log_level, config)
+    run_server(host, port, data_dir, deploy or [], log_level, config, log_format)
 
 
 @app.command()
@@ -336,6 +339,37 @@ def nodes(server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> None:
 
 def _resources(values: dict[str, float]) -> str:
     return " ".join(f"{name}={value:g}" for name, value in sorted(values.items())) or "-"
+
+
+@app.command()
+def logs(
+    name: str,
+    instance: Annotated[str | None, typer.Option(
+        "--instance", "-i", help="Only this instance (or template-REVISION).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    since: Annotated[str | None, typer.Option(
+        help="Only instances and templates that wrote since then: ISO 8601, epoch seconds, "
+             "or a duration ago (30m, 6h).")] = None,
+    tail: Annotated[int, typer.Option(help="Lines per instance to start with.")] = 100,
+    server: Server = DEFAULT_SERVER,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Print a function's instance and template logs (stdout and stderr); -f follows them."""
+    params: dict[str, Any] = {"tail": tail, "follow": follow}
+    if instance:
+        params["instance"] = instance
+    if since:
+        params["since"] = _when_arg(since)
+    for line in ApiClient(server).lines(f"/api/v1/functions/{name}/logs", params):
+        if not line:
+            continue
+        if as_json:
+            sys.stdout.write(line + "\n")
+        else:
+            record = json.loads(line)
+            mark = "!" if record["stream"] == "stderr" else " "
+            sys.stdout.write(f"{record['source']}{mark}| {record['line']}\n")
+        sys.stdout.flush()
 
 
 @app.command()

@@ -25,7 +25,8 @@ import contextlib
 import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Protocol
 
 from torpor.clock import Clock
 from torpor.errors import GatewayError, UpstreamFailed, UpstreamTimeout
@@ -59,12 +60,63 @@ class BrokenStream(Exception):
     """The instance broke off a response whose head was already sent to the client."""
 
 
+class RequestObserver(Protocol):
+    """Told about every finished request (metrics, error logs with the request id)."""
+
+    def observe(self, function: str, start: str, status: int, seconds: float, request_id: bytes,
+                instance: bytes) -> None: ...
+
+
+class _Watched:
+    """Wraps ``send`` to note the status, start kind, instance and request id of the response
+    (kept as bytes: only a logged error decodes them)."""
+
+    __slots__ = ("instance", "request_id", "send", "start", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.start = b"none"
+        self.instance = b""
+        self.request_id = b""
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            for key, value in message["headers"]:
+                if key in _WATCHED:
+                    setattr(self, _WATCHED[key], value)
+        await self.send(message)
+
+
+_WATCHED = {b"x-torpor-start": "start", b"x-torpor-instance": "instance",
+            b"x-torpor-request-id": "request_id"}
+_START_NAMES = {b"cold": "cold", b"warm": "warm", b"thawed": "thawed", b"none": "none"}
+
+
 class Gateway:
-    def __init__(self, routes: Mapping[str, FunctionRoute], clock: Clock) -> None:
+    def __init__(self, routes: Mapping[str, FunctionRoute], clock: Clock,
+                 observer: RequestObserver | None = None) -> None:
         self.routes = routes
         self.clock = clock
+        self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        observer = self.observer
+        if observer is None:
+            await self._handle(scope, receive, send)
+            return
+        watched = _Watched(send)
+        began = self.clock.now()
+        try:
+            await self._handle(scope, receive, watched)
+        finally:
+            name = scope["path"][4:].partition("/")[0]
+            if name in self.routes:  # unknown names would grow the metrics without bound
+                observer.observe(name, _START_NAMES.get(watched.start, "none"), watched.status or 499,
+                                 self.clock.now() - began, watched.request_id, watched.instance)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         name, _, _ = path[4:].partition("/")  # strip "/fn/"
         request_id = None

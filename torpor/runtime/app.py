@@ -10,6 +10,7 @@ awaited. A ``predict`` that yields streams (:mod:`torpor.runtime.streaming`); a 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 from torpor.runtime.batching import Batcher, BatchFailed
 from torpor.runtime.codec import BadPayload, decode_body, encode_result, error_body
 from torpor.runtime.streaming import is_stream, stream
-from torpor.sdk import Model, Response
+from torpor.sdk import Model, Response, _request_id
 from torpor.types import Receive, Scope, Send
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -69,7 +70,14 @@ class ModelApp:
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await _read_body(receive)
-        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        content_type = b""
+        request_id = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"x-torpor-request-id":
+                request_id = value.decode("latin-1")
+        _request_id.set(request_id)  # torpor.request_id() while this request is handled
         try:
             payload = decode_body(body, content_type)
         except BadPayload as exc:
@@ -85,6 +93,7 @@ class ModelApp:
             await _reply(send, 500, _JSON_HEADERS, error_body(str(exc), "handler_error"))
             return
         except Exception as exc:
+            print(f"torpor: request_id={_request_id.get()} {name}.predict raised:", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
             message = f"{name}.predict raised {type(exc).__name__}: {exc}"
             await _reply(send, 500, _JSON_HEADERS, error_body(message, "handler_error"))
@@ -105,8 +114,9 @@ class ModelApp:
             return await self.model.predict(payload)
         if self._pool is None:
             return self.model.predict(payload)
+        context = contextvars.copy_context()  # torpor.request_id() in the pool's thread too
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self.model.predict, payload
+            self._pool, context.run, self.model.predict, payload
         )
 
     async def _stream(self, result: Any, receive: Receive, send: Send) -> None:
