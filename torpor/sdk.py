@@ -59,6 +59,16 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
 
+    def __post_init__(self) -> None:
+        check_status(self.status)
+
+
+def check_status(status: Any) -> int:
+    """An HTTP status torpor can send: an integer from 100 to 599."""
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"Response.status must be an HTTP status from 100 to 599, got {status!r}")
+    return status
+
 
 class Model:
     """Base class for a torpor function written in Python.

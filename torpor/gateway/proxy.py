@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 from collections.abc import Mapping
 
 from torpor.clock import Clock
+from torpor.error_shape import error_json
 from torpor.errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from torpor.gateway.route import Endpoint, FunctionRoute, Lease
 from torpor.gateway.upstream import (
@@ -59,10 +59,7 @@ def new_request_id() -> str:
 def has_dot_segment(path: bytes) -> bool:
     """True when a segment of ``path`` is ``.`` or ``..``, also percent-encoded: such a path is
     refused, never forwarded (an instance must not see ``/../../etc/passwd``)."""
-    for segment in path.split(b"/"):
-        if segment.lower().replace(b"%2e", b".") in (b".", b".."):
-            return True
-    return False
+    return any(segment.lower().replace(b"%2e", b".") in (b".", b"..") for segment in path.split(b"/"))
 
 
 class BrokenStream(Exception):
@@ -254,9 +251,7 @@ async def _error(
     request_id: str,
     extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body = json.dumps(
-        {"error": message, "reason": reason, "function": name, "request_id": request_id}
-    ).encode()
+    body = error_json(message, reason, name, request_id)
     headers = [
         (b"content-type", b"application/json"),
         (b"x-torpor-request-id", request_id.encode("latin-1")),
