@@ -1,6 +1,7 @@
 """Control API: deploy, list, get, delete functions; list instances; health.
 
-Every error is JSON ``{"error": "<one sentence>"}`` so the CLI can print it as is.
+Every error is torpor's one JSON shape ``{"error", "reason", "function", "request_id"}``
+(:mod:`torpor.api.errors`), so the CLI can print ``error`` as is.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from torpor import __version__
-from torpor.errors import BadRequest, NotFound, SpecError
+from torpor.api.errors import BodyLimit, install_error_handlers
+from torpor.errors import BadRequest
 from torpor.lifecycle.instance import FunctionRuntime
 from torpor.platform import Platform
 
@@ -87,19 +89,8 @@ def create_api(platform: Platform) -> FastAPI:
         redoc_url=None,
     )
 
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=404)
-
-    @app.exception_handler(BadRequest)
-    async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.exception_handler(SpecError)
-    async def _bad_spec(_: Request, exc: SpecError) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(exc), "source": exc.source, "errors": exc.errors}, status_code=422
-        )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
