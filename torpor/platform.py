@@ -26,6 +26,7 @@ from torpor.backend.local import LocalBackend
 from torpor.cache import CachedModel, ModelCache
 from torpor.clock import Clock, SystemClock
 from torpor.errors import BadRequest, NotFound, SpecError
+from torpor.lifecycle.deploy_check import handler_problem
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.reconciler import Reconciler
 from torpor.metering import billing, ledger
@@ -124,6 +125,9 @@ class Platform:
 
     async def deploy(self, raw: dict[str, Any], base_dir: Path, source: str) -> FunctionRuntime:
         spec = parse_spec(raw, source=source, base_dir=base_dir)
+        problem = await handler_problem(spec, base_dir)
+        if problem is not None:
+            raise SpecError(source, [problem])
         cached = await self._cache_model(spec, base_dir, source)
         record = await self.store.run(
             self.store.put_function, spec.name, raw, str(base_dir), source, self.clock.now(),
