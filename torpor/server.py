@@ -90,6 +90,8 @@ def _check_port(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
+        except OverflowError:
+            raise TorporError(f"port {port} is out of range; choose --port from 1 to 65535") from None
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise TorporError(f"port {port} on {host} is already in use; choose --port") from None

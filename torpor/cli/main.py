@@ -33,6 +33,7 @@ err = Console(stderr=True)
 _debug = False
 
 F = TypeVar("F", bound=Callable[..., Any])
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Server = Annotated[
     str, typer.Option("--server", envvar="TORPOR_SERVER", help="torpor server URL.")
@@ -85,6 +86,11 @@ def serve(
 ) -> None:
     """Run the gateway, control API, reconciler and store in one process."""
     from torpor.server import serve as run_server
+
+    if not 1 <= port <= 65535:
+        raise CliError(f"--port must be from 1 to 65535, got {port}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise CliError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
 
     run_server(host, port, data_dir, deploy or [], log_level, config)
 
