@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DB_FILENAME = "torpor.db"
 CONFIG_FILENAME = "config.yaml"  # the server config (price table) when --config is not given
+MAX_BILL_AHEAD_S = 366 * 86_400.0  # a bill's window may not end later than this after now
 
 
 class Platform:
@@ -208,13 +209,24 @@ class Platform:
             rows_exist = await self.store.run(self.store.ledger_rows, 0.0, float("inf"), function)
             if not known and not rows_exist:
                 raise NotFound(f"function {function!r} not found")
-        until = self.clock.now() if until is None else until
-        rows = await self.store.run(self.store.ledger_rows, since or 0.0, until, function)
-        if since is None:  # from the first record: the always-on comparison covers the same span
+        now = self.clock.now()
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and not 0 <= value <= now + MAX_BILL_AHEAD_S:
+                raise BadRequest(f"{name}: {value!r} is not a time between 1970 and a year from now")
+        until = now if until is None else until
+        # Every view reads every function's rows and the same window, so a function's line is the
+        # same in the full bill and with --function.
+        rows = await self.store.run(self.store.ledger_rows, since or 0.0, until, None)
+        if since is None:  # from the first record
             since = min((row["start"] for row in rows), default=until)
         elif since >= until:
             raise BadRequest(f"since ({since}) must be before until ({until})")
-        return billing.bill(ledger.intervals(rows), self.prices, since, until, function).to_json()
+        # always-on covers only the time each function existed within the window
+        lifetimes: dict[str, tuple[float, float | None]] = {
+            record.name: (record.created_at, None)
+            for record in await self.store.run(self.store.list_functions)}
+        return billing.bill(ledger.intervals(rows), self.prices, since, until, function,
+                            lifetimes).to_json()
 
     async def events(self, name: str) -> list[dict[str, Any]]:
         return await self.store.run(self.store.list_events, name)

@@ -275,7 +275,8 @@ def bill(
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
-    """What each function's instances cost, against an always-on GPU."""
+    """What each function's instances cost, against always-on hardware while it existed (a GPU
+    server per GPU instance for a GPU function; its own CPU and memory kept on for a CPU one)."""
     params = {k: _when_arg(v) for k, v in (("since", since), ("until", until)) if v}
     if function:
         params["function"] = function
@@ -285,13 +286,15 @@ def bill(
         return
     currency = result["currency"]
     table = Table("FUNCTION", "ACTIVE S", "IDLE S", f"COST {currency}",
-                  f"ALWAYS-ON {currency}", "SAVING")
+                  f"ALWAYS-ON {currency}", "ALWAYS-ON IS", "SAVING")
     for line in result["functions"]:
         pct = f"{line['saving_pct']}%" if line["saving_pct"] is not None else "-"
+        basis = {"gpu": "GPU server", "cpu": "own CPU+memory"}.get(line.get("always_on_basis"), "-")
         table.add_row(line["function"], line["active_seconds"], line["idle_seconds"],
-                      line["cost"], line["always_on_cost"], pct)
+                      line["cost"], line["always_on_cost"],
+                      f"{basis} × {line.get('always_on_seconds', '-')} s", pct)
     total_pct = f"{result['saving_pct']}%" if result["saving_pct"] is not None else "-"
-    table.add_row("total", "", "", result["cost"], result["always_on_cost"], total_pct)
+    table.add_row("total", "", "", result["cost"], result["always_on_cost"], "", total_pct)
     out.print(table)
 
 
