@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from torpor.errors import SpecError
+from torpor.safe_yaml import read_yaml
 
 SPEC_FILENAME = "torpor.yaml"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -252,7 +253,7 @@ def load_spec_file(path: Path) -> tuple[FunctionSpec, dict[str, Any], Path]:
     """Read and validate a spec file; returns the spec, the raw mapping and the code folder."""
     spec_file = locate_spec(path).resolve()
     try:
-        raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+        raw = read_yaml(spec_file)
     except yaml.YAMLError as exc:
         raise SpecError(str(spec_file), [f"not valid YAML: {exc}"]) from None
     except UnicodeDecodeError:

@@ -238,8 +238,10 @@ def provision(
     if policies is not None:
         import yaml
 
+        from torpor.safe_yaml import read_yaml
+
         try:
-            data = yaml.safe_load(policies.read_text(encoding="utf-8"))
+            data = read_yaml(policies)
         except OSError as exc:
             raise CliError(f"cannot read --policies {policies}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
