@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from torpor.lifecycle.templates import Templates
 
 POLL_S = 0.001  # how often to try connecting while an instance starts (a cheap connect())
+NO_WARMUP_HOOK = frozenset({404, 405, 501})  # a command server without POST /initialize
 
 
 class StartFailed(Exception):
@@ -97,7 +98,8 @@ async def wait_listening(
 
 
 async def initialize(client: UpstreamClient, *, command: bool, timeout_s: float) -> dict[str, float]:
-    """``POST /initialize``; a command function that does not serve it (404/405) is fine.
+    """``POST /initialize``; a command function that does not serve it (404, 405, or 501 as
+    Python's ``http.server`` answers for a method it lacks) has no warm-up hook, which is fine.
 
     Returns the timings a torpor runtime reports (load_s, setup_s, warmup_s).
     """
@@ -106,7 +108,7 @@ async def initialize(client: UpstreamClient, *, command: bool, timeout_s: float)
             client.base + "/initialize", data=b"", timeout=aiohttp.ClientTimeout(total=timeout_s)
         ) as response:
             body = await response.text(errors="replace")
-            if command and response.status in (404, 405):
+            if command and response.status in NO_WARMUP_HOOK:
                 return {}
             if 200 <= response.status < 300:
                 return _timings(body) if not command else {}
