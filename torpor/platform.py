@@ -235,7 +235,8 @@ class Platform:
         if function is not None:
             self.function(function)
         fns = [self.function(function)] if function else list(self.functions.values())
-        live = [i.to_api() for fn in fns for i in fn.instances.values()]
+        live = [i.to_api() for fn in fns for i in fn.instances.values()
+                if i.facts.exited_at is None]  # instances that failed or stopped are history
         if not include_ended:
             return live
         seen = {i["id"] for i in live}

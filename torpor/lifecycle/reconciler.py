@@ -361,7 +361,8 @@ class Reconciler:
             fn.route.fail_waiters(ColdStartFailed(f"torpor is shutting down; {fn.name!r} stopped"))
         everything = [(fn, i) for fn in self.functions.values() for i in fn.instances.values()]
         await asyncio.gather(*(self._drain(fn, i, "server shutdown") for fn, i in everything
-                               if i.handle is not None), return_exceptions=True)
+                               if i.handle is not None and i.facts.exited_at is None),
+                             return_exceptions=True)
         if self.templates is not None:
             await self.templates.shutdown()
         for task in list(self._tasks):
