@@ -18,6 +18,7 @@ from typing import IO
 
 from torpor import __version__
 from torpor.api.app import create_api
+from torpor.datadir import PRIVATE_UMASK, make_private
 from torpor.errors import DataDirLocked, TorporError
 from torpor.gateway.proxy import Gateway
 from torpor.httpserver import HttpServer
@@ -103,6 +104,8 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
     data_dir = data_dir.resolve()
     for path in deploy:  # fail before starting anything
         load_spec_file(path)
+    os.umask(PRIVATE_UMASK)  # everything under the data directory is the server user's alone
+    make_private(data_dir)
     lock = lock_data_dir(data_dir)
     _check_port(host, port)
     logging.basicConfig(

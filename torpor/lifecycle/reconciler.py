@@ -30,6 +30,7 @@ from torpor.constants import (
     RECONCILE_INTERVAL_S,
     STOP_GRACE_S,
 )
+from torpor.datadir import remove_socket, remove_sockets
 from torpor.errors import ColdStartFailed
 from torpor.gateway.route import Endpoint, FunctionRoute
 from torpor.gateway.routing_policies import RoutingPolicy
@@ -58,6 +59,7 @@ class Reconciler:
         self.functions: dict[str, FunctionRuntime] = {}
         self.routes: dict[str, FunctionRoute] = {}  # what the gateway reads
         self.run_dir = _socket_dir(data_dir)
+        remove_sockets(self.run_dir)  # a crashed server's or instance's: none is in use now
         self.templates = Templates(backend, data_dir, self.run_dir) if templates else None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -278,6 +280,7 @@ class Reconciler:
         instance.facts.failure = reason
         instance.facts.exited_at = self.clock.now()
         instance.facts.exit_code = instance.handle.returncode if instance.handle else None
+        remove_socket(instance.address)
         self.ledger.transition(instance, fn.spec, None)
         self._save(instance)
         if fn.revision != instance.revision or self.functions.get(fn.name) is not fn:
@@ -311,6 +314,7 @@ class Reconciler:
         instance.facts.exit_code = code
         self.ledger.transition(instance, fn.spec, None)
         self.idle.release(instance)
+        remove_socket(instance.address)
         endpoint = instance.endpoint
         if endpoint is not None:
             fn.route.remove_endpoint(endpoint)
@@ -380,6 +384,7 @@ class Reconciler:
                     instance.facts.draining_at = instance.facts.exited_at
             self.store.save_instance(instance.record())
         self.store.run_now(self.store.close_open_intervals, self.clock.now())
+        remove_sockets(self.run_dir)
 
     # helpers -----------------------------------------------------------------------------------
 
@@ -408,6 +413,7 @@ def _socket_dir(data_dir: Path) -> Path:
     if len(str(run_dir)) > 60:
         digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
         run_dir = Path(tempfile.gettempdir()) / f"torpor-{digest}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir.chmod(0o700)
     return run_dir
 
