@@ -29,6 +29,7 @@ from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.lifecycle.deploy_check import handler_problem
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.reconciler import Reconciler
+from torpor.lifecycle.template_idle import load_template_settings, process_memory_bytes
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
 from torpor.spec import FunctionSpec, parse_spec, resolve_model_path
@@ -58,6 +59,7 @@ class Platform:
         from torpor.api.metrics import Metrics
 
         self.metrics = Metrics(self)
+        self.reconciler.template_retire_idle_s = load_template_settings(config_path).retire_idle_s
         self.reconciler.on_ready = self._observe_cold_start
 
     @property
@@ -149,7 +151,18 @@ class Platform:
     def template_info(self, name: str) -> dict[str, Any] | None:
         templates = self.reconciler.templates
         template = templates.by_function.get(name) if templates is not None else None
-        return template.to_api() if template is not None else None
+        if template is not None:
+            info = template.to_api()
+            if template.handle is not None and template.alive:
+                info["memory_bytes"] = process_memory_bytes(template.handle.pid)
+            return info
+        retired_at = self.reconciler.retired_templates.get(name)
+        if retired_at is not None:
+            return {"state": "retired", "retired_at": retired_at,
+                    "reason": f"no instance and no request for "
+                              f"{self.reconciler.template_retire_idle_s:g}s; "
+                              "the next cold start rebuilds it"}
+        return None
 
     async def _cache_model(self, spec: FunctionSpec, base_dir: Path,
                            source: str) -> CachedModel | None:

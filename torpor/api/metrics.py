@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from torpor.lifecycle.state import InstanceState
+from torpor.lifecycle.template_idle import process_memory_bytes
 
 if TYPE_CHECKING:
     from torpor.platform import Platform
@@ -38,6 +39,14 @@ class PlatformCollector(Collector):
                                         labels=["function"])
         requests = CounterMetricFamily("torpor_requests", "Requests received by the gateway.",
                                        labels=["function"])
+        template_memory = GaugeMetricFamily(
+            "torpor_template_memory_bytes",
+            "Memory held by a function's template and its spare (proportional set size).",
+            labels=["function"])
+        templates = self.platform.reconciler.templates
+        for name, template in (templates.by_function.items() if templates is not None else ()):
+            if template.handle is not None and template.alive:
+                template_memory.add_metric([name], process_memory_bytes(template.handle.pid))
         for name, fn in self.platform.functions.items():
             counts = dict.fromkeys(InstanceState, 0)
             for instance in fn.instances.values():
@@ -49,7 +58,7 @@ class PlatformCollector(Collector):
             desired.add_metric([name], fn.decision.desired)
             provisioned.add_metric([name], fn.decision.provisioned)
             requests.add_metric([name], fn.route.requests)
-        yield from (instances, in_flight, queued, desired, provisioned, requests)
+        yield from (instances, in_flight, queued, desired, provisioned, requests, template_memory)
 
 
 class Metrics:
@@ -58,7 +67,9 @@ class Metrics:
         self.registry.register(PlatformCollector(platform))
         self.cold_start = Histogram(
             "torpor_cold_start_seconds",
-            "Time from starting an instance to ready, by phase (spawn, initialize, total).",
+            "Cold start seconds by function and phase: spawn or fork (start to listening), load, "
+            "setup, warmup (as the runtime measured them), initialize (listening to ready), "
+            "total (start to ready).",
             ["function", "phase"],
             buckets=COLD_START_BUCKETS_S,
             registry=self.registry,

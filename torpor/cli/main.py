@@ -140,6 +140,13 @@ def get(name: str, server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> 
     out.print(f"[bold]{fn['name']}[/] revision {fn['revision']} ({fn['kind']}) — {fn['status']}")
     out.print(f"  url {fn['url']}  concurrency {fn['concurrency']}  "
               f"instances {fn['min_instances']}..{fn['max_instances']}  source {fn['source']}")
+    template = fn.get("template")
+    if template and template.get("state") == "retired":
+        out.print(f"  template retired at {_when(template['retired_at'])}: {template['reason']}")
+    elif template:
+        memory = template.get("memory_bytes")
+        held = f", holds {memory / 2**20:.0f} MB" if isinstance(memory, int) else ""
+        out.print(f"  template {template['state']} (pid {template.get('pid') or '-'}{held})")
     if fn["last_error"]:
         err.print(f"[red]last error:[/] {fn['last_error']}")
     _instance_table(fn["instance_list"])

@@ -39,6 +39,7 @@ from torpor.lifecycle import launcher
 from torpor.lifecycle.idle import IdleMode
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.state import InstanceFacts, InstanceState
+from torpor.lifecycle.template_idle import DEFAULT_RETIRE_IDLE_S, should_retire
 from torpor.lifecycle.templates import Templates
 from torpor.metering.ledger import Ledger
 from torpor.spec import FunctionSpec
@@ -68,6 +69,8 @@ class Reconciler:
         self.on_ready: Callable[[Instance], None] = lambda instance: None
         self.ledger = Ledger(store, clock)
         self.idle = IdleMode(freezer or SignalFreezer(), clock, self.ledger, self._background)
+        self.template_retire_idle_s = DEFAULT_RETIRE_IDLE_S  # the server config's templates:
+        self.retired_templates: dict[str, float] = {}  # function → when its template was retired
         self._last_heartbeat = 0.0
 
     # deploy / delete ---------------------------------------------------------------------------
@@ -192,12 +195,27 @@ class Reconciler:
             for instance in idle[: len(live) - desired]:
                 self._drain_soon(fn, instance, "scale in")
         self.idle.freeze_idle(fn, now)
+        self._retire_idle_template(fn, live, now)
         # Instances of an older revision go once the current one serves (or nothing is needed).
         serving = any(i.state in (InstanceState.READY, InstanceState.BUSY) for i in live)
         if serving or desired == 0:
             for instance in fn.live(current_only=False):
                 if instance.revision != fn.revision:
                     self._drain_soon(fn, instance, f"replaced by revision {fn.revision}")
+
+    def _retire_idle_template(self, fn: FunctionRuntime, live: list[Instance], now: float) -> None:
+        """A template of a function nobody uses holds memory for nothing: retire it (the next cold
+        start rebuilds it)."""
+        if self.templates is None or fn.name not in self.templates.by_function:
+            return
+        last_used_at = max(fn.route.last_request_at or 0.0, fn.updated_at,
+                           max((i.facts.exited_at or 0.0 for i in fn.instances.values()), default=0.0))
+        if should_retire(live_instances=len(live), queued=fn.route.queued, last_used_at=last_used_at,
+                         now=now, retire_idle_s=self.template_retire_idle_s):
+            self.templates.retire(fn.name)
+            self.retired_templates[fn.name] = now
+            self._event(fn.name, "template", f"template retired: no instance and no request for "
+                        f"{self.template_retire_idle_s:g}s; the next cold start rebuilds it")
 
     def _decide(self, fn: FunctionRuntime, live: list[Instance], now: float) -> None:
         ready = sum(1 for i in live if i.state in _SERVING)
