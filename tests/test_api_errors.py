@@ -108,3 +108,16 @@ class TestBodyLimit:
         response = await api.put("/api/v1/functions/x/provision", content=json.dumps({"target": 1}),
                                  headers={"content-type": "application/json"})
         check_shape(response, 404, "not_found")
+
+
+class TestOfflineDocs:
+    async def test_docs_page_and_assets_are_local(self, api: httpx.AsyncClient) -> None:
+        """/api/v1/docs loads Swagger UI from this server, never from a CDN."""
+        page = await api.get("/api/v1/docs")
+        assert page.status_code == 200
+        assert "https://" not in page.text and "http://" not in page.text
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+            assert f"/api/v1/docs/assets/{asset}" in page.text
+            response = await api.get(f"/api/v1/docs/assets/{asset}")
+            assert response.status_code == 200 and len(response.content) > 500
+        assert (await api.get("/api/v1/openapi.json")).json()["info"]["title"] == "torpor control API"

@@ -70,3 +70,55 @@ class TestDotSegments:
         assert stack.http is not None
         response = await stack.http.post("/fn/fn/invoke..x", json=1)
         assert response.status_code == 404  # the runtime's own answer: it was forwarded
+
+
+class TestErrorShapePerStatus:
+    async def answer(self, stack: Stack, target: str = "/fn/fn/invoke",
+                     content: bytes = b"{}") -> tuple[int, dict[str, str], dict[str, object]]:
+        assert stack.http is not None
+        response = await stack.http.post(target, content=content,
+                                         headers={"x-request-id": "req-1"})
+        body = response.json()
+        assert tuple(body) == ("error", "reason", "function", "request_id"), body
+        assert body["request_id"] == "req-1" == response.headers["x-torpor-request-id"]
+        return response.status_code, dict(response.headers), body
+
+    async def test_404_unknown_function(self, stack: Stack) -> None:
+        """404 names the function."""
+        status, _, body = await self.answer(stack, "/fn/nope/invoke")
+        assert (status, body["reason"], body["function"]) == (404, "not_found", "nope")
+
+    async def test_503_queue_full(self, stack: Stack) -> None:
+        """A full queue is a 503 with Retry-After."""
+        stack.route(max_queued=0)
+        status, headers, body = await self.answer(stack)
+        assert (status, body["reason"], body["function"]) == (503, "queue_full", "fn")
+        assert headers["retry-after"] == "1"
+
+    async def test_504_queue_timeout(self, stack: Stack) -> None:
+        """No instance in time is a 504."""
+        stack.route(queue_timeout_s=0.05)
+        status, _, body = await self.answer(stack)
+        assert (status, body["reason"]) == (504, "queue_timeout")
+
+    async def test_502_instance_failed_names_the_instance(self, stack: Stack) -> None:
+        """A 502 carries the instance that failed."""
+        route = stack.route()
+        stack.endpoint(route, str(stack.tmp_path / "a.sock"), 1, "fn-a")
+        stack.endpoint(route, str(stack.tmp_path / "b.sock"), 1, "fn-b")
+        status, headers, body = await self.answer(stack)
+        assert (status, body["reason"]) == (502, "instance_failed")
+        assert headers["x-torpor-instance"] in ("fn-a", "fn-b")
+
+    async def test_500_and_400_from_the_instance(self, stack: Stack) -> None:
+        """The runtime's own errors (500, 400) come in the same shape with the request id."""
+
+        class Fails(Echo):
+            def predict(self, payload: object) -> object:
+                raise ValueError("nope")
+
+        await stack.instance(stack.route(), Fails())
+        status, _, body = await self.answer(stack)
+        assert (status, body["reason"]) == (500, "handler_error")
+        status, _, body = await self.answer(stack, content=b'{"a":')
+        assert (status, body["reason"]) == (400, "bad_request")

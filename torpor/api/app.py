@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from torpor import __version__
+from torpor.api.docs import install_offline_docs
 from torpor.api.errors import BodyLimit, install_error_handlers
 from torpor.errors import BadRequest
 from torpor.lifecycle.instance import FunctionRuntime
@@ -85,9 +86,10 @@ def create_api(platform: Platform) -> FastAPI:
         title="torpor control API",
         version=__version__,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served offline by install_offline_docs
         redoc_url=None,
     )
+    install_offline_docs(app, "/api/v1/openapi.json")
 
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
