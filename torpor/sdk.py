@@ -74,7 +74,9 @@ class Model:
     """Base class for a torpor function written in Python.
 
     ``payload`` given to :meth:`predict` is the decoded JSON body when the request's content type is
-    JSON, ``str`` for ``text/*``, and ``bytes`` otherwise. The result may be JSON-serialisable data,
+    JSON (or absent, or curl's default form type, and the body parses as JSON), ``str`` for
+    ``text/*``, and ``bytes`` otherwise. Invalid JSON (``NaN``, ``Infinity``, too deep) never
+    reaches it: the client gets a 400. The result may be JSON-serialisable data,
     ``str``, ``bytes`` or a :class:`Response`, or a generator of chunks to stream.
 
     ``max_batch_size`` and ``batch_timeout_ms`` turn batching on (see the module docstring); they are

@@ -164,7 +164,7 @@ def _instance_table(instances: list[dict[str, Any]]) -> None:
     """Instances with their cold start in ms: fork or spawn (start → listening, setup included),
     setup, initialize (/initialize: warmup), first response, total (start → ready)."""
     table = Table("ID", "FUNCTION", "REV", "STATE", "PID", "IN FLIGHT", "STARTED", "MODE",
-                  "FORK/SPAWN", "SETUP", "INIT", "1ST RESP", "COLD START")
+                  "FORK/SPAWN MS", "SETUP MS", "INIT MS", "1ST RESP MS", "COLD START MS")
     for i in instances:
         cold = i.get("cold_start") or {}
         table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], str(i["pid"] or "-"),
