@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import yaml
 
+from torpor.code import pack_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -56,8 +58,11 @@ class Server:
         spec = yaml.safe_load((folder / "torpor.yaml").read_text())
         for key, value in overrides.items():
             spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+        archive = pack_dir(folder)
+        if self.http.head(f"/api/v1/code/{archive.digest}").status_code != 200:
+            self.http.put(f"/api/v1/code/{archive.digest}", content=archive.data).raise_for_status()
         response = self.http.post("/api/v1/functions", json={
-            "spec": spec, "base_dir": str(folder), "source": str(folder / "torpor.yaml")})
+            "spec": spec, "code": archive.digest, "source": str(folder / "torpor.yaml")})
         response.raise_for_status()
 
     def delete(self, name: str) -> None:

@@ -82,10 +82,15 @@ class TorporServer:
         return self.log_path.read_text(errors="replace")
 
     def deploy(self, path: Path) -> dict[str, Any]:
+        """Upload the folder's code and deploy it, as ``torpor deploy`` does."""
+        from torpor.code import pack_dir
         from torpor.spec import load_spec_file
 
         _, raw, base_dir = load_spec_file(path)
-        response = self.http.post("/api/v1/functions", json={"spec": raw, "base_dir": str(base_dir),
+        archive = pack_dir(base_dir)
+        upload = self.http.put(f"/api/v1/code/{archive.digest}", content=archive.data)
+        assert upload.status_code == 201, upload.text
+        response = self.http.post("/api/v1/functions", json={"spec": raw, "code": archive.digest,
                                                                "source": str(path)})
         assert response.status_code == 201, response.text
         return dict(response.json())

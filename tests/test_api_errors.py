@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from torpor.api.app import create_api
+from torpor.code import pack_dir
 from torpor.constants import API_MAX_BODY_BYTES
 from torpor.error_shape import ERROR_KEYS
 from torpor.platform import Platform
@@ -66,9 +67,12 @@ class TestErrorShape:
 
     async def test_invalid_spec_422(self, api: httpx.AsyncClient, tmp_path: Path) -> None:
         """A spec error keeps its per-field lines in ``errors``."""
+        (tmp_path / "model.py").write_text("")
+        archive = pack_dir(tmp_path)
+        assert (await api.put(f"/api/v1/code/{archive.digest}", content=archive.data)).is_success
         response = await api.post("/api/v1/functions", json={
             "spec": {"name": "Bad_Name", "runtime": {"handler": "model:Echo"}},
-            "base_dir": str(tmp_path)})
+            "code": archive.digest})
         body = check_shape(response, 422, "invalid_spec")
         assert body["errors"][0].startswith("name: must be a DNS label")
 
@@ -102,6 +106,13 @@ class TestBodyLimit:
         response = await api.post("/api/v1/functions", content=chunks(),
                                   headers={"content-type": "application/json"})
         check_shape(response, 413, "body_too_large")
+
+    async def test_code_upload_has_its_own_limit(self, api: httpx.AsyncClient) -> None:
+        """A code archive above 4 MB is not refused by the control API's limit."""
+        big = b"x" * (API_MAX_BODY_BYTES + 1)
+        response = await api.put("/api/v1/code/" + "0" * 64, content=big)
+        assert response.status_code == 400  # a digest mismatch, not a 413: it was read
+        check_shape(response, 400, "bad_request")
 
     async def test_body_under_the_limit_passes(self, api: httpx.AsyncClient) -> None:
         """A normal body still reaches the route (here: a 404 for an unknown function)."""

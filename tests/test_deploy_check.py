@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from torpor.api.app import create_api
+from torpor.code import pack_dir
 from torpor.lifecycle.deploy_check import handler_problem
 from torpor.platform import Platform
 from torpor.spec import parse_spec
@@ -69,10 +70,13 @@ class TestDeploy:
         (tmp_path / "data").mkdir()
         platform = Platform(tmp_path / "data")
         transport = httpx.ASGITransport(app=create_api(platform))
+        archive = pack_dir(folder)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+            upload = await api.put(f"/api/v1/code/{archive.digest}", content=archive.data)
+            assert upload.status_code == 201, upload.text
             response = await api.post("/api/v1/functions", json={
                 "spec": {"name": "fn", "runtime": {"handler": "model:Echo"}},
-                "base_dir": str(folder)})
+                "code": archive.digest})
             assert response.status_code == 422
             assert response.json()["reason"] == "invalid_spec"
             assert response.json()["errors"][0].startswith("runtime.handler: 'model:Echo' cannot")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from conftest import ROOT
 
+from torpor.address import Address
 from torpor.api.metrics import Metrics
+from torpor.backends import StartedInstance
 from torpor.clock import FakeClock
 from torpor.lifecycle.instance import Instance
 from torpor.lifecycle.state import InstanceFacts
@@ -51,13 +53,15 @@ def test_cold_start_help_names_every_phase(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     platform = Platform(tmp_path / "data", clock=FakeClock(0))
     try:
+        metrics = Metrics(lambda: platform.functions)
         for forked in (False, True):
-            instance = Instance(id="i", function="fn", revision=1, forked=forked,
+            started = StartedInstance(address=Address.unix("/tmp/x.sock"), node="n", pool="p",
+                                      forked=forked)
+            instance = Instance(id="i", function="fn", revision=1, started=started,
                                 facts=InstanceFacts(started_at=0, listening_at=0.1, ready_at=0.2),
-                                stdout_path=tmp_path / "o", stderr_path=tmp_path / "e",
                                 timings={"load_s": 0.01, "setup_s": 0.02, "warmup_s": 0.03})
-            platform._observe_cold_start(instance)
-        text = Metrics.render(platform.metrics).decode()
+            metrics.observe_cold_start(instance)
+        text = metrics.render().decode()
         (help_line,) = [line for line in text.splitlines()
                         if line.startswith("# HELP torpor_cold_start_seconds ")]
         phases = set(re.findall(r'torpor_cold_start_seconds_count\{function="fn",phase="(\w+)"\}',

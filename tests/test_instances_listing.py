@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from torpor.address import Address
+from torpor.backends import CodeRef, StartedInstance
 from torpor.clock import FakeClock
 from torpor.lifecycle.instance import Instance
 from torpor.lifecycle.state import InstanceFacts
@@ -17,33 +18,20 @@ from torpor.spec import parse_spec
 NOW = 1_800_000_000.0
 
 
-class ExitedProcess:
-    """The handle of a process that is long gone."""
-
-    pid = 999_999_999
-    returncode: int | None = 3
-
-    async def wait(self) -> int:
-        return 3
-
-    def signal_group(self, sig: signal.Signals) -> None:
-        raise AssertionError("a process that exited is never signalled")
-
-
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
     (tmp_path / "data").mkdir()
     platform = Platform(tmp_path / "data", clock=FakeClock(NOW))
     spec = parse_spec({"name": "fn", "runtime": {"command": ["true"]}}, source="t", base_dir=tmp_path)
-    fn = platform.reconciler.apply(spec, 1, tmp_path, "t", NOW, NOW)
+    fn = platform.reconciler.apply(spec, 1, CodeRef("0" * 64, tmp_path), "t", NOW, NOW)
     for n, exited_at in enumerate([NOW - 600, None]):
         facts = InstanceFacts(started_at=NOW - 700, exited_at=exited_at)
         if exited_at is not None:
-            facts.failure, facts.exit_code = "process exited with code 3 before listening", 3
-        instance = Instance(id=f"fn-1-{n}", function="fn", revision=1, facts=facts,
-                            stdout_path=tmp_path / "o", stderr_path=tmp_path / "e")
-        instance.handle = ExitedProcess() if exited_at is not None else None
-        fn.instances[instance.id] = instance
+            facts.failure, facts.exit_code = "process exited with code 3 after listening", 3
+        started = StartedInstance(address=Address.unix(str(tmp_path / f"{n}.sock")), node="n",
+                                  pool="p")
+        fn.instances[f"fn-1-{n}"] = Instance(id=f"fn-1-{n}", function="fn", revision=1,
+                                             facts=facts, started=started)
     yield platform
     platform.store.close()
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from conftest import FUNCTIONS
 
-from torpor.lifecycle.reconciler import _socket_dir
+from torpor.backends.local import socket_dir
 
 
 def mode(path: Path) -> int:
@@ -23,7 +23,7 @@ def test_private_files_and_no_dead_sockets(make_server: Any, tmp_path: Path) -> 
     old_log = data_dir / "logs" / "old.log"
     old_log.write_text("from an older torpor\n")
     old_log.chmod(0o644)
-    run_dir = _socket_dir(data_dir.resolve())
+    run_dir = socket_dir(data_dir.resolve())
     stale = run_dir / "gone-1-abc.sock"
     stale.write_text("")
 

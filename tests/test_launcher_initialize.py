@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from torpor.address import Address
+from torpor.backends import StartFailed
 from torpor.gateway.upstream import UpstreamClient
-from torpor.lifecycle.launcher import StartFailed, initialize
+from torpor.lifecycle.initialize import initialize
 
 
 async def answering(tmp_path: Path, status: int) -> tuple[asyncio.AbstractServer, UpstreamClient]:
@@ -21,7 +23,7 @@ async def answering(tmp_path: Path, status: int) -> tuple[asyncio.AbstractServer
 
     path = str(tmp_path / "server.sock")
     server = await asyncio.start_unix_server(handle, path)
-    return server, UpstreamClient(unix_socket=path)
+    return server, UpstreamClient(Address.unix(path))
 
 
 @pytest.mark.parametrize("status", [404, 405, 501])

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from conftest import EXAMPLES
 
+from torpor.backends.local.memory import process_memory_bytes
 from torpor.errors import SpecError
 from torpor.lifecycle.template_idle import (
     DEFAULT_RETIRE_IDLE_S,
     load_template_settings,
-    process_memory_bytes,
     should_retire,
 )
 

@@ -73,9 +73,8 @@ class RootApp:
                 try:
                     await self.platform.startup()
                     for path in self.deploy_paths:
-                        spec, raw, base_dir = load_spec_file(path)
-                        await self.platform.deploy(raw, base_dir, str(path))
-                        log.info("deployed %s from %s", spec.name, path)
+                        fn = await self.platform.deploy_folder(path)
+                        log.info("deployed %s from %s", fn.name, path)
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return

@@ -30,7 +30,7 @@ def _request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or new_request_id()
 
 
-def _answer(request: Request, status: int, message: str, reason: str,
+def error_response(request: Request, status: int, message: str, reason: str,
             **extra: Any) -> JSONResponse:
     request_id = _request_id(request)
     function = request.path_params.get("name")
@@ -41,15 +41,15 @@ def _answer(request: Request, status: int, message: str, reason: str,
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return _answer(request, 404, str(exc), "not_found")
+        return error_response(request, 404, str(exc), "not_found")
 
     @app.exception_handler(BadRequest)
     async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
-        return _answer(request, 400, str(exc), "bad_request")
+        return error_response(request, 400, str(exc), "bad_request")
 
     @app.exception_handler(SpecError)
     async def _bad_spec(request: Request, exc: SpecError) -> JSONResponse:
-        return _answer(request, 422, str(exc), "invalid_spec", errors=exc.errors)
+        return error_response(request, 422, str(exc), "invalid_spec", errors=exc.errors)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -59,7 +59,7 @@ def install_error_handlers(app: FastAPI) -> None:
             lines.append(f"{field}: {str(err.get('msg', 'invalid'))[:200]}")
         more = len(exc.errors()) - len(lines)
         message = "invalid request: " + "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
-        return _answer(request, 422, message, "bad_request", errors=lines)
+        return error_response(request, 422, message, "bad_request", errors=lines)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
@@ -67,18 +67,21 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
-        return _answer(request, exc.status_code, message, reason)
+        return error_response(request, exc.status_code, message, reason)
 
 
 class BodyLimit:
     """Refuse control API bodies over ``max_body_bytes`` (413) before the app reads them."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int = API_MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = API_MAX_BODY_BYTES,
+                 exempt_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.exempt_prefixes = exempt_prefixes  # routes that bound their own bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        if (scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS")
+                or scope["path"].startswith(self.exempt_prefixes)):
             await self.app(scope, receive, send)
             return
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)

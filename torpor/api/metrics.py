@@ -6,25 +6,25 @@ the cold-start histogram is observed when an instance becomes ready.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from torpor.lifecycle.state import InstanceState
-from torpor.lifecycle.template_idle import process_memory_bytes
+from torpor.lifecycle.instance import FunctionRuntime, Instance
+from torpor.states import InstanceState
 
-if TYPE_CHECKING:
-    from torpor.platform import Platform
+Functions = Callable[[], Mapping[str, FunctionRuntime]]
+TemplateMemory = Callable[[], Mapping[str, int]]  # function → bytes its template holds
 
 COLD_START_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class PlatformCollector(Collector):
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
+    def __init__(self, functions: Functions, template_memory: TemplateMemory = dict) -> None:
+        self.functions = functions
+        self.template_memory = template_memory
 
     def collect(self) -> Iterator[Metric]:
         instances = GaugeMetricFamily("torpor_instances", "Instances by function and state.",
@@ -39,15 +39,7 @@ class PlatformCollector(Collector):
                                         labels=["function"])
         requests = CounterMetricFamily("torpor_requests", "Requests received by the gateway.",
                                        labels=["function"])
-        template_memory = GaugeMetricFamily(
-            "torpor_template_memory_bytes",
-            "Memory held by a function's template and its spare (proportional set size).",
-            labels=["function"])
-        templates = self.platform.reconciler.templates
-        for name, template in (templates.by_function.items() if templates is not None else ()):
-            if template.handle is not None and template.alive:
-                template_memory.add_metric([name], process_memory_bytes(template.handle.pid))
-        for name, fn in self.platform.functions.items():
+        for name, fn in self.functions().items():
             counts = dict.fromkeys(InstanceState, 0)
             for instance in fn.instances.values():
                 counts[instance.state] += 1
@@ -58,13 +50,19 @@ class PlatformCollector(Collector):
             desired.add_metric([name], fn.decision.desired)
             provisioned.add_metric([name], fn.decision.provisioned)
             requests.add_metric([name], fn.route.requests)
-        yield from (instances, in_flight, queued, desired, provisioned, requests, template_memory)
+        held = GaugeMetricFamily(
+            "torpor_template_memory_bytes",
+            "Memory held by a function's template and its spare (proportional set size).",
+            labels=["function"])
+        for name, size in self.template_memory().items():
+            held.add_metric([name], size)
+        yield from (instances, in_flight, queued, desired, provisioned, requests, held)
 
 
 class Metrics:
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, functions: Functions, template_memory: TemplateMemory = dict) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(PlatformCollector(platform))
+        self.registry.register(PlatformCollector(functions, template_memory))
         self.cold_start = Histogram(
             "torpor_cold_start_seconds",
             "Cold start seconds by function and phase: spawn or fork (start to listening), load, "
@@ -74,6 +72,11 @@ class Metrics:
             buckets=COLD_START_BUCKETS_S,
             registry=self.registry,
         )
+
+    def observe_cold_start(self, instance: Instance) -> None:
+        for phase, seconds in instance.cold_start().items():
+            if isinstance(seconds, float):
+                self.cold_start.labels(instance.function, phase.removesuffix("_s")).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -101,14 +101,23 @@ def deploy(
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
-    """Validate a spec and deploy it (a new revision if the name exists)."""
-    from torpor.spec import load_spec_file
+    """Validate a spec, upload its folder and deploy it (a new revision if the name exists).
 
-    _, raw, base_dir = load_spec_file(path)
+    The folder is packed (minus what `.torporignore` lists) and uploaded; the server keeps it by
+    content, so an unchanged folder is not sent again.
+    """
+    from torpor.cli.upload import upload_folder
+    from torpor.spec import load_spec_file, resolve_model_path
+
+    spec, raw, base_dir = load_spec_file(path)
     source = str((path / "torpor.yaml") if path.is_dir() else path)
-    fn = ApiClient(server).api(
-        "POST", "/api/v1/functions", json={"spec": raw, "base_dir": str(base_dir), "source": source}
-    )
+    client = ApiClient(server)
+    body: dict[str, Any] = {"spec": raw, "source": source,
+                            "code": upload_folder(client, base_dir, out)}
+    model_path = resolve_model_path(spec, base_dir)
+    if model_path is not None and not model_path.is_relative_to(base_dir):
+        body["model"] = upload_folder(client, model_path, out)  # model.path outside the folder
+    fn = client.api("POST", "/api/v1/functions", json=body)
     if as_json:
         _print_json(fn)
         return
@@ -163,11 +172,12 @@ def _ms(value: Any) -> str:
 def _instance_table(instances: list[dict[str, Any]]) -> None:
     """Instances with their cold start in ms: fork or spawn (start → listening, setup included),
     setup, initialize (/initialize: warmup), first response, total (start → ready)."""
-    table = Table("ID", "FUNCTION", "REV", "STATE", "PID", "IN FLIGHT", "STARTED", "MODE",
+    table = Table("ID", "FUNCTION", "REV", "STATE", "NODE", "POOL", "IN FLIGHT", "STARTED", "MODE",
                   "FORK/SPAWN MS", "SETUP MS", "INIT MS", "1ST RESP MS", "COLD START MS")
     for i in instances:
         cold = i.get("cold_start") or {}
-        table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], str(i["pid"] or "-"),
+        table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], i.get("node") or "-",
+                      i.get("pool") or "-",
                       str(i.get("in_flight", 0)), _when(i["started_at"]), cold.get("mode", "-"),
                       _ms(cold.get("fork_s", cold.get("spawn_s"))), _ms(cold.get("setup_s")),
                       _ms(cold.get("initialize_s")), _ms(cold.get("first_response_s")),
@@ -281,11 +291,14 @@ def bill(
         help="Start: ISO 8601, epoch seconds, or a duration ago (30m, 6h, 7d).")] = None,
     until: Annotated[str | None, typer.Option(help="End, same forms (default: now).")] = None,
     function: Annotated[str | None, typer.Option(help="Only this function.")] = None,
+    by: Annotated[str, typer.Option(help="Group the table by `function` or `pool`.")] = "function",
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
     """What each function's instances cost, against always-on hardware while it existed (a GPU
     server per GPU instance for a GPU function; its own CPU and memory kept on for a CPU one)."""
+    if by not in ("function", "pool"):
+        raise CliError(f"--by must be function or pool, not {by!r}")
     params = {k: _when_arg(v) for k, v in (("since", since), ("until", until)) if v}
     if function:
         params["function"] = function
@@ -294,6 +307,13 @@ def bill(
         _print_json(result)
         return
     currency = result["currency"]
+    if by == "pool":
+        pools = Table("POOL", "ACTIVE S", "IDLE S", f"COST {currency}")
+        for line in result["pools"]:
+            pools.add_row(line["pool"], line["active_seconds"], line["idle_seconds"], line["cost"])
+        pools.add_row("total", "", "", result["cost"])
+        out.print(pools)
+        return
     table = Table("FUNCTION", "ACTIVE S", "IDLE S", f"COST {currency}",
                   f"ALWAYS-ON {currency}", "ALWAYS-ON IS", "SAVING")
     for line in result["functions"]:
@@ -315,6 +335,25 @@ def _when_arg(value: str) -> str:
 
         return str(time.time() - float(value[:-1]) * units[value[-1]])
     return value
+
+
+@app.command()
+def nodes(server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> None:
+    """The machines instances run on: pool, resources and live instances of each."""
+    rows = ApiClient(server).api("GET", "/api/v1/nodes")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("ID", "ADDRESS", "POOL", "ALIVE", "TOTAL", "ALLOCATED", "INSTANCES")
+    for node in rows:
+        table.add_row(node["id"], node["address"], node["pool"], "yes" if node["alive"] else "no",
+                      _resources(node["resources_total"]), _resources(node["resources_allocated"]),
+                      ", ".join(node["instances"]) or "-")
+    out.print(table)
+
+
+def _resources(values: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:g}" for name, value in sorted(values.items())) or "-"
 
 
 @app.command()

@@ -32,7 +32,6 @@ from torpor.errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from torpor.gateway.route import Endpoint, FunctionRoute, Lease
 from torpor.gateway.upstream import (
     ConnectFailed,
-    UpstreamClient,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimedOut,
@@ -131,14 +130,13 @@ class Gateway:
         release_later: asyncio.Future[None] | None = None
         try:
             endpoint = lease.endpoint
-            client = endpoint.client
-            assert isinstance(client, UpstreamClient)
             try:
-                response = await client.request(method, target, header_lines, body, route.timeout_s)
+                response = await endpoint.client.request(method, target, header_lines, body,
+                                                         route.timeout_s)
             except ConnectFailed as exc:
                 # Nothing reached that instance (it died between choice and send): one more try
                 # elsewhere. A request an instance did receive is never replayed.
-                endpoint.accepting = False
+                endpoint.open = False
                 if retried:
                     await _upstream_failed(send, route.name, endpoint, exc, request_id)
                     return

@@ -15,6 +15,7 @@ from typing import Protocol
 from torpor.clock import Clock
 from torpor.errors import GatewayError, QueueFull, QueueTimeout
 from torpor.gateway.routing_policies import RoutingPolicy
+from torpor.gateway.upstream import UpstreamResponse
 
 
 class LoadObserver(Protocol):
@@ -25,34 +26,72 @@ class LoadObserver(Protocol):
     def record_request(self, now: float) -> None: ...
 
 
-class Endpoint:
-    """A READY instance as the gateway sees it. ``client`` forwards requests to it."""
+class InstanceClient(Protocol):
+    """How the gateway and the reconciler talk to one instance, wherever it runs."""
 
-    __slots__ = ("accepting", "capacity", "client", "first_response_at", "frozen", "idle_since",
-                 "in_flight", "instance_id", "provisioned", "ready_at", "thawed_at", "thawing")
+    async def request(self, method: str, target: bytes, header_lines: bytes, body: bytes,
+                      timeout_s: float) -> UpstreamResponse: ...
+
+    async def control(self, path: str, timeout_s: float) -> tuple[int, str]: ...
+
+    async def close(self) -> None: ...
+
+
+class IdleFacts(Protocol):
+    """Idle mode's facts about an instance (kept by the lifecycle; the one source of freeze state)."""
+
+    freeze_requested_at: float | None  # routing stopped for a freeze; cleared when thawed
+    thaw_requested_at: float | None  # a thaw is under way
+
+
+class Endpoint:
+    """A READY instance as the gateway sees it. ``client`` forwards requests to it.
+
+    ``open`` is the gateway's own flag (False once removed or found unreachable); whether idle
+    mode holds the instance comes from its facts (``idle``), so ``accepting`` — may a request be
+    routed here — is derived, never set.
+    """
+
+    __slots__ = ("capacity", "client", "first_response_at", "idle", "idle_since", "in_flight",
+                 "instance_id", "open", "provisioned", "ready_at", "thawed_at")
 
     def __init__(
         self,
         instance_id: str,
         capacity: int,
-        client: object,
+        client: InstanceClient,
         *,
         ready_at: float,
         provisioned: bool = False,
+        idle: IdleFacts | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.capacity = capacity
         self.client = client
         self.ready_at = ready_at
         self.provisioned = provisioned
+        self.idle = idle
         self.in_flight = 0
-        self.accepting = True
+        self.open = True
         self.first_response_at: float | None = None
-        # Idle mode: a frozen endpoint takes no request (``accepting`` is False) until thawed.
-        self.frozen = False
-        self.thawing = False
         self.thawed_at = 0.0
         self.idle_since = ready_at  # when in_flight last dropped to 0
+
+    @property
+    def frozen(self) -> bool:
+        """Held by idle mode: freezing, frozen or thawing (takes no request until thawed)."""
+        idle = self.idle
+        return idle is not None and idle.freeze_requested_at is not None
+
+    @property
+    def thawing(self) -> bool:
+        idle = self.idle
+        return idle is not None and idle.thaw_requested_at is not None
+
+    @property
+    def accepting(self) -> bool:
+        idle = self.idle
+        return self.open and (idle is None or idle.freeze_requested_at is None)
 
 
 class Lease:
@@ -171,9 +210,8 @@ class FunctionRoute:
             if thawing >= len(self._waiters):
                 return
             if endpoint.frozen and not endpoint.thawing:
-                endpoint.thawing = True
                 thawing += endpoint.capacity
-                self.thaw(endpoint)
+                self.thaw(endpoint)  # records the thaw request in the instance's facts
 
     def _take(self, endpoint: Endpoint) -> None:
         endpoint.in_flight += 1
@@ -214,7 +252,7 @@ class FunctionRoute:
         self.dispatch()
 
     def remove_endpoint(self, endpoint: Endpoint) -> None:
-        endpoint.accepting = False
+        endpoint.open = False
         if endpoint in self.endpoints:
             self.endpoints.remove(endpoint)
 

@@ -6,13 +6,11 @@ for nothing (the embeddings example: about 280 MB + 230 MB). After ``templates.r
 config; default :data:`DEFAULT_RETIRE_IDLE_S`, 0 = never) without a live instance or a request, the
 reconciler retires the template; the next cold start rebuilds it (that one start pays for the import
 and ``load()`` again). ``torpor get`` says when a template was retired; ``/metrics`` reports the
-memory each template holds (``torpor_template_memory_bytes``).
+memory each template holds (``torpor_template_memory_bytes``, measured by the backend).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -57,27 +55,3 @@ def should_retire(*, live_instances: int, queued: int, last_used_at: float, now:
     if retire_idle_s <= 0 or live_instances > 0 or queued > 0:
         return False
     return now - last_used_at >= retire_idle_s
-
-
-def process_memory_bytes(pid: int) -> int:
-    """Memory a process and its children hold (a template and its spare): proportional set size
-    where the kernel reports it (pages shared after fork() counted once), else resident size."""
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(child) for child in children]
-    return sum(_memory_of(p) for p in pids)
-
-
-def _memory_of(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, fields
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any, Literal
 
-from torpor.lifecycle.state import InstanceState
 from torpor.metering.prices import MB_PER_GB, PriceTable
+from torpor.states import InstanceState
 
 Usage = Literal["active", "idle"]
 
@@ -72,6 +72,7 @@ class InstanceInfo:
     gpu_memory_mb: int
     cpus: float
     memory_mb: int
+    node: str = "local"
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class LedgerInterval:
     state: InstanceState
     start: float
     end: float | None = None
+    node: str = "local"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", InstanceState(self.state))

@@ -9,31 +9,13 @@ crashed one left open at the last moment it was known to be alive.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from torpor.clock import Clock
-from torpor.lifecycle.instance import Instance
-from torpor.lifecycle.state import InstanceState
 from torpor.metering.billing import InstanceInfo, LedgerInterval
-from torpor.spec import FunctionSpec
+from torpor.states import InstanceState
 from torpor.store import Store
-
-POOL_LOCAL = "local"
-
-
-def instance_info(instance: Instance, spec: FunctionSpec) -> dict[str, Any]:
-    resources = spec.resources
-    on_gpu = resources.gpus > 0 or resources.gpu_memory_mb > 0
-    return {
-        "instance_id": instance.id,
-        "function": instance.function,
-        "revision": instance.revision,
-        "pool": POOL_LOCAL,
-        "device": "gpu" if on_gpu else "cpu",
-        "gpu_memory_mb": resources.gpu_memory_mb,
-        "cpus": resources.cpus,
-        "memory_mb": resources.memory_mb,
-    }
 
 
 class Ledger:
@@ -41,9 +23,10 @@ class Ledger:
         self.store = store
         self.clock = clock
 
-    def transition(self, instance: Instance, spec: FunctionSpec, state: InstanceState | None) -> None:
+    def transition(self, info: InstanceInfo, state: InstanceState | None) -> None:
         """Close the instance's open interval now and open one in ``state`` (None: it ended)."""
-        self.store.submit(self.store.ledger_transition, instance_info(instance, spec),
+        row = {**asdict(info), "revision": int(info.revision)}
+        self.store.submit(self.store.ledger_transition, row,
                           state.value if state is not None else None, self.clock.now())
 
     def heartbeat(self) -> None:
@@ -58,6 +41,7 @@ def intervals(rows: list[dict[str, Any]]) -> list[LedgerInterval]:
                 instance_id=row["instance_id"], function=row["function"],
                 revision=str(row["revision"]), pool=row["pool"], device=row["device"],
                 gpu_memory_mb=row["gpu_memory_mb"], cpus=row["cpus"], memory_mb=row["memory_mb"],
+                node=row.get("node") or "local",
             ),
             InstanceState(row["state"]), row["start"], row["end"],
         )
