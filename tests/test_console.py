@@ -189,7 +189,9 @@ class TestFunctionPage:
         """404 for a function that does not exist; 400 for a window outside (0, 1 day]."""
         response = await setup.client.get("/api/v1/console/functions/nope")
         assert response.status_code == 404
-        assert response.json() == {"error": "function 'nope' not found"}
+        body = response.json()
+        assert {k: body[k] for k in ("error", "reason", "function")} == {
+            "error": "function 'nope' not found", "reason": "not_found", "function": "nope"}
         deploy(setup, "alpha", setup.platform.data_dir)
         response = await setup.client.get("/api/v1/console/functions/alpha",
                                           params={"window_s": 0})

@@ -122,7 +122,8 @@ class TestInvoke:
             response = await client.post("/invoke", json="x")
         assert response.status_code == 500
         assert response.json() == {"error": "Broken.predict raised ValueError: cannot handle 'x'",
-                                   "reason": "handler_error"}
+                                   "reason": "handler_error",
+                                   "function": None, "request_id": None}
         assert "ValueError: cannot handle 'x'" in capsys.readouterr().err
 
     async def test_unserialisable_result(self, capsys: Any) -> None:
@@ -137,7 +138,7 @@ class TestInvoke:
         assert response.json() == {
             "error": "Sets.predict returned a value torpor cannot encode as JSON: "
                      "Object of type set is not JSON serializable",
-            "reason": "handler_error",
+            "reason": "handler_error", "function": None, "request_id": None,
         }
 
     async def test_invalid_json(self) -> None:
@@ -149,7 +150,7 @@ class TestInvoke:
         assert response.json() == {
             "error": "request body is not valid JSON: Expecting property name enclosed in double quotes: "
                      "line 1 column 2 (char 1)",
-            "reason": "bad_request",
+            "reason": "bad_request", "function": None, "request_id": None,
         }
 
 
@@ -180,7 +181,8 @@ class TestInitialize:
             response = await client.post("/initialize")
         assert response.status_code == 500
         assert response.json() == {"error": "FailingWarmup.warmup raised RuntimeError: no GPU visible",
-                                   "reason": "warmup_failed"}
+                                   "reason": "warmup_failed",
+                                   "function": None, "request_id": None}
         assert "warmup raised" in response.json()["error"]
 
     async def test_failed_warmup_runs_again(self, capsys: Any) -> None:
@@ -210,7 +212,8 @@ class TestRoutes:
         async with make_client(Echo()) as client:
             response = await client.get("/nope")
         assert response.status_code == 404
-        assert response.json() == {"error": "no route GET /nope in the torpor runtime", "reason": "not_found"}
+        assert response.json() == {"error": "no route GET /nope in the torpor runtime", "reason": "not_found",
+                                   "function": None, "request_id": None}
 
     async def test_invoke_needs_post(self) -> None:
         """GET /invoke is not an invocation."""

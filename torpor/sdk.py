@@ -72,12 +72,24 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
 
+    def __post_init__(self) -> None:
+        check_status(self.status)
+
+
+def check_status(status: Any) -> int:
+    """An HTTP status torpor can send: an integer from 100 to 599."""
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"Response.status must be an HTTP status from 100 to 599, got {status!r}")
+    return status
+
 
 class Model:
     """Base class for a torpor function written in Python.
 
     ``payload`` given to :meth:`predict` is the decoded JSON body when the request's content type is
-    JSON, ``str`` for ``text/*``, and ``bytes`` otherwise. The result may be JSON-serialisable data,
+    JSON (or absent, or curl's default form type, and the body parses as JSON), ``str`` for
+    ``text/*``, and ``bytes`` otherwise. Invalid JSON (``NaN``, ``Infinity``, too deep) never
+    reaches it: the client gets a 400. The result may be JSON-serialisable data,
     ``str``, ``bytes`` or a :class:`Response`, or a generator of chunks to stream.
 
     ``max_batch_size`` and ``batch_timeout_ms`` turn batching on (see the module docstring); they are

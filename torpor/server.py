@@ -20,6 +20,7 @@ from torpor import __version__
 from torpor.api import console
 from torpor.api.app import create_api
 from torpor.api.sampler import Sampler
+from torpor.datadir import PRIVATE_UMASK, make_private
 from torpor.errors import DataDirLocked, TorporError
 from torpor.gateway.proxy import Gateway
 from torpor.httpserver import HttpServer
@@ -97,6 +98,8 @@ def _check_port(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
+        except OverflowError:
+            raise TorporError(f"port {port} is out of range; choose --port from 1 to 65535") from None
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise TorporError(f"port {port} on {host} is already in use; choose --port") from None
@@ -110,6 +113,8 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
     data_dir = data_dir.resolve()
     for path in deploy:  # fail before starting anything
         load_spec_file(path)
+    os.umask(PRIVATE_UMASK)  # everything under the data directory is the server user's alone
+    make_private(data_dir)
     lock = lock_data_dir(data_dir)
     _check_port(host, port)
     handler = logging.StreamHandler(sys.stderr)

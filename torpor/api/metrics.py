@@ -65,6 +65,9 @@ class Platform(Protocol):
     @property
     def clock(self) -> Clock: ...
 
+    def template_memory(self) -> Mapping[str, int]:
+        """function → bytes its template holds."""
+
 COLD_START_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 THAW_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MB = 1024 * 1024
@@ -128,7 +131,14 @@ class PlatformCollector(Collector):
             if fn.spec.resources.gpu_memory_mb > 0:
                 live = len(fn.live(current_only=False))
                 gpu.add_metric([name], live * fn.spec.resources.gpu_memory_mb * MB)
-        yield from (instances, in_flight, queued, desired, ready, provisioned, panic, received, gpu)
+        held = GaugeMetricFamily(
+            "torpor_template_memory_bytes",
+            "Memory held by a function's template and its spare (proportional set size).",
+            labels=["function"])
+        for name, size in self.platform.template_memory().items():
+            held.add_metric([name], size)
+        yield from (instances, in_flight, queued, desired, ready, provisioned, panic, received, gpu,
+                    held)
         yield from self._requests()
         yield from self._usage()
 
@@ -174,8 +184,9 @@ class Metrics:
         self.registry.register(PlatformCollector(platform, self.requests, self.usage))
         self.cold_start = Histogram(
             "torpor_cold_start_seconds",
-            "Time from starting an instance to ready, by phase (spawn or fork, setup, initialize, "
-            "total).",
+            "Cold start seconds by function and phase: spawn or fork (start to listening), load, "
+            "setup, warmup (as the runtime measured them), initialize (listening to ready), "
+            "total (start to ready).",
             ["function", "phase"],
             buckets=COLD_START_BUCKETS_S,
             registry=self.registry,

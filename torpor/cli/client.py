@@ -59,9 +59,7 @@ def error_sentence(response: httpx.Response) -> str:
     except ValueError:
         text = response.text.strip() or response.reason_phrase
         return f"server answered {response.status_code}: {text}"
-    if isinstance(body, dict) and "errors" in body and isinstance(body["errors"], list):
-        return f"{body.get('source', 'spec')}: " + "; ".join(str(e) for e in body["errors"])
-    if isinstance(body, dict) and "error" in body:
+    if isinstance(body, dict) and "error" in body:  # torpor's one error shape
         return str(body["error"])
     if isinstance(body, dict) and "detail" in body:  # FastAPI request validation
         return f"server rejected the request: {body['detail']}"

@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import inspect
 import json
+import os
 import sys
 import time
 import traceback
@@ -33,6 +34,7 @@ class ModelApp:
         self, model: Model, concurrency: int = 1, timings: dict[str, float] | None = None
     ) -> None:
         self.model = model
+        self.function = os.environ.get("TORPOR_FUNCTION")  # named in every error body
         self.timings = timings if timings is not None else {}
         self._async = inspect.iscoroutinefunction(model.predict)
         self._pool = (
@@ -65,7 +67,8 @@ class ModelApp:
         elif path == "/healthz":
             await _reply(send, 200, _JSON_HEADERS, b'{"status":"ok"}')
         else:
-            body = error_body(f"no route {method} {path} in the torpor runtime", "not_found")
+            body = error_body(f"no route {method} {path} in the torpor runtime", "not_found",
+                              self.function)
             await _reply(send, 404, _JSON_HEADERS, body)
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,7 +84,8 @@ class ModelApp:
         try:
             payload = decode_body(body, content_type)
         except BadPayload as exc:
-            await _reply(send, 400, _JSON_HEADERS, error_body(str(exc), "bad_request"))
+            await _reply(send, 400, _JSON_HEADERS,
+                         error_body(str(exc), "bad_request", self.function, request_id))
             return
         name = type(self.model).__name__
         try:
@@ -90,22 +94,25 @@ class ModelApp:
             else:
                 result = await self._predict(payload)
         except BatchFailed as exc:
-            await _reply(send, 500, _JSON_HEADERS, error_body(str(exc), "handler_error"))
+            await _reply(send, 500, _JSON_HEADERS,
+                         error_body(str(exc), "handler_error", self.function, request_id))
             return
         except Exception as exc:
             print(f"torpor: request_id={_request_id.get()} {name}.predict raised:", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
             message = f"{name}.predict raised {type(exc).__name__}: {exc}"
-            await _reply(send, 500, _JSON_HEADERS, error_body(message, "handler_error"))
+            await _reply(send, 500, _JSON_HEADERS,
+                         error_body(message, "handler_error", self.function, request_id))
             return
         if is_stream(result) or (isinstance(result, Response) and is_stream(result.body)):
-            await self._stream(result, receive, send)
+            await self._stream(result, receive, send, request_id)
             return
         try:
             status, headers, out = encode_result(result)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             message = f"{name}.predict returned a value torpor cannot encode as JSON: {exc}"
-            await _reply(send, 500, _JSON_HEADERS, error_body(message, "handler_error"))
+            await _reply(send, 500, _JSON_HEADERS,
+                         error_body(message, "handler_error", self.function, request_id))
             return
         await _reply(send, status, headers, out)
 
@@ -119,7 +126,8 @@ class ModelApp:
             self._pool, context.run, self.model.predict, payload
         )
 
-    async def _stream(self, result: Any, receive: Receive, send: Send) -> None:
+    async def _stream(self, result: Any, receive: Receive, send: Send,
+                      request_id: str | None = None) -> None:
         status, headers, content_type = 200, [], None
         if isinstance(result, Response):
             status = result.status
@@ -131,7 +139,8 @@ class ModelApp:
                     headers.append((key.lower().encode(), str(value).encode()))
             result = result.body
         await stream(result, receive, send, status=status, headers=headers, content_type=content_type,
-                     pool=self._pool, name=type(self.model).__name__)
+                     pool=self._pool, name=type(self.model).__name__,
+                     error_context=(self.function, request_id))
 
     async def _initialize(self, send: Send) -> None:
         async with self._init_lock:
@@ -146,7 +155,8 @@ class ModelApp:
                 except Exception as exc:
                     traceback.print_exc(file=sys.stderr)
                     message = f"{type(self.model).__name__}.warmup raised {type(exc).__name__}: {exc}"
-                    await _reply(send, 500, _JSON_HEADERS, error_body(message, "warmup_failed"))
+                    await _reply(send, 500, _JSON_HEADERS,
+                                 error_body(message, "warmup_failed", self.function))
                     return
                 self._initialized = True
                 self.timings["warmup_s"] = time.perf_counter() - started
@@ -165,7 +175,8 @@ class ModelApp:
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             message = f"{type(self.model).__name__}.on_{which} raised {type(exc).__name__}: {exc}"
-            await _reply(send, 500, _JSON_HEADERS, error_body(message, f"{which}_failed"))
+            await _reply(send, 500, _JSON_HEADERS,
+                         error_body(message, f"{which}_failed", self.function))
             return
         body = json.dumps({f"on_{which}_s": time.perf_counter() - started}).encode()
         await _reply(send, 200, _JSON_HEADERS, body)
