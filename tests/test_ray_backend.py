@@ -1,0 +1,173 @@
+"""The Ray backend on a real Ray cluster: a head (no CPUs) and two 2-CPU workers in pools onprem and
+cloud, all on this machine. Instances are started through the backend directly, not through the
+server. One cluster for the module; the node-loss test removes a node, so it runs last."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from torpor.backends import CodeRef, Exit, InstancePlan, RevisionPlan, StartFailed  # noqa: E402
+from torpor.backends.ray import RayBackend, RayConfig  # noqa: E402
+from torpor.placement.pools import Pool  # noqa: E402
+from torpor.spec import FunctionSpec  # noqa: E402
+
+FUNCTIONS = Path(__file__).resolve().parent / "functions"
+POOLS = (Pool("onprem", 10), Pool("cloud", 1, elastic=True))
+MB = 2**20
+NODE_LOST_WITHIN_S = 6.0
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class RayCluster:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "object_store_memory": 80 * MB, "include_dashboard": False,
+            # node death noticed by Ray in ~1.5 s instead of ~15 s (the backend's own pings
+            # notice a dead agent as fast)
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+                               "health_check_initial_delay_ms": 0},
+        })
+        self.nodes = {
+            pool: self.cluster.add_node(num_cpus=2, memory=2048 * MB, object_store_memory=80 * MB,
+                                        resources={f"pool:{pool}": 1000})
+            for pool in ("onprem", "cloud")
+        }
+        ray.init(address=self.cluster.address, namespace="torpor-test", log_to_driver=False)
+        self.node_ids = {pool: node.node_id for pool, node in self.nodes.items()}
+
+    def close(self) -> None:
+        ray.shutdown()
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    root = tempfile.mkdtemp(prefix="tr", dir="/tmp")  # short: Ray's Unix sockets live below it
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = root
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray_cluster = RayCluster(root)
+    try:
+        yield ray_cluster
+    finally:
+        ray_cluster.close()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def make_spec(**overrides: Any) -> FunctionSpec:
+    data: dict[str, Any] = {"name": "stateful", "runtime": {"handler": "model:Stateful"},
+                            "resources": {"cpus": 1, "memory_mb": 256}}
+    data.update(overrides)
+    return FunctionSpec.model_validate(data)
+
+
+def make_revision(tmp_path: Path, spec: FunctionSpec) -> RevisionPlan:
+    """A revision whose code is a copy that is deleted once packed: nodes must run from the archive."""
+    code = tmp_path / "code"
+    shutil.copytree(FUNCTIONS / "stateful", code)
+    return RevisionPlan(function=spec.name, revision=1, spec=spec, code=CodeRef("d" * 64, code))
+
+
+@pytest.fixture
+async def backend(cluster: RayCluster) -> Any:
+    root = tempfile.mkdtemp(prefix="tn", dir="/tmp")
+    ray_backend = RayBackend(RayConfig(address=cluster.cluster.address, pools=POOLS,
+                                       namespace="torpor-test", node_root=root, try_s=1.0,
+                                       wait_s=1.5, poll_s=0.25, node_lost_after_s=3.0))
+    await ray_backend.startup()
+    try:
+        yield ray_backend
+    finally:
+        await ray_backend.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def invoke(started: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=started.address.base_url, timeout=30) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.post("/initialize")).status_code == 200
+        response = await client.post("/invoke", json=payload)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+class TestPools:
+    async def test_onprem_first_then_cloud(self, backend: RayBackend, cluster: RayCluster,
+                                           tmp_path: Path) -> None:
+        """Four 1-CPU instances: onprem's two CPUs first, then cloud's; a fifth waits, then fails."""
+        spec = make_spec()
+        revision = make_revision(tmp_path, spec)
+        backend.prepare(revision)
+        shutil.rmtree(revision.code.path)
+        started = []
+        for n in range(4):
+            began = time.perf_counter()
+            started.append(await backend.start(InstancePlan(f"i{n}", revision)))
+            print(f"i{n}: {started[-1].pool} {started[-1].address} forked={started[-1].forked} "
+                  f"in {time.perf_counter() - began:.2f}s")
+        assert [s.pool for s in started] == ["onprem", "onprem", "cloud", "cloud"]
+        assert [s.node for s in started] == [cluster.node_ids["onprem"]] * 2 + [
+            cluster.node_ids["cloud"]] * 2
+        for n, s in enumerate(started):
+            assert (await invoke(s, {"add": n}))["instance"] == f"i{n}"
+        with pytest.raises(StartFailed, match="no node in pool 'cloud' had room"):
+            await backend.start(InstancePlan("i4", revision))
+        allocated = {}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            allocated = {n.pool: n.resources_allocated.get("CPU", 0.0) for n in backend.nodes()}
+            if allocated == {"default": 0.0, "onprem": 2.0, "cloud": 2.0}:
+                break
+            await backend.clock.sleep(0.2)
+        assert allocated == {"default": 0.0, "onprem": 2.0, "cloud": 2.0}
+        for s in started:
+            assert s.address.host == cluster.nodes[s.pool].node_ip_address
+        for n in range(4):
+            await backend.stop(f"i{n}", 5.0)
+            assert await backend.wait(f"i{n}") == Exit(0)
+
+
+class TestNodeLoss:
+    async def test_removed_node_ends_its_instances(self, backend: RayBackend, cluster: RayCluster,
+                                                   tmp_path: Path) -> None:
+        """The onprem node removed: its instances end with 'node <id> lost' within seconds; the
+        cloud instance keeps answering and a replacement starts on cloud."""
+        spec = make_spec()
+        revision = make_revision(tmp_path, spec)
+        on1 = await backend.start(InstancePlan("on1", revision))
+        on2 = await backend.start(InstancePlan("on2", revision))
+        cl1 = await backend.start(InstancePlan("cl1", revision, pools=("cloud",)))
+        assert (on1.pool, on2.pool, cl1.pool) == ("onprem", "onprem", "cloud")
+        lost = cluster.node_ids["onprem"]
+        began = time.perf_counter()
+        cluster.cluster.remove_node(cluster.nodes["onprem"], allow_graceful=False)
+        exits = [await backend.wait("on1"), await backend.wait("on2")]
+        took_s = time.perf_counter() - began
+        print(f"node {lost[:12]} removed; both instances ended in {took_s:.2f}s")
+        assert exits == [Exit(None, f"node {lost} lost")] * 2
+        assert took_s < NODE_LOST_WITHIN_S
+        assert (await invoke(cl1, {"add": 1}))["instance"] == "cl1"
+        replacement = await backend.start(InstancePlan("on3", revision))
+        assert (replacement.pool, replacement.node) == ("cloud", cluster.node_ids["cloud"])
+        assert (await invoke(replacement, {}))["instance"] == "on3"
+        assert {n.id: n.alive for n in backend.nodes()}[lost] is False

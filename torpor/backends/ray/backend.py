@@ -1,0 +1,448 @@
+"""``RayBackend``: instances on the nodes of a Ray cluster, placed by Ray, in priority pools.
+
+How one instance starts:
+
+1. its spec's resources become a Ray demand (CPU, memory, GPU or a fraction of one) plus its pool's
+   ``pool:P`` marker; the pure ``placement_attempts`` orders the pools to try: fixed pools with room,
+   highest priority first, each briefly, then the elastic pool, waited on;
+2. a one-bundle placement group reserves the demand: Ray's scheduler picks the node, and a group
+   that cannot be placed is demand Ray's autoscaler sees and answers by adding a node;
+3. the node's agent (``agent.NodeAgent``, created on first use, pinned there with 0 CPUs) fetches
+   the revision's code from the object store once, forks the instance from its template and
+   returns the node's IP and the instance's port; the gateway dials ``Address.tcp(ip, port)``.
+
+Node loss: every agent is pinged each ``poll_s``; an agent that died (or whose node Ray reports
+dead, or that has not answered for ``node_lost_after_s``) loses its node: every instance there
+ends with ``Exit(None, "node <id> lost")`` at once, and its placement groups are removed.
+
+Ray is imported only by this package, which torpor imports only when the Ray backend is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import RayActorError, RayError
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from torpor.address import Address
+from torpor.backends import (
+    BackendError,
+    Exit,
+    InstancePlan,
+    NodeInfo,
+    RevisionPlan,
+    StartedInstance,
+    StartFailed,
+    UnknownInstance,
+)
+from torpor.backends.ray.agent import NodeAgent
+from torpor.backends.ray.code import pack_dir
+from torpor.backends.ray.resources import DEFAULT_GPU_MEMORY_MB, bundle, for_display, ray_demand
+from torpor.clock import Clock, MonotonicClock
+from torpor.placement.pools import DEFAULT_POOLS, Pool, placement_attempts, pool_of
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+KEEP_EXITED = 256  # exited instances remembered for log_tail()
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = "auto"  # ``auto`` or a GCS address ``host:port``
+    pools: tuple[Pool, ...] = DEFAULT_POOLS
+    namespace: str = "torpor"
+    node_root: str = "/tmp/torpor-ray"  # each node's code cache, logs and sockets: <root>/<node id>
+    gpu_memory_mb_per_gpu: int = DEFAULT_GPU_MEMORY_MB
+    try_s: float = 2.0  # how long a pool that seemed to have room gets before the next is tried
+    wait_s: float = 600.0  # how long an instance waits on the elastic (or last) pool for a node
+    poll_s: float = 1.0  # node list and agent pings
+    node_lost_after_s: float = 5.0  # an agent silent this long has lost its node
+    freezer: str = "auto"
+
+
+@dataclass
+class _Node:
+    info: NodeInfo  # for display (memory in MB, Ray's internal entries left out)
+    ip: str
+    total: dict[str, float] = field(default_factory=dict)  # in Ray's names and units
+    available: dict[str, float] = field(default_factory=dict)
+    agent: Any = None  # the agent actor's handle, once created
+    agent_ready: asyncio.Future[Any] | None = None
+    last_pong: float = 0.0
+    lost: bool = False
+
+
+@dataclass
+class _Instance:
+    instance_id: str
+    function: str
+    node: str
+    pool: str
+    group: PlacementGroup
+    demand: dict[str, float]
+    agent: Any
+    exit: asyncio.Future[Exit] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    log_tail: str = ""
+
+
+async def _within(awaitable: Awaitable[T], timeout_s: float) -> T:
+    async def run() -> T:
+        return await awaitable
+
+    return await asyncio.wait_for(run(), timeout_s)
+
+
+class RayBackend:
+    """An :class:`~torpor.backends.InstanceBackend` on a Ray cluster (see the module docstring)."""
+
+    name = "ray"
+
+    def __init__(self, config: RayConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self._nodes: dict[str, _Node] = {}
+        self._instances: dict[str, _Instance] = {}
+        self._exited: OrderedDict[str, _Instance] = OrderedDict()
+        self._archives: dict[tuple[str, int], dict[str, Any]] = {}
+        self._placing = asyncio.Lock()
+        self._monitor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._own_ray = False
+
+    # -- lifecycle of the backend ---------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if not ray.is_initialized():
+            await asyncio.to_thread(ray.init, address=self.config.address,
+                                    namespace=self.config.namespace, log_to_driver=False)
+            self._own_ray = True
+        await self._refresh()
+        self._monitor = asyncio.create_task(self._watch_nodes())
+
+    async def shutdown(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+        for node in self._nodes.values():
+            if node.agent is not None and not node.lost:
+                try:
+                    await _within(node.agent.shutdown.remote(), 10.0)
+                except (RayError, TimeoutError):
+                    pass
+                ray.kill(node.agent)
+        for instance in list(self._instances.values()):
+            self._finish(instance, Exit(None, "backend shut down"))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._own_ray:
+            ray.shutdown()
+
+    # -- revisions ------------------------------------------------------------------------------
+
+    def prepare(self, plan: RevisionPlan) -> None:
+        """Put the revision's code (and model files) into Ray's object store, once."""
+        self._archive(plan)
+
+    def _archive(self, plan: RevisionPlan) -> dict[str, Any]:
+        key = (plan.function, plan.revision)
+        if key not in self._archives:
+            code, _ = pack_dir(plan.code.path)
+            entry: dict[str, Any] = {"code": (plan.code.digest, [ray.put(code)]), "model": None}
+            if plan.model is not None:
+                model, _ = pack_dir(plan.model.path)
+                name = plan.model.path.name if plan.model.path.is_file() else ""
+                entry["model"] = (plan.model.digest, [ray.put(model)], name)
+            self._archives[key] = entry
+        return self._archives[key]
+
+    def retire(self, function: str) -> None:
+        for key in [k for k in self._archives if k[0] == function]:
+            del self._archives[key]
+        for node in self._nodes.values():
+            if node.agent is not None and not node.lost:
+                node.agent.retire.remote(function)
+
+    # -- instances ------------------------------------------------------------------------------
+
+    async def start(self, plan: InstancePlan) -> StartedInstance:
+        spec = plan.spec
+        demand = ray_demand(spec.resources, self.config.gpu_memory_mb_per_gpu)
+        archive = self._archive(plan.revision)
+        group, node_id = await self._reserve(plan, demand)
+        node = self._nodes[node_id]
+        try:
+            agent = await self._agent(node)
+            reply = await agent.start.remote(plan.instance_id, spec, plan.revision.revision,
+                                             archive["code"], archive["model"])
+        except (RayError, TimeoutError) as exc:
+            remove_placement_group(group)
+            raise StartFailed(f"node {node_id} could not start the instance: {exc}") from None
+        if "error" in reply:
+            remove_placement_group(group)
+            raise StartFailed(reply["error"], log_tail=reply.get("log_tail", ""))
+        instance = _Instance(plan.instance_id, spec.name, node_id, node.info.pool, group, demand,
+                             agent)
+        self._instances[plan.instance_id] = instance
+        self._background(self._watch_instance(instance))
+        return StartedInstance(
+            address=Address.tcp(reply["host"], int(reply["port"])), node=node_id, pool=node.info.pool,
+            forked=bool(reply["forked"]),
+            detail={"pid": reply["pid"], "node_ip": node.ip, "stderr_log": reply["stderr_log"]},
+        )
+
+    async def _reserve(self, plan: InstancePlan, demand: dict[str, float]
+                       ) -> tuple[PlacementGroup, str]:
+        """A placed placement group for the instance, and its node."""
+        pools = {p.name: p for p in self.config.pools}
+        async with self._placing:  # one decision at a time: each sees the reservations before it
+            attempts = placement_attempts(self.config.pools, demand, self._free_by_node(),
+                                          plan.pools)
+            if not attempts:
+                raise StartFailed(f"no configured pool among {list(plan.pools)}")
+            for attempt in attempts[:-1]:
+                placed = await self._try(plan.instance_id, demand, pools[attempt.pool],
+                                         self.config.try_s)
+                if placed is not None:
+                    return placed
+        last = pools[attempts[-1].pool]
+        wait_s = self.config.wait_s if attempts[-1].wait else self.config.try_s
+        placed = await self._try(plan.instance_id, demand, last, wait_s)
+        if placed is None:
+            wanted = ", ".join(f"{k}={v:g}" for k, v in demand.items())
+            raise StartFailed(f"no node in pool {last.name!r} had room for {wanted} "
+                              f"within {wait_s:g}s")
+        return placed
+
+    async def _try(self, instance_id: str, demand: dict[str, float], pool: Pool, timeout_s: float
+                   ) -> tuple[PlacementGroup, str] | None:
+        group = placement_group([bundle(demand, pool)], strategy="STRICT_PACK",
+                                name=f"torpor-{instance_id}")
+        try:
+            await _within(group.ready(), timeout_s)
+        except TimeoutError:
+            remove_placement_group(group)
+            return None
+        table = await asyncio.to_thread(ray.util.placement_group_table, group)
+        node_id = str(table["bundles_to_node_id"][0])
+        if node_id not in self._nodes:
+            await self._refresh()
+        return group, node_id
+
+    def _free_by_node(self) -> list[tuple[str, dict[str, float]]]:
+        """Each live node's pool and free resources: Ray's last report, less what this backend
+        has reserved there since (Ray's report can be up to ``poll_s`` old)."""
+        ours: dict[str, dict[str, float]] = {}
+        for instance in self._instances.values():
+            used = ours.setdefault(instance.node, {})
+            for key, amount in instance.demand.items():
+                used[key] = used.get(key, 0.0) + amount
+        free = []
+        for node_id, node in self._nodes.items():
+            if node.lost or not node.info.alive:
+                continue
+            room = {}
+            for key, amount in node.total.items():
+                by_us = amount - ours.get(node_id, {}).get(key, 0.0)
+                room[key] = min(by_us, node.available.get(key, 0.0))
+            free.append((node.info.pool, room))
+        return free
+
+    async def _agent(self, node: _Node) -> Any:
+        """The node's agent, created (and pinged once) on first use."""
+        if node.agent_ready is None:
+            node.agent_ready = asyncio.get_running_loop().create_future()
+            try:
+                node.agent = ray.remote(NodeAgent).options(
+                    num_cpus=0, max_concurrency=1000, max_restarts=0,
+                    namespace=self.config.namespace,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node.info.id, soft=False),
+                ).remote(node.info.id, node.ip, f"{self.config.node_root}/{node.info.id[:12]}",
+                         self.config.freezer)
+                await _within(node.agent.ping.remote(), 60.0)
+                node.last_pong = self.clock.now()
+                node.agent_ready.set_result(node.agent)
+            except BaseException as exc:
+                node.agent_ready.set_exception(exc)
+                node.agent_ready = None
+                raise
+        return await asyncio.shield(node.agent_ready)
+
+    async def _watch_instance(self, instance: _Instance) -> None:
+        try:
+            reply = await instance.agent.wait.remote(instance.instance_id)
+            instance.log_tail = reply.get("log_tail", "")
+            exit_ = Exit(reply.get("code"))
+        except RayActorError:
+            exit_ = Exit(None, f"node {instance.node} lost")
+        except RayError as exc:
+            exit_ = Exit(None, f"node {instance.node}: {exc}")
+        self._finish(instance, exit_)
+
+    def _finish(self, instance: _Instance, exit_: Exit) -> None:
+        if not instance.exit.done():
+            instance.exit.set_result(exit_)
+        if self._instances.pop(instance.instance_id, None) is not None:
+            try:
+                remove_placement_group(instance.group)
+            except RayError:
+                pass
+            self._exited[instance.instance_id] = instance
+            while len(self._exited) > KEEP_EXITED:
+                self._exited.popitem(last=False)
+
+    def _get(self, instance_id: str) -> _Instance:
+        instance = self._instances.get(instance_id) or self._exited.get(instance_id)
+        if instance is None:
+            raise UnknownInstance(f"no instance {instance_id} on the Ray backend")
+        return instance
+
+    async def wait(self, instance_id: str) -> Exit:
+        return await asyncio.shield(self._get(instance_id).exit)
+
+    async def stop(self, instance_id: str, grace_s: float) -> None:
+        instance = self._get(instance_id)
+        if instance.exit.done():
+            return
+        try:
+            await _within(instance.agent.stop.remote(instance_id, grace_s), grace_s + 10.0)
+        except (RayError, TimeoutError):
+            pass  # its node is gone or going: the node watch ends it
+        try:
+            await _within(asyncio.shield(instance.exit), 5.0)
+        except TimeoutError:
+            pass
+
+    async def freeze(self, instance_id: str) -> None:
+        await self._call(instance_id, "freeze")
+
+    async def thaw(self, instance_id: str) -> None:
+        await self._call(instance_id, "thaw")
+
+    async def _call(self, instance_id: str, method: str) -> None:
+        instance = self._get(instance_id)
+        if instance.exit.done():
+            raise BackendError(f"instance {instance_id} has exited")
+        try:
+            await getattr(instance.agent, method).remote(instance_id)
+        except RayError as exc:
+            raise BackendError(f"could not {method} {instance_id} on node {instance.node}: "
+                               f"{exc}") from None
+
+    def log_tail(self, instance_id: str, max_lines: int = 20) -> str:
+        """From the agent while the instance runs (a short blocking call: the protocol's method is
+        synchronous), else what the agent sent when it exited."""
+        try:
+            instance = self._get(instance_id)
+        except UnknownInstance:
+            return ""
+        if instance.exit.done():
+            return "\n".join(instance.log_tail.splitlines()[-max_lines:])
+        try:
+            return str(ray.get(instance.agent.log_tail.remote(instance_id, max_lines), timeout=2.0))
+        except RayError:
+            return ""
+
+    def function_info(self, function: str) -> dict[str, Any] | None:
+        revisions = sorted(rev for name, rev in self._archives if name == function)
+        if not revisions:
+            return None
+        nodes = sorted({i.node for i in self._instances.values() if i.function == function})
+        return {"backend": "ray", "revisions": revisions, "nodes": nodes}
+
+    def health(self) -> dict[str, Any]:
+        alive = [n for n in self._nodes.values() if n.info.alive and not n.lost]
+        return {"backend": "ray", "address": self.config.address, "nodes": len(alive),
+                "agents": sum(n.agent is not None for n in alive),
+                "instances": len(self._instances)}
+
+    def nodes(self) -> list[NodeInfo]:
+        return [n.info for n in self._nodes.values()]
+
+    # -- nodes ----------------------------------------------------------------------------------
+
+    async def _refresh(self) -> None:
+        """Ray's node table and per-node availability into ``_nodes``; dead nodes are lost."""
+        table, available = await asyncio.to_thread(_cluster_state)
+        for entry in table:
+            node_id = str(entry["NodeID"])
+            total = {k: float(v) for k, v in entry.get("Resources", {}).items()}
+            free = available.get(node_id, {})
+            allocated = {k: max(0.0, v - float(free.get(k, 0.0))) for k, v in total.items()}
+            info = NodeInfo(
+                id=node_id, address=str(entry["NodeManagerAddress"]), pool=pool_of(total),
+                resources_total=for_display(total), resources_allocated=for_display(allocated),
+                alive=bool(entry["Alive"]),
+            )
+            node = self._nodes.get(node_id)
+            if node is None:
+                node = self._nodes[node_id] = _Node(info, info.address)
+            elif node.lost:
+                continue
+            node.info, node.total = info, total
+            node.available = {k: float(v) for k, v in free.items()}
+            if not info.alive:
+                self._lose(node, "Ray reports it dead")
+
+    async def _watch_nodes(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.poll_s)
+            try:
+                await self._refresh()
+            except RayError as exc:
+                log.warning("could not read Ray's node table: %s", exc)
+            await asyncio.gather(*(self._ping(n) for n in self._nodes.values()
+                                   if n.agent is not None and not n.lost))
+
+    async def _ping(self, node: _Node) -> None:
+        try:
+            await _within(node.agent.ping.remote(), self.config.node_lost_after_s)
+            node.last_pong = self.clock.now()
+        except RayActorError:
+            self._lose(node, "its agent died")
+        except (RayError, TimeoutError):
+            pass
+        if self.clock.now() - node.last_pong > self.config.node_lost_after_s:
+            self._lose(node, f"its agent did not answer for {self.config.node_lost_after_s:g}s")
+
+    def _lose(self, node: _Node, why: str) -> None:
+        """The node is gone: its instances end now, with the reason ``node <id> lost``."""
+        if node.lost:
+            return
+        node.lost = True
+        node.info = NodeInfo(node.info.id, node.info.address, node.info.pool,
+                             node.info.resources_total, {}, alive=False)
+        victims = [i for i in self._instances.values() if i.node == node.info.id]
+        log.warning("node %s lost (%s): %d instance(s) ended", node.info.id, why, len(victims))
+        for instance in victims:
+            self._finish(instance, Exit(None, f"node {node.info.id} lost"))
+        if node.agent is not None:
+            try:
+                ray.kill(node.agent)  # a silent agent takes its instances with it
+            except RayError:
+                pass
+
+    def _background(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            await coro
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _cluster_state() -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Ray's node table and each live node's available resources (blocking GCS calls)."""
+    from ray._private import state
+
+    nodes: Any = ray.nodes  # untyped in Ray
+    available: Any = state.available_resources_per_node
+    return nodes(), available()
