@@ -45,27 +45,14 @@ from torpor.backends import (
 )
 from torpor.backends.ray.agent import NodeAgent
 from torpor.backends.ray.code import pack_dir
-from torpor.backends.ray.resources import DEFAULT_GPU_MEMORY_MB, bundle, for_display, ray_demand
+from torpor.backends.ray.config import RayConfig
+from torpor.backends.ray.resources import bundle, for_display, ray_demand
 from torpor.clock import Clock, MonotonicClock
-from torpor.placement.pools import DEFAULT_POOLS, Pool, placement_attempts, pool_of
+from torpor.placement.pools import Pool, placement_attempts, pool_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 KEEP_EXITED = 256  # exited instances remembered for log_tail()
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    address: str = "auto"  # ``auto`` or a GCS address ``host:port``
-    pools: tuple[Pool, ...] = DEFAULT_POOLS
-    namespace: str = "torpor"
-    node_root: str = "/tmp/torpor-ray"  # each node's code cache, logs and sockets: <root>/<node id>
-    gpu_memory_mb_per_gpu: int = DEFAULT_GPU_MEMORY_MB
-    try_s: float = 2.0  # how long a pool that seemed to have room gets before the next is tried
-    wait_s: float = 600.0  # how long an instance waits on the elastic (or last) pool for a node
-    poll_s: float = 1.0  # node list and agent pings
-    node_lost_after_s: float = 5.0  # an agent silent this long has lost its node
-    freezer: str = "auto"
 
 
 @dataclass

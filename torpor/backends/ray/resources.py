@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from torpor.backends.ray.config import DEFAULT_GPU_MEMORY_MB
 from torpor.placement.pools import Pool
 from torpor.spec import ResourcesSpec
 
 MB = 2**20
 POOL_UNIT = 0.001  # of a node's ``pool:P`` (e.g. 1000): a marker, not a limit
 RAY_PRECISION = 10_000  # Ray keeps resource amounts to 4 decimal places
-DEFAULT_GPU_MEMORY_MB = 81920  # one 80 GB GPU: what a gpu_memory_mb slice is a fraction of
 _INTERNAL = ("node:", "bundle_group_", "accelerator_type:")
 
 
