@@ -4,7 +4,6 @@ server. One cluster for the module; the node-loss test removes a node, so it run
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -12,35 +11,36 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from torpor.backends import CodeRef, Exit, InstancePlan, RevisionPlan, StartFailed  # noqa: E402
+from tests.ray_helpers import (  # noqa: E402
+    FAST_HEALTH_CHECKS,
+    MB,
+    invoke,
+    kill_leftovers,
+    make_revision,
+    make_spec,
+    ray_environment,
+)
+from torpor.backends import Exit, InstancePlan, StartFailed  # noqa: E402
 from torpor.backends.ray import RayBackend, RayConfig  # noqa: E402
 from torpor.placement.pools import Pool  # noqa: E402
-from torpor.spec import FunctionSpec  # noqa: E402
 
-FUNCTIONS = Path(__file__).resolve().parent / "functions"
 POOLS = (Pool("onprem", 10), Pool("cloud", 1, elastic=True))
-MB = 2**20
 NODE_LOST_WITHIN_S = 6.0
 
 pytestmark = pytest.mark.timeout(180)
 
 
 class RayCluster:
-    def __init__(self, root: str) -> None:
-        self.root = root
+    def __init__(self) -> None:
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "object_store_memory": 80 * MB, "include_dashboard": False,
-            # node death noticed by Ray in ~1.5 s instead of ~15 s (the backend's own pings
-            # notice a dead agent as fast)
-            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
-                               "health_check_initial_delay_ms": 0},
+            "_system_config": FAST_HEALTH_CHECKS,
         })
         self.nodes = {
             pool: self.cluster.add_node(num_cpus=2, memory=2048 * MB, object_store_memory=80 * MB,
@@ -58,33 +58,14 @@ class RayCluster:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RayCluster]:
     root = tempfile.mkdtemp(prefix="tr", dir="/tmp")  # short: Ray's Unix sockets live below it
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = root
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray_cluster = RayCluster(root)
-    try:
-        yield ray_cluster
-    finally:
-        ray_cluster.close()
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def make_spec(**overrides: Any) -> FunctionSpec:
-    data: dict[str, Any] = {"name": "stateful", "runtime": {"handler": "model:Stateful"},
-                            "resources": {"cpus": 1, "memory_mb": 256}}
-    data.update(overrides)
-    return FunctionSpec.model_validate(data)
-
-
-def make_revision(tmp_path: Path, spec: FunctionSpec) -> RevisionPlan:
-    """A revision whose code is a copy that is deleted once packed: nodes must run from the archive."""
-    code = tmp_path / "code"
-    shutil.copytree(FUNCTIONS / "stateful", code)
-    return RevisionPlan(function=spec.name, revision=1, spec=spec, code=CodeRef("d" * 64, code))
+    with ray_environment(root):
+        ray_cluster = RayCluster()
+        try:
+            yield ray_cluster
+        finally:
+            ray_cluster.close()
+            kill_leftovers(root)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -99,16 +80,6 @@ async def backend(cluster: RayCluster) -> Any:
     finally:
         await ray_backend.shutdown()
         shutil.rmtree(root, ignore_errors=True)
-
-
-async def invoke(started: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=started.address.base_url, timeout=30) as client:
-        assert (await client.get("/healthz")).status_code == 200
-        assert (await client.post("/initialize")).status_code == 200
-        response = await client.post("/invoke", json=payload)
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()
-        return result
 
 
 class TestPools:

@@ -21,6 +21,7 @@ class TestRayDemand:
         """cpus → CPU, memory_mb → memory in bytes; no GPU key without a GPU."""
         demand = resources.ray_demand(ResourcesSpec(cpus=0.5, memory_mb=256))
         assert demand == {"CPU": 0.5, "memory": 256.0 * MB}
+        assert resources.ray_demand(ResourcesSpec(cpus=2), ask_memory=False) == {"CPU": 2.0}
 
     def test_whole_gpus(self) -> None:
         """gpus: 2 asks for two GPUs."""

@@ -65,6 +65,8 @@ class _Node:
     agent_ready: asyncio.Future[Any] | None = None
     last_pong: float = 0.0
     lost: bool = False
+    starting: int = 0  # starts between reserving room here and recording the instance
+    empty_since: float | None = None  # when its last instance ended (elastic nodes)
 
 
 @dataclass
@@ -162,10 +164,12 @@ class RayBackend:
 
     async def start(self, plan: InstancePlan) -> StartedInstance:
         spec = plan.spec
-        demand = ray_demand(spec.resources, self.config.gpu_memory_mb_per_gpu)
+        demand = ray_demand(spec.resources, self.config.gpu_memory_mb_per_gpu,
+                            self.config.ask_memory)
         archive = self._archive(plan.revision)
         group, node_id = await self._reserve(plan, demand)
         node = self._nodes[node_id]
+        node.starting += 1
         try:
             agent = await self._agent(node)
             reply = await agent.start.remote(plan.instance_id, spec, plan.revision.revision,
@@ -173,6 +177,8 @@ class RayBackend:
         except (RayError, TimeoutError) as exc:
             remove_placement_group(group)
             raise StartFailed(f"node {node_id} could not start the instance: {exc}") from None
+        finally:
+            node.starting -= 1
         if "error" in reply:
             remove_placement_group(group)
             raise StartFailed(reply["error"], log_tail=reply.get("log_tail", ""))
@@ -388,6 +394,30 @@ class RayBackend:
                 log.warning("could not read Ray's node table: %s", exc)
             await asyncio.gather(*(self._ping(n) for n in self._nodes.values()
                                    if n.agent is not None and not n.lost))
+            self._release_empty_elastic_agents()
+
+    def _release_empty_elastic_agents(self) -> None:
+        """Stop the agent of an elastic node that has had no instance for ``elastic_linger_s``, so
+        that Ray sees the node idle and its autoscaler can release it."""
+        elastic = {p.name for p in self.config.pools if p.elastic}
+        busy = {i.node for i in self._instances.values()}
+        now = self.clock.now()
+        for node in self._nodes.values():
+            if node.agent is None or node.lost or node.info.pool not in elastic:
+                continue
+            if node.info.id in busy or node.starting:
+                node.empty_since = None
+                continue
+            if node.empty_since is None:
+                node.empty_since = now
+            elif now - node.empty_since >= self.config.elastic_linger_s:
+                agent, node.agent, node.agent_ready, node.empty_since = node.agent, None, None, None
+                log.info("node %s (elastic pool %s) is empty: its agent stops so Ray can release it",
+                         node.info.id, node.info.pool)
+                try:
+                    ray.kill(agent)
+                except RayError:
+                    pass
 
     async def _ping(self, node: _Node) -> None:
         try:

@@ -36,10 +36,15 @@ class RayConfig:
     namespace: str = "torpor"
     node_root: str = "/tmp/torpor-ray"  # each node's code cache, logs and sockets: <root>/<node id>
     gpu_memory_mb_per_gpu: int = DEFAULT_GPU_MEMORY_MB
+    # ask Ray for memory_mb too (off for Ray's fake autoscaler, whose node types cannot declare it)
+    ask_memory: bool = True
     try_s: float = 2.0  # how long a pool that seemed to have room gets before the next is tried
     wait_s: float = 600.0  # how long an instance waits on the elastic (or last) pool for a node
     poll_s: float = 1.0  # node list and agent pings
     node_lost_after_s: float = 5.0  # an agent silent this long has lost its node
+    # an elastic node's agent is stopped once the node has had no instance for this long: Ray
+    # counts a node with an actor as busy, and would never release it
+    elastic_linger_s: float = 2.0
     freezer: str = "auto"
 
 

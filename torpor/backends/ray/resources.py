@@ -18,11 +18,13 @@ RAY_PRECISION = 10_000  # Ray keeps resource amounts to 4 decimal places
 _INTERNAL = ("node:", "bundle_group_", "accelerator_type:")
 
 
-def ray_demand(resources: ResourcesSpec, gpu_memory_mb_per_gpu: int = DEFAULT_GPU_MEMORY_MB
-               ) -> dict[str, float]:
+def ray_demand(resources: ResourcesSpec, gpu_memory_mb_per_gpu: int = DEFAULT_GPU_MEMORY_MB,
+               ask_memory: bool = True) -> dict[str, float]:
     """``cpus`` → CPU, ``memory_mb`` → memory (bytes), ``gpus`` → GPU, and a ``gpu_memory_mb``
     slice → that fraction of one GPU, rounded up to Ray's precision (8192 of 81920 MB → 0.1)."""
-    demand = {"CPU": float(resources.cpus), "memory": float(resources.memory_mb * MB)}
+    demand = {"CPU": float(resources.cpus)}
+    if ask_memory:
+        demand["memory"] = float(resources.memory_mb * MB)
     if resources.gpus:
         demand["GPU"] = float(resources.gpus)
     elif resources.gpu_memory_mb:
