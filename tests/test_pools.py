@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,3 +181,24 @@ class TestBurstTimeline:
         assert cluster.scale_in(1) == ["i3"]  # cloud empty now: Ray may release its node
         assert cluster.scale_in(1) == ["i2"]
         assert [p.instance_id for p in cluster.placed] == ["i1"]
+
+
+class TestSpecPlacement:
+    def test_spec_restriction_checked_against_pools(self) -> None:
+        """``placement.pools`` parses in the spec; an unknown pool fails naming the field."""
+        from torpor.spec import FunctionSpec
+
+        spec = FunctionSpec.model_validate({"name": "f", "runtime": {"handler": "m:C"},
+                                            "placement": {"pools": ["onprem", "gpu"]}})
+        assert spec.placement.pools == ["onprem", "gpu"]
+        with pytest.raises(PoolConfigError, match=r"^placement.pools\[1\]: unknown pool 'gpu'"):
+            check_restriction(spec.placement.pools, POOLS)
+
+    def test_spec_rejects_duplicates(self) -> None:
+        """A pool listed twice is a spec error naming placement.pools."""
+        from torpor.errors import SpecError
+        from torpor.spec import parse_spec
+
+        with pytest.raises(SpecError, match=r"placement.pools: lists a pool twice"):
+            parse_spec({"name": "f", "runtime": {"handler": "json:JSONDecoder"},
+                        "placement": {"pools": ["a", "a"]}}, source="torpor.yaml", base_dir=Path("."))

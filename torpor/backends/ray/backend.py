@@ -197,10 +197,10 @@ class RayBackend:
         """A placed placement group for the instance, and its node."""
         pools = {p.name: p for p in self.config.pools}
         async with self._placing:  # one decision at a time: each sees the reservations before it
-            attempts = placement_attempts(self.config.pools, demand, self._free_by_node(),
-                                          plan.pools)
+            allowed = plan.pools or tuple(plan.spec.placement.pools)
+            attempts = placement_attempts(self.config.pools, demand, self._free_by_node(), allowed)
             if not attempts:
-                raise StartFailed(f"no configured pool among {list(plan.pools)}")
+                raise StartFailed(f"no configured pool among {list(allowed)}")
             for attempt in attempts[:-1]:
                 placed = await self._try(plan.instance_id, demand, pools[attempt.pool],
                                          self.config.try_s)
