@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -19,6 +20,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from tests.ray_helpers import (  # noqa: E402
     FAST_HEALTH_CHECKS,
+    FUNCTIONS,
     MB,
     invoke,
     kill_leftovers,
@@ -26,7 +28,7 @@ from tests.ray_helpers import (  # noqa: E402
     make_spec,
     ray_environment,
 )
-from torpor.backends import Exit, InstancePlan, StartFailed  # noqa: E402
+from torpor.backends import CodeRef, Exit, InstancePlan, RevisionPlan, StartFailed  # noqa: E402
 from torpor.backends.ray import RayBackend, RayConfig  # noqa: E402
 from torpor.placement.pools import Pool  # noqa: E402
 
@@ -116,6 +118,34 @@ class TestPools:
         for n in range(4):
             await backend.stop(f"i{n}", 5.0)
             assert await backend.wait(f"i{n}") == Exit(0)
+
+
+class TestInstances:
+    async def test_freeze_and_thaw_on_the_node(self, backend: RayBackend, tmp_path: Path) -> None:
+        """A frozen instance answers nothing; thawed, it answers again with its state intact."""
+        revision = make_revision(tmp_path, make_spec(scaling={"idle_mode": True}))
+        started = await backend.start(InstancePlan("fz", revision))
+        assert (await invoke(started, {"add": 5}))["counter"] == 5
+        await backend.freeze("fz")
+        async with httpx.AsyncClient(base_url=started.address.base_url, timeout=0.5) as client:
+            with pytest.raises(httpx.TimeoutException):
+                await client.post("/invoke", json={})
+        await backend.thaw("fz")
+        # 5, +1: the request the client gave up on while frozen did not run
+        assert (await invoke(started, {"add": 1}))["counter"] == 6
+        await backend.stop("fz", 5.0)
+        assert await backend.wait("fz") == Exit(0)
+
+    async def test_start_failure_carries_the_log(self, backend: RayBackend, tmp_path: Path) -> None:
+        """A module that cannot be imported: StartFailed with the traceback from the node."""
+        code = tmp_path / "bad"
+        shutil.copytree(FUNCTIONS / "badimport", code)
+        spec = make_spec(name="badimport", runtime={"handler": "model:Broken"})
+        revision = RevisionPlan("badimport", 1, spec, CodeRef("b" * 64, code))
+        with pytest.raises(StartFailed) as err:
+            await backend.start(InstancePlan("bad1", revision, pools=("onprem",)))
+        assert "ModuleNotFoundError: No module named 'torpor_no_such_module'" in err.value.log_tail
+        assert backend.health()["instances"] == 0
 
 
 class TestNodeLoss:
