@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import tarfile
+import hashlib
 from pathlib import Path
 
 import pytest
 
+from torpor.backends import CodeRef
 from torpor.backends.ray import resources
-from torpor.backends.ray.code import pack_dir, unpack
 from torpor.backends.ray.config import BackendConfigError, ray_config
+from torpor.backends.ray.shipping import code_archive, model_archive
+from torpor.code import CodeStore, unpack
 from torpor.placement.pools import Pool
 from torpor.spec import ResourcesSpec
 
@@ -48,40 +50,32 @@ class TestRayDemand:
         assert shown == {"CPU": 2.0, "memory_mb": 512.0, "pool:onprem": 1000.0}
 
 
-class TestCodeArchive:
-    def test_round_trip(self, tmp_path: Path) -> None:
-        """A folder packs without __pycache__ and unpacks under its digest, once."""
+class TestShipping:
+    def test_stored_archive_is_shipped_as_is(self, tmp_path: Path) -> None:
+        """Code the server keeps (DATA_DIR/code/<digest>.tar.gz) ships byte for byte."""
         src = tmp_path / "src"
-        (src / "pkg" / "__pycache__").mkdir(parents=True)
+        src.mkdir()
         (src / "model.py").write_text("X = 1\n")
-        (src / "pkg" / "__init__.py").write_text("")
-        (src / "pkg" / "__pycache__" / "m.pyc").write_bytes(b"junk")
-        data, digest = pack_dir(src)
-        dest = unpack(data, "abc", tmp_path / "cache")
-        assert dest == tmp_path / "cache" / "abc"
-        assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [
-            "model.py", "pkg", "pkg/__init__.py"]
-        (dest / "model.py").write_text("X = 2\n")
-        assert unpack(data, "abc", tmp_path / "cache") == dest  # reused, not unpacked again
-        assert (dest / "model.py").read_text() == "X = 2\n"
-        assert len(digest) == 64
+        store = CodeStore(tmp_path / "code")
+        ref = store.put_dir(src)
+        data, digest = code_archive(ref)
+        assert (data, digest) == (store.archive(ref.digest), ref.digest)
+        assert (unpack(data, digest, tmp_path / "node") / "model.py").read_text() == "X = 1\n"
 
-    def test_single_file(self, tmp_path: Path) -> None:
-        """A single file (a model's weights) keeps its name inside the archive."""
+    def test_unstored_folder_is_packed(self, tmp_path: Path) -> None:
+        """A folder with no stored archive is packed; the digest is that of the bytes shipped."""
+        (tmp_path / "model.py").write_text("X = 2\n")
+        data, digest = code_archive(CodeRef("0" * 64, tmp_path))
+        assert digest == hashlib.sha256(data).hexdigest()
+        assert (unpack(data, digest, tmp_path / "node") / "model.py").read_text() == "X = 2\n"
+
+    def test_single_model_file_keeps_its_name(self, tmp_path: Path) -> None:
+        """A model that is one file unpacks to a folder holding that file under its name."""
         weights = tmp_path / "w.bin"
         weights.write_bytes(b"\x00" * 10)
-        data, _ = pack_dir(weights)
-        assert (unpack(data, "w", tmp_path / "cache") / "w.bin").read_bytes() == b"\x00" * 10
-
-    def test_rejects_paths_outside(self, tmp_path: Path) -> None:
-        """An archive entry escaping the folder is refused (tarfile's data filter)."""
-        evil = tmp_path / "evil.tgz"
-        with tarfile.open(evil, "w:gz") as tar:
-            info = tarfile.TarInfo("../escape.txt")
-            tar.addfile(info)
-        with pytest.raises(tarfile.OutsideDestinationError):
-            unpack(evil.read_bytes(), "e", tmp_path / "cache")
-        assert not (tmp_path / "escape.txt").exists()
+        data, digest, name = model_archive(CodeRef("1" * 64, weights))
+        assert name == "w.bin"
+        assert (unpack(data, digest, tmp_path / "node") / name).read_bytes() == b"\x00" * 10
 
 
 class TestRayConfig:

@@ -44,9 +44,9 @@ from torpor.backends import (
     UnknownInstance,
 )
 from torpor.backends.ray.agent import NodeAgent
-from torpor.backends.ray.code import pack_dir
 from torpor.backends.ray.config import RayConfig
 from torpor.backends.ray.resources import bundle, for_display, ray_demand
+from torpor.backends.ray.shipping import code_archive, model_archive
 from torpor.clock import Clock, MonotonicClock
 from torpor.placement.pools import Pool, placement_attempts, pool_of
 
@@ -144,12 +144,11 @@ class RayBackend:
     def _archive(self, plan: RevisionPlan) -> dict[str, Any]:
         key = (plan.function, plan.revision)
         if key not in self._archives:
-            code, _ = pack_dir(plan.code.path)
-            entry: dict[str, Any] = {"code": (plan.code.digest, [ray.put(code)]), "model": None}
+            data, digest = code_archive(plan.code)
+            entry: dict[str, Any] = {"code": (digest, [ray.put(data)]), "model": None}
             if plan.model is not None:
-                model, _ = pack_dir(plan.model.path)
-                name = plan.model.path.name if plan.model.path.is_file() else ""
-                entry["model"] = (plan.model.digest, [ray.put(model)], name)
+                model, model_digest, name = model_archive(plan.model)
+                entry["model"] = ((model_digest, [ray.put(model)]), name)
             self._archives[key] = entry
         return self._archives[key]
 
@@ -172,8 +171,9 @@ class RayBackend:
         node.starting += 1
         try:
             agent = await self._agent(node)
-            reply = await agent.start.remote(plan.instance_id, spec, plan.revision.revision,
-                                             archive["code"], archive["model"])
+            reply = await agent.start.remote(plan.instance_id, plan.revision.function,
+                                             plan.revision.revision, spec, archive["code"],
+                                             archive["model"])
         except (RayError, TimeoutError) as exc:
             remove_placement_group(group)
             raise StartFailed(f"node {node_id} could not start the instance: {exc}") from None
@@ -189,7 +189,7 @@ class RayBackend:
         return StartedInstance(
             address=Address.tcp(reply["host"], int(reply["port"])), node=node_id, pool=node.info.pool,
             forked=bool(reply["forked"]),
-            detail={"pid": reply["pid"], "node_ip": node.ip, "stderr_log": reply["stderr_log"]},
+            detail={**reply["detail"], "node_ip": node.ip},
         )
 
     async def _reserve(self, plan: InstancePlan, demand: dict[str, float]
@@ -301,18 +301,21 @@ class RayBackend:
     async def wait(self, instance_id: str) -> Exit:
         return await asyncio.shield(self._get(instance_id).exit)
 
-    async def stop(self, instance_id: str, grace_s: float) -> None:
-        instance = self._get(instance_id)
-        if instance.exit.done():
-            return
+    async def stop(self, instance_id: str, grace_s: float) -> Exit:
         try:
-            await _within(instance.agent.stop.remote(instance_id, grace_s), grace_s + 10.0)
-        except (RayError, TimeoutError):
-            pass  # its node is gone or going: the node watch ends it
-        try:
-            await _within(asyncio.shield(instance.exit), 5.0)
-        except TimeoutError:
-            pass
+            instance = self._get(instance_id)
+        except UnknownInstance:
+            return Exit(None)
+        if not instance.exit.done():
+            try:
+                await _within(instance.agent.stop.remote(instance_id, grace_s), grace_s + 10.0)
+            except (RayError, TimeoutError):
+                pass  # its node is gone or going: the node watch ends it
+            try:
+                return await _within(asyncio.shield(instance.exit), 5.0)
+            except TimeoutError:
+                return Exit(None, f"no exit reported by node {instance.node}")
+        return instance.exit.result()
 
     async def freeze(self, instance_id: str) -> None:
         await self._call(instance_id, "freeze")
