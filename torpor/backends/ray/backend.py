@@ -60,7 +60,6 @@ class _Node:
     info: NodeInfo  # for display (memory in MB, Ray's internal entries left out)
     ip: str
     total: dict[str, float] = field(default_factory=dict)  # in Ray's names and units
-    available: dict[str, float] = field(default_factory=dict)
     agent: Any = None  # the agent actor's handle, once created
     agent_ready: asyncio.Future[Any] | None = None
     last_pong: float = 0.0
@@ -76,7 +75,6 @@ class _Instance:
     node: str
     pool: str
     group: PlacementGroup
-    demand: dict[str, float]
     agent: Any
     exit: asyncio.Future[Exit] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -102,6 +100,7 @@ class RayBackend:
         self._instances: dict[str, _Instance] = {}
         self._exited: OrderedDict[str, _Instance] = OrderedDict()
         self._archives: dict[tuple[str, int], dict[str, Any]] = {}
+        self._reserved: dict[str, tuple[str, dict[str, float]]] = {}  # instance → node, demand
         self._placing = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -126,7 +125,7 @@ class RayBackend:
                     await _within(node.agent.shutdown.remote(), 10.0)
                 except (RayError, TimeoutError):
                     pass
-                ray.kill(node.agent)
+                _kill(node.agent)
         for instance in list(self._instances.values()):
             self._finish(instance, Exit(None, "backend shut down"))
         for task in list(self._tasks):
@@ -175,15 +174,14 @@ class RayBackend:
                                              plan.revision.revision, spec, archive["code"],
                                              archive["model"])
         except (RayError, TimeoutError) as exc:
-            remove_placement_group(group)
+            self._release(plan.instance_id, group)
             raise StartFailed(f"node {node_id} could not start the instance: {exc}") from None
         finally:
             node.starting -= 1
         if "error" in reply:
-            remove_placement_group(group)
+            self._release(plan.instance_id, group)
             raise StartFailed(reply["error"], log_tail=reply.get("log_tail", ""))
-        instance = _Instance(plan.instance_id, spec.name, node_id, node.info.pool, group, demand,
-                             agent)
+        instance = _Instance(plan.instance_id, spec.name, node_id, node.info.pool, group, agent)
         self._instances[plan.instance_id] = instance
         self._background(self._watch_instance(instance))
         return StartedInstance(
@@ -226,27 +224,37 @@ class RayBackend:
             return None
         table = await asyncio.to_thread(ray.util.placement_group_table, group)
         node_id = str(table["bundles_to_node_id"][0])
+        self._reserved[instance_id] = (node_id, demand)
         if node_id not in self._nodes:
             await self._refresh()
         return group, node_id
 
+    def _release(self, instance_id: str, group: PlacementGroup) -> None:
+        self._reserved.pop(instance_id, None)
+        try:
+            remove_placement_group(group)
+        except RayError:
+            pass
+
     def _free_by_node(self) -> list[tuple[str, dict[str, float]]]:
-        """Each live node's pool and free resources: Ray's last report, less what this backend
-        has reserved there since (Ray's report can be up to ``poll_s`` old)."""
+        """Each live node's pool and what this backend has not reserved there.
+
+        Exact and never stale (Ray's own per-node report lags placements and removals by up to a
+        second, which would send a burst to the wrong pool). Room taken by other Ray users is not
+        seen here: Ray's scheduler then leaves the group pending and the next pool is tried after
+        ``try_s``.
+        """
         ours: dict[str, dict[str, float]] = {}
-        for instance in self._instances.values():
-            used = ours.setdefault(instance.node, {})
-            for key, amount in instance.demand.items():
+        for node_id, demand in self._reserved.values():
+            used = ours.setdefault(node_id, {})
+            for key, amount in demand.items():
                 used[key] = used.get(key, 0.0) + amount
         free = []
         for node_id, node in self._nodes.items():
             if node.lost or not node.info.alive:
                 continue
-            room = {}
-            for key, amount in node.total.items():
-                by_us = amount - ours.get(node_id, {}).get(key, 0.0)
-                room[key] = min(by_us, node.available.get(key, 0.0))
-            free.append((node.info.pool, room))
+            used = ours.get(node_id, {})
+            free.append((node.info.pool, {k: v - used.get(k, 0.0) for k, v in node.total.items()}))
         return free
 
     async def _agent(self, node: _Node) -> Any:
@@ -284,10 +292,7 @@ class RayBackend:
         if not instance.exit.done():
             instance.exit.set_result(exit_)
         if self._instances.pop(instance.instance_id, None) is not None:
-            try:
-                remove_placement_group(instance.group)
-            except RayError:
-                pass
+            self._release(instance.instance_id, instance.group)
             self._exited[instance.instance_id] = instance
             while len(self._exited) > KEEP_EXITED:
                 self._exited.popitem(last=False)
@@ -384,8 +389,8 @@ class RayBackend:
             elif node.lost:
                 continue
             node.info, node.total = info, total
-            node.available = {k: float(v) for k, v in free.items()}
             if not info.alive:
+                node.lost = True  # for good: a node that comes back is a new node id
                 self._lose(node, "Ray reports it dead")
 
     async def _watch_nodes(self) -> None:
@@ -393,7 +398,7 @@ class RayBackend:
             await self.clock.sleep(self.config.poll_s)
             try:
                 await self._refresh()
-            except RayError as exc:
+            except Exception as exc:  # the watch must outlive a GCS hiccup
                 log.warning("could not read Ray's node table: %s", exc)
             await asyncio.gather(*(self._ping(n) for n in self._nodes.values()
                                    if n.agent is not None and not n.lost))
@@ -417,38 +422,35 @@ class RayBackend:
                 agent, node.agent, node.agent_ready, node.empty_since = node.agent, None, None, None
                 log.info("node %s (elastic pool %s) is empty: its agent stops so Ray can release it",
                          node.info.id, node.info.pool)
-                try:
-                    ray.kill(agent)
-                except RayError:
-                    pass
+                _kill(agent)
 
     async def _ping(self, node: _Node) -> None:
+        agent = node.agent  # a ping's failure speaks only for the agent it was sent to
         try:
-            await _within(node.agent.ping.remote(), self.config.node_lost_after_s)
+            await _within(agent.ping.remote(), self.config.node_lost_after_s)
             node.last_pong = self.clock.now()
         except RayActorError:
-            self._lose(node, "its agent died")
+            if node.agent is agent:
+                self._lose(node, "its agent died")
+            return
         except (RayError, TimeoutError):
             pass
-        if self.clock.now() - node.last_pong > self.config.node_lost_after_s:
+        silent_s = self.clock.now() - node.last_pong
+        if node.agent is agent and silent_s > self.config.node_lost_after_s:
             self._lose(node, f"its agent did not answer for {self.config.node_lost_after_s:g}s")
 
     def _lose(self, node: _Node, why: str) -> None:
-        """The node is gone: its instances end now, with the reason ``node <id> lost``."""
-        if node.lost:
-            return
-        node.lost = True
-        node.info = NodeInfo(node.info.id, node.info.address, node.info.pool,
-                             node.info.resources_total, {}, alive=False)
+        """Its instances end now, with the reason ``node <id> lost``, and its agent is dropped
+        (killed, so that a silent agent takes its instances with it). A node Ray still reports
+        alive gets a new agent on its next instance."""
         victims = [i for i in self._instances.values() if i.node == node.info.id]
-        log.warning("node %s lost (%s): %d instance(s) ended", node.info.id, why, len(victims))
+        if victims or node.agent is not None:
+            log.warning("node %s lost (%s): %d instance(s) ended", node.info.id, why, len(victims))
         for instance in victims:
             self._finish(instance, Exit(None, f"node {node.info.id} lost"))
-        if node.agent is not None:
-            try:
-                ray.kill(node.agent)  # a silent agent takes its instances with it
-            except RayError:
-                pass
+        agent, node.agent, node.agent_ready, node.empty_since = node.agent, None, None, None
+        if agent is not None:
+            _kill(agent)
 
     def _background(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
@@ -457,6 +459,13 @@ class RayBackend:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor)
+    except (RayError, ValueError):
+        pass
 
 
 def _cluster_state() -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
