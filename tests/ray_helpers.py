@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,17 @@ MB = 2**20
 # as fast; on a real cluster they are what bounds the time).
 FAST_HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
                       "health_check_initial_delay_ms": 0}
+
+
+def scratch_dir(name: str) -> str:
+    """A short, fixed folder for one test module's Ray (Unix socket paths must stay short), emptied
+    first: Ray's exit handler recreates an empty session folder after any cleanup, so a fixed name
+    keeps one such leftover per worktree instead of one per run."""
+    tag = hashlib.sha1(str(FUNCTIONS).encode()).hexdigest()[:8]
+    root = Path(tempfile.gettempdir()) / f"tpr-{tag}-{name}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    return str(root)
 
 
 @contextmanager

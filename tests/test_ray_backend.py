@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.ray_helpers import (  # noqa: E402
     make_revision,
     make_spec,
     ray_environment,
+    scratch_dir,
 )
 from torpor.backends import CodeRef, Exit, InstancePlan, RevisionPlan, StartFailed  # noqa: E402
 from torpor.backends.ray import RayBackend, RayConfig  # noqa: E402
@@ -60,7 +60,7 @@ class RayCluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RayCluster]:
-    root = tempfile.mkdtemp(prefix="tr", dir="/tmp")  # short: Ray's Unix sockets live below it
+    root = scratch_dir("pools")
     with ray_environment(root):
         ray_cluster = RayCluster()
         try:
@@ -73,9 +73,11 @@ def cluster() -> Iterator[RayCluster]:
 
 @pytest.fixture
 async def backend(cluster: RayCluster) -> Any:
-    root = tempfile.mkdtemp(prefix="tn", dir="/tmp")
+    root = scratch_dir("pools-nodes")
+    # try_s: a pool this backend counts as having room gets 3 s to place the group (Ray frees a
+    # removed group's bundle asynchronously; on this loaded machine that can take over a second)
     ray_backend = RayBackend(RayConfig(address=cluster.cluster.address, pools=POOLS,
-                                       namespace="torpor-test", node_root=root, try_s=1.0,
+                                       namespace="torpor-test", node_root=root, try_s=3.0,
                                        wait_s=1.5, poll_s=0.25, node_lost_after_s=3.0))
     await ray_backend.startup()
     try:
@@ -107,7 +109,7 @@ class TestPools:
         with pytest.raises(StartFailed, match="no node in pool 'cloud' had room"):
             await backend.start(InstancePlan("i4", revision))
         allocated = {}
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             allocated = {n.pool: n.resources_allocated.get("CPU", 0.0) for n in backend.nodes()}
             if allocated == {"default": 0.0, "onprem": 2.0, "cloud": 2.0}:

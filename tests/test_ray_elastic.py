@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.ray_helpers import (  # noqa: E402
     make_revision,
     make_spec,
     ray_environment,
+    scratch_dir,
 )
 from torpor.backends import Exit, InstancePlan  # noqa: E402
 from torpor.backends.ray import RayBackend, RayConfig  # noqa: E402
@@ -69,7 +69,7 @@ def autoscaler_config(gcs_address: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    root = tempfile.mkdtemp(prefix="te", dir="/tmp")
+    root = scratch_dir("elastic")
     with ray_environment(root, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1"):
         with socket.socket() as s:
             s.bind(("", 0))
@@ -94,7 +94,7 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 async def backend(cluster: Cluster) -> Any:
-    root = tempfile.mkdtemp(prefix="tn", dir="/tmp")
+    root = scratch_dir("elastic-nodes")
     # The fake autoscaler's node types cannot declare Ray's memory resource: ask for CPU only.
     ray_backend = RayBackend(RayConfig(address=cluster.address, pools=POOLS,
                                        namespace="torpor-elastic", node_root=root, try_s=1.0,
