@@ -13,11 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from tests.conftest import TorporServer  # noqa: E402
 from tests.ray_helpers import (  # noqa: E402
     FAST_HEALTH_CHECKS,
     FUNCTIONS,
@@ -157,6 +159,33 @@ class TestInstances:
             await backend.start(InstancePlan("bad1", revision, pools=("onprem",)))
         assert "ModuleNotFoundError: No module named 'torpor_no_such_module'" in err.value.log_tail
         assert backend.health()["instances"] == 0
+
+
+class TestServe:
+    def test_gateway_reaches_an_instance_on_a_ray_node(self, cluster: RayCluster,
+                                                       tmp_path: Path) -> None:
+        """``torpor serve`` with ``backend: ray``: a deployed function cold-starts on the onprem
+        node and the gateway answers through it; instances and nodes show node and pool."""
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "backend": "ray", "ray_address": cluster.cluster.address,
+            "ray_node_root": scratch_dir("serve-nodes"),
+            "pools": [{"name": "onprem", "priority": 10}, {"name": "cloud", "priority": 1}],
+        }))
+        server = TorporServer(tmp_path / "data", extra_args=["--config", str(config)])
+        try:
+            server.deploy(FUNCTIONS / "stateful")
+            response = server.invoke("stateful", {"add": 2})
+            assert response.status_code == 200, response.text
+            assert response.json()["counter"] == 2
+            assert response.headers["x-torpor-start"] == "cold"
+            [instance] = server.instances("stateful")
+            assert (instance["node"], instance["pool"]) == (cluster.node_ids["onprem"], "onprem")
+            assert server.invoke("stateful", {"add": 1}).json()["counter"] == 3
+            nodes = server.http.get("/api/v1/nodes").json()
+            assert sorted(n["pool"] for n in nodes) == ["cloud", "default", "onprem"]
+        finally:
+            assert server.stop() == 0
 
 
 class TestNodeLoss:

@@ -102,6 +102,7 @@ class TestRayConfig:
         ({"backend": "k8s"}, None, "backend: must be one of local, ray (got 'k8s')"),
         ({"backend": "ray", "ray_address": "nohost"}, None, "ray_address: must be 'auto' or"),
         ({}, "http://x:1", "--ray: must be 'auto' or"),
+        ({"backend": "ray", "ray_node_root": "rel/dir"}, None, "ray_node_root: must be an absolute"),
         ({"backend": "ray", "pools": [{"name": "a", "priority": "x"}]}, None,
          "pools[0].priority: must be an integer"),
     ])

@@ -4,6 +4,7 @@ Server config (``--config`` or ``DATA_DIR/config.yaml``)::
 
     backend: ray             # or local (the default)
     ray_address: auto        # or a GCS address host:port; --ray ADDRESS overrides it
+    ray_node_root: /tmp/torpor-ray   # on each node: code cache, logs, sockets (<root>/<node id>)
     pools:
       - {name: onprem, priority: 10}
       - {name: cloud, priority: 1, elastic: true}
@@ -66,4 +67,7 @@ def ray_config(raw: Mapping[str, Any] | None, cli_address: str | None = None) ->
         pools = parse_pools(raw.get("pools"))
     except PoolConfigError as exc:
         raise BackendConfigError(str(exc)) from None
-    return RayConfig(address=address, pools=pools)
+    node_root = raw.get("ray_node_root", RayConfig.node_root)
+    if not isinstance(node_root, str) or not node_root.startswith("/"):
+        raise BackendConfigError(f"ray_node_root: must be an absolute path (got {node_root!r})")
+    return RayConfig(address=address, pools=pools, node_root=node_root)
