@@ -167,9 +167,9 @@ class TestServe:
         """``torpor serve`` with ``backend: ray``: a deployed function cold-starts on the onprem
         node and the gateway answers through it; instances and nodes show node and pool."""
         config = tmp_path / "config.yaml"
+        node_root = scratch_dir("serve-nodes")
         config.write_text(yaml.safe_dump({
-            "backend": "ray", "ray_address": cluster.cluster.address,
-            "ray_node_root": scratch_dir("serve-nodes"),
+            "backend": "ray", "ray_address": cluster.cluster.address, "ray_node_root": node_root,
             "pools": [{"name": "onprem", "priority": 10}, {"name": "cloud", "priority": 1}],
         }))
         server = TorporServer(tmp_path / "data", extra_args=["--config", str(config)])
@@ -186,6 +186,7 @@ class TestServe:
             assert sorted(n["pool"] for n in nodes) == ["cloud", "default", "onprem"]
         finally:
             assert server.stop() == 0
+            shutil.rmtree(node_root, ignore_errors=True)
 
 
 class TestNodeLoss:
