@@ -110,6 +110,13 @@ class TestPools:
             assert (await invoke(s, {"add": n}))["instance"] == f"i{n}"
         with pytest.raises(StartFailed, match="no node in pool 'cloud' had room"):
             await backend.start(InstancePlan("i4", revision))
+        waiting = asyncio.ensure_future(backend.start(InstancePlan("i5", revision)))
+        await asyncio.sleep(0.5)  # queued on cloud: its placement group is pending demand
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        groups = ray.util.placement_group_table().values()
+        assert {g["state"] for g in groups if g["name"] in ("torpor-i4", "torpor-i5")} == {"REMOVED"}
         allocated = {}
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

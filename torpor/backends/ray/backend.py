@@ -53,6 +53,7 @@ from torpor.placement.pools import Pool, placement_attempts, pool_of
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 KEEP_EXITED = 256  # exited instances remembered for log_tail()
+AGENT_START_S = 60.0  # a new Ray worker process for the node's agent, then its first ping
 
 
 @dataclass
@@ -168,6 +169,7 @@ class RayBackend:
         group, node_id = await self._reserve(plan, demand)
         node = self._nodes[node_id]
         node.starting += 1
+        agent = None
         try:
             agent = await self._agent(node)
             reply = await agent.start.remote(plan.instance_id, plan.revision.function,
@@ -176,6 +178,11 @@ class RayBackend:
         except (RayError, TimeoutError) as exc:
             self._release(plan.instance_id, group)
             raise StartFailed(f"node {node_id} could not start the instance: {exc}") from None
+        except BaseException:  # cancelled: nothing may stay reserved or running for it
+            self._release(plan.instance_id, group)
+            if agent is not None:
+                agent.stop.remote(plan.instance_id, 0.0)
+            raise
         finally:
             node.starting -= 1
         if "error" in reply:
@@ -222,6 +229,9 @@ class RayBackend:
         except TimeoutError:
             remove_placement_group(group)
             return None
+        except BaseException:  # cancelled while waiting (e.g. for the elastic pool to grow)
+            remove_placement_group(group)
+            raise
         table = await asyncio.to_thread(ray.util.placement_group_table, group)
         node_id = str(table["bundles_to_node_id"][0])
         self._reserved[instance_id] = (node_id, demand)
@@ -259,8 +269,9 @@ class RayBackend:
 
     async def _agent(self, node: _Node) -> Any:
         """The node's agent, created (and pinged once) on first use."""
-        if node.agent_ready is None:
-            node.agent_ready = asyncio.get_running_loop().create_future()
+        ready = node.agent_ready
+        if ready is None:
+            ready = node.agent_ready = asyncio.get_running_loop().create_future()
             try:
                 node.agent = ray.remote(NodeAgent).options(
                     num_cpus=0, max_concurrency=1000, max_restarts=0,
@@ -268,14 +279,17 @@ class RayBackend:
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.info.id, soft=False),
                 ).remote(node.info.id, node.ip, f"{self.config.node_root}/{node.info.id[:12]}",
                          self.config.freezer)
-                await _within(node.agent.ping.remote(), 60.0)
+                await _within(node.agent.ping.remote(), AGENT_START_S)
                 node.last_pong = self.clock.now()
-                node.agent_ready.set_result(node.agent)
+                ready.set_result(node.agent)
             except BaseException as exc:
-                node.agent_ready.set_exception(exc)
-                node.agent_ready = None
+                if node.agent is not None:
+                    _kill(node.agent)
+                node.agent, node.agent_ready = None, None
+                ready.set_exception(exc)
+                ready.exception()  # retrieved: concurrent starts on this node get it too
                 raise
-        return await asyncio.shield(node.agent_ready)
+        return await asyncio.shield(ready)
 
     async def _watch_instance(self, instance: _Instance) -> None:
         try:
