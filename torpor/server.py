@@ -29,6 +29,7 @@ from torpor.gateway.proxy import Gateway
 from torpor.httpserver import HttpServer
 from torpor.log_format import JsonFormatter
 from torpor.platform import CONFIG_FILENAME, Platform
+from torpor.safe_yaml import read_yaml
 from torpor.spec import load_spec_file
 from torpor.types import Receive, Scope, Send
 
@@ -119,8 +120,8 @@ def ray_backend(data_dir: Path, config: Path | None, ray_address: str | None
     raw: Any = None
     if path.is_file():
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError):
+            raw = read_yaml(path)
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
             raw = None  # Platform's own read of the file reports it
     try:
         settings = ray_config(raw if isinstance(raw, dict) else None, ray_address)

@@ -239,6 +239,10 @@ class LocalBackend:
 
     # facts -------------------------------------------------------------------------------------
 
+    @property
+    def pool_priorities(self) -> dict[str, int]:
+        return {POOL: 0}
+
     def health(self) -> dict[str, Any]:
         return {"backend": self.name, "freezer": self.freezer.name,
                 "templates": self.templates is not None}

@@ -373,6 +373,10 @@ class RayBackend:
         nodes = sorted({i.node for i in self._instances.values() if i.function == function})
         return {"backend": "ray", "revisions": revisions, "nodes": nodes}
 
+    @property
+    def pool_priorities(self) -> dict[str, int]:
+        return {p.name: p.priority for p in self.config.pools}
+
     def health(self) -> dict[str, Any]:
         alive = [n for n in self._nodes.values() if n.info.alive and not n.lost]
         return {"backend": "ray", "address": self.config.address, "nodes": len(alive),
