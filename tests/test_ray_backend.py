@@ -8,6 +8,7 @@ import asyncio
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,61 @@ class TestServe:
             assert server.invoke("stateful", {"add": 1}).json()["counter"] == 3
             nodes = server.http.get("/api/v1/nodes").json()
             assert sorted(n["pool"] for n in nodes) == ["cloud", "default", "onprem"]
+        finally:
+            assert server.stop() == 0
+            shutil.rmtree(node_root, ignore_errors=True)
+
+
+class TestServeNodeLoss:
+    def test_in_flight_502_then_a_replacement_elsewhere(self, cluster: RayCluster,
+                                                       tmp_path: Path) -> None:
+        """Through ``torpor serve``: a node removed under a request answers that request 502
+        naming the instance (no hang), marks the instance failed with ``node <id> lost``, and the
+        next request is served by a replacement on a surviving node."""
+        edge = cluster.cluster.add_node(num_cpus=1, memory=1024 * MB, object_store_memory=80 * MB,
+                                        resources={"pool:edge": 1000})
+        cluster.cluster.wait_for_nodes()
+        config = tmp_path / "config.yaml"
+        node_root = scratch_dir("serve-loss-nodes")
+        config.write_text(yaml.safe_dump({
+            "backend": "ray", "ray_address": cluster.cluster.address, "ray_node_root": node_root,
+            "pools": [{"name": "edge", "priority": 20}, {"name": "onprem", "priority": 10},
+                      {"name": "cloud", "priority": 1}],
+        }))
+        folder = tmp_path / "slow"
+        shutil.copytree(FUNCTIONS / "slow", folder)
+        spec = yaml.safe_load((folder / "torpor.yaml").read_text())
+        spec["placement"] = {"pools": ["edge", "cloud"]}
+        spec["scaling"]["max_instances"] = 1
+        (folder / "torpor.yaml").write_text(yaml.safe_dump(spec))
+        server = TorporServer(tmp_path / "data", extra_args=["--config", str(config)])
+        try:
+            server.deploy(folder)
+            first = server.invoke("slow", {"sleep_s": 0})
+            assert first.status_code == 200, first.text
+            lost = first.headers["x-torpor-instance"]
+            [instance] = server.instances("slow")
+            assert instance["pool"] == "edge"
+            with ThreadPoolExecutor(1) as pool:
+                in_flight = pool.submit(server.invoke, "slow", {"sleep_s": 30})
+                time.sleep(0.5)  # the request is in the instance now
+                began = time.monotonic()
+                cluster.cluster.remove_node(edge, allow_graceful=False)
+                answer = in_flight.result(timeout=NODE_LOST_WITHIN_S + 5)
+                took_s = time.monotonic() - began
+            assert answer.status_code == 502, answer.text
+            assert answer.json()["reason"] == "instance_failed"
+            assert lost in answer.json()["error"]
+            assert took_s < NODE_LOST_WITHIN_S + 5
+            again = server.invoke("slow", {"sleep_s": 0})
+            assert again.status_code == 200, again.text
+            assert again.headers["x-torpor-instance"] != lost
+            rows = {i["id"]: i for i in server.instances("slow", all=True)}
+            assert rows[lost]["state"] == "failed"
+            assert rows[lost]["failure"].startswith("node ") and rows[lost]["failure"].endswith(" lost")
+            assert rows[again.headers["x-torpor-instance"]]["pool"] == "cloud"
+            print(f"edge node removed: the request in flight answered 502 after {took_s:.2f}s; "
+                  f"replacement {again.headers['x-torpor-instance']} on cloud")
         finally:
             assert server.stop() == 0
             shutil.rmtree(node_root, ignore_errors=True)
