@@ -67,6 +67,15 @@ class TestPick:
         traffic.routes[1].requests, traffic.routes[2].requests = 3, 4
         assert traffic.requests == 7 and traffic.in_flight == 0 and traffic.queued == 0
 
+    def test_queue_wait_sums_the_revisions_and_keeps_forgotten_ones(self) -> None:
+        """/metrics' queue-wait histogram is every revision's, and never drops a forgotten one's."""
+        traffic = make_traffic({1: 50, 2: 50})
+        traffic.routes[1].queue_wait.observe(0.2)
+        traffic.routes[2].queue_wait.observe(0.4)
+        assert traffic.queue_wait.count == 2 and traffic.queue_wait.sum_s == pytest.approx(0.6)
+        traffic.set(TrafficConfig({2: 100}), {2: traffic.routes[2]})  # revision 1 forgotten
+        assert traffic.queue_wait.count == 2 and traffic.queue_wait.sum_s == pytest.approx(0.6)
+
 
 class TestWeights:
     def test_valid_weights(self) -> None:

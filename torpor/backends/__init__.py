@@ -113,6 +113,10 @@ class InstanceBackend(Protocol):
 
     name: str
 
+    @property
+    def pool_priorities(self) -> dict[str, int]:
+        """Each pool's priority (higher: filled first, drained last); one pool for a single machine."""
+
     async def startup(self) -> None:
         """Once, before the first instance (e.g. start the guard, connect to the cluster)."""
 
@@ -121,7 +125,8 @@ class InstanceBackend(Protocol):
 
     def retire(self, function: str, revision: int | None = None) -> None:
         """A revision (``None``: every revision, the function was deleted) no longer needs what
-        ``prepare`` built: it takes no traffic and has no instance left."""
+        ``prepare`` built: it takes no traffic and has no instance left, or it has been idle long
+        enough that holding it is a waste (the next :meth:`start` builds it again)."""
 
     async def start(self, plan: InstancePlan) -> StartedInstance:
         """Start the instance and return once it accepts connections; raise :class:`StartFailed`.

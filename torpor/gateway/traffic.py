@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torpor.errors import BadRequest
+from torpor.gateway.request_stats import QUEUE_WAIT_BUCKETS_S, Histogram
 from torpor.gateway.route import FunctionRoute
 
 TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -131,7 +132,8 @@ def cycle(weights: Mapping[int, int]) -> tuple[int, ...]:
 class Traffic:
     """The gateway's view of one function: its revisions' routes, split by weight or tag."""
 
-    __slots__ = ("_forgotten_requests", "_next", "_slots", "_tagged", "config", "name", "routes")
+    __slots__ = ("_forgotten_queue_wait", "_forgotten_requests", "_next", "_slots", "_tagged",
+                 "config", "name", "routes")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -141,11 +143,14 @@ class Traffic:
         self._tagged: dict[str, FunctionRoute] = {}
         self._next = 0
         self._forgotten_requests = 0  # of revisions no longer held: /metrics' counter never drops
+        self._forgotten_queue_wait = Histogram(QUEUE_WAIT_BUCKETS_S)  # the same for the histogram
 
     def set(self, config: TrafficConfig, routes: Mapping[int, FunctionRoute]) -> None:
         """Install a split; ``routes`` must hold every revision it names."""
-        self._forgotten_requests += sum(route.requests for number, route in self.routes.items()
-                                        if routes.get(number) is not route)
+        for number, route in self.routes.items():
+            if routes.get(number) is not route:
+                self._forgotten_requests += route.requests
+                self._forgotten_queue_wait = self._forgotten_queue_wait.plus(route.queue_wait)
         self.routes = dict(routes)
         self.config = config
         self._slots = tuple(self.routes[r] for r in cycle(config.weights))
@@ -180,6 +185,14 @@ class Traffic:
     @property
     def in_system(self) -> int:
         return sum(r.in_system for r in self.routes.values())
+
+    @property
+    def queue_wait(self) -> Histogram:
+        """Every revision's queue waits together, those of forgotten revisions included."""
+        total = self._forgotten_queue_wait
+        for route in self.routes.values():
+            total = total.plus(route.queue_wait)
+        return total
 
 
 __all__ = ["Traffic", "TrafficConfig", "check_tag", "cycle", "parse_weights", "shift"]

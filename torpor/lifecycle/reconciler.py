@@ -40,6 +40,7 @@ from torpor.lifecycle.idle import IdleMode
 from torpor.lifecycle.initialize import initialize
 from torpor.lifecycle.instance import FunctionRuntime, Instance, RevisionRuntime
 from torpor.lifecycle.state import InstanceFacts, InstanceState
+from torpor.lifecycle.template_idle import DEFAULT_RETIRE_IDLE_S, should_retire
 from torpor.metering.ledger import Ledger
 from torpor.spec import FunctionSpec
 from torpor.store import Store
@@ -64,6 +65,9 @@ class Reconciler:
         self.ledger = Ledger(store, clock)
         self.idle = IdleMode(backend, clock, self.ledger, self._background)
         self._last_heartbeat = 0.0
+        self.template_retire_idle_s = DEFAULT_RETIRE_IDLE_S  # the server config's templates:
+        # (function, revision) → when its template was retired for being idle
+        self.retired_templates: dict[tuple[str, int], float] = {}
 
     # deploy / delete ---------------------------------------------------------------------------
 
@@ -144,6 +148,8 @@ class Reconciler:
         fn = self.functions.pop(name)
         self.routes.pop(name, None)
         self.backend.retire(name)
+        for key in [k for k in self.retired_templates if k[0] == name]:
+            del self.retired_templates[key]
         for rev in fn.revisions.values():
             rev.route.fail_waiters(ColdStartFailed(f"function {name!r} was deleted"))
         await asyncio.gather(*(self._drain(fn, i, "function deleted") for i in fn.live()))
@@ -194,6 +200,27 @@ class Reconciler:
         for rev, plan in zip(planned, plans, strict=True):
             self.carry_out(fn, rev, plan)
         self._retire_unused(fn)
+        self._retire_idle_templates(fn, now)
+
+    def _retire_idle_templates(self, fn: FunctionRuntime, now: float) -> None:
+        """What the backend holds between instances (a template and its spare) is memory held for
+        nothing while nobody uses a revision that takes traffic: retire it; the next cold start
+        builds it again. (A revision that loses its traffic is retired by :meth:`_retire_unused`.)"""
+        for rev in fn.routed():
+            if self.backend.function_info(fn.name, rev.number) is None:
+                continue
+            exits = (i.facts.exited_at or 0.0 for i in fn.instances.values()
+                     if i.revision == rev.number)
+            last_used_at = max(rev.route.last_request_at or 0.0, rev.created_at, fn.updated_at,
+                               max(exits, default=0.0))
+            if should_retire(live_instances=len(fn.live(rev.number)), queued=rev.route.queued,
+                             last_used_at=last_used_at, now=now,
+                             retire_idle_s=self.template_retire_idle_s):
+                self.backend.retire(fn.name, rev.number)
+                self.retired_templates[(fn.name, rev.number)] = now
+                self._event(fn.name, "template", f"template of revision {rev.number} retired: no "
+                            f"instance and no request for {self.template_retire_idle_s:g}s; the "
+                            "next cold start rebuilds it")
 
     @staticmethod
     def planned(fn: FunctionRuntime) -> list[RevisionRuntime]:
@@ -218,16 +245,19 @@ class Reconciler:
                                                 "zero, template retired")
             if number != fn.latest:
                 del fn.revisions[number]
+                self.retired_templates.pop((fn.name, number), None)
                 fn.traffic.set(fn.config, {n: r.route for n, r in fn.revisions.items()})
 
     def view(self, fn: FunctionRuntime, rev: RevisionRuntime, now: float) -> planner.FunctionView:
         """A snapshot of the function's live instances, as plain data for the planner."""
+        priority = self.backend.pool_priorities
         instances = tuple(
             planner.InstanceView(
                 id=i.id, revision=i.revision, state=i.state, started_at=i.facts.started_at,
                 ready_at=i.facts.ready_at, in_flight=i.in_flight,
                 idle_since=i.endpoint.idle_since if i.endpoint is not None else None,
                 idle_transition=i.idle_transition() is not None or self.idle.in_transition(i),
+                pool_priority=priority.get(i.pool or "", 0),
             )
             for i in fn.live()
         )
