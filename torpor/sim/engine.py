@@ -38,7 +38,7 @@ from torpor.constants import RECONCILE_INTERVAL_S
 from torpor.gateway.route import Endpoint
 from torpor.gateway.routing_policies import PowerOfTwo, RoutingPolicy
 from torpor.lifecycle.state import InstanceState
-from torpor.metering.billing import InstanceInfo
+from torpor.metering.billing import InstanceInfo, LedgerInterval
 from torpor.metering.ledger import POOL_LOCAL
 from torpor.sim.traces import FunctionTrace
 from torpor.spec import FunctionSpec
@@ -47,7 +47,6 @@ from torpor.spec import FunctionSpec
 _COMPLETE, _READY, _THAWED, _FROZEN, _EXITED, _PASS = range(6)
 _INF = math.inf
 
-LedgerEvent = tuple[float, InstanceInfo, InstanceState]
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,8 @@ class _Instance:
     endpoint: Endpoint | None = None  # set once ready
     draining: bool = False
     frozen: bool = False  # the ledger says FROZEN (the endpoint's flag goes first)
+    state: InstanceState = InstanceState.STARTING  # the ledger's open interval: state and start
+    since: float = 0.0
 
 
 @dataclass
@@ -95,7 +96,8 @@ class FunctionResult:
     end_s: float = 0.0
     latencies_s: array[float] = field(default_factory=lambda: array("d"))
     arrivals_s: array[float] = field(default_factory=lambda: array("d"))  # of answered requests
-    ledger: list[LedgerEvent] = field(default_factory=list)
+    intervals: list[LedgerInterval] = field(default_factory=list)
+    """The ledger, closed at ``end_s``: what ``intervals_from_timeline`` makes of the state changes."""
     timeline: list[tuple[float, int, int, int, int, int]] = field(default_factory=list)
     """(t, in system, starting, ready, frozen, draining) at every decision, when asked for."""
 
@@ -169,6 +171,13 @@ class FunctionSim:
             if i >= n and self.end_s is None and self._settled():
                 break
         result.end_s = clock.now() if self.end_s is None else self.end_s
+        for instance in self.by_id.values():  # still open: billed up to the bill's end, as the ledger's
+            if instance.state is not InstanceState.STOPPED:  # open intervals are
+                info = instance.info
+                result.intervals.append(LedgerInterval(
+                    info.instance_id, info.function, info.revision, info.pool, info.device,
+                    info.gpu_memory_mb, info.cpus, info.memory_mb, instance.state, instance.since,
+                    self.end_s))
         return result
 
     def _settled(self) -> bool:
@@ -348,10 +357,9 @@ class FunctionSim:
             pool=POOL_LOCAL, device="gpu" if self.on_gpu else "cpu",
             gpu_memory_mb=resources.gpu_memory_mb, cpus=resources.cpus, memory_mb=resources.memory_mb,
         )
-        instance = _Instance(info, now, provisioned)
+        instance = _Instance(info, now, provisioned, since=now)  # its ledger opens in STARTING
         self.live.append(instance)
         self.by_id[info.instance_id] = instance
-        self._ledger(instance, InstanceState.STARTING)
         self._push(now + self.timings.cold_start_s, _READY, instance)
 
     def _ready(self, instance: _Instance) -> None:
@@ -427,8 +435,15 @@ class FunctionSim:
 
     # records -------------------------------------------------------------------------------------
 
-    def _ledger(self, instance: _Instance, state: InstanceState) -> None:
-        self.result.ledger.append((self.clock.now(), instance.info, state))
+    def _ledger(self, instance: _Instance, state: InstanceState, at: float | None = None) -> None:
+        """Close the instance's open interval and open one in ``state`` (STOPPED opens none)."""
+        now = self.clock.now() if at is None else at
+        if now > instance.since:
+            info = instance.info
+            self.result.intervals.append(LedgerInterval(
+                info.instance_id, info.function, info.revision, info.pool, info.device,
+                info.gpu_memory_mb, info.cpus, info.memory_mb, instance.state, instance.since, now))
+        instance.state, instance.since = state, now
 
     def _sample(self) -> None:
         starting = sum(1 for i in self.live if i.endpoint is None)

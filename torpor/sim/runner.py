@@ -23,7 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from torpor.errors import SpecError
-from torpor.metering.billing import Bill, bill, intervals_from_timeline
+from torpor.metering.billing import Bill, BillLine, bill
 from torpor.metering.prices import PriceTable, format_errors
 from torpor.sim.engine import FunctionResult, FunctionSim, Timings
 from torpor.sim.traces import FunctionTrace, Trace
@@ -214,10 +214,36 @@ def load_timings(path: Path, base: Timings) -> Timings:
 # running ---------------------------------------------------------------------------------------
 
 
-def _replay(args: tuple[str, FunctionSpec, FunctionTrace, Timings, float | None, int, bool]
-            ) -> FunctionResult:
-    name, spec, trace, timings, end_s, seed, timeline = args
-    return FunctionSim(name, spec, trace, timings, end_s=end_s, seed=seed, timeline=timeline).run()
+_Job = tuple[str, FunctionSpec, FunctionTrace, Timings, float | None, int, bool, PriceTable]
+
+
+def _replay(job: _Job) -> tuple[FunctionResult, BillLine | None]:
+    """Replay one function; with a known end, bill it here too (in the worker, in parallel)."""
+    name, spec, trace, timings, end_s, seed, timeline, prices = job
+    result = FunctionSim(name, spec, trace, timings, end_s=end_s, seed=seed, timeline=timeline).run()
+    if end_s is None:
+        return result, None
+    line = bill_function(result, prices, end_s)
+    result.intervals = []  # billed: no need to send them back
+    return result, line
+
+
+def bill_function(result: FunctionResult, prices: PriceTable, end_s: float) -> BillLine | None:
+    """The function's bill line over ``[0, end_s)``, from its ledger, by :func:`bill`."""
+    lines = bill(result.intervals, prices, 0.0, end_s).lines
+    return lines[0] if lines else None
+
+
+def combine(lines: Sequence[BillLine], prices: PriceTable, end_s: float) -> Bill:
+    """One bill from per-function lines: totals are sums of lines, as in :func:`bill` (a function's
+    line depends only on its own intervals and the window)."""
+    empty = bill([], prices, 0.0, end_s)
+    ordered = tuple(sorted(lines, key=lambda line: line.function))
+    cost = sum((line.cost for line in ordered), Decimal(0))
+    always_on = sum((line.always_on_cost for line in ordered), Decimal(0))
+    pct = None if always_on == 0 else ((always_on - cost) * 100 / always_on).quantize(Decimal("0.01"))
+    return replace(empty, lines=ordered, cost=cost, always_on_cost=always_on,
+                   saving=always_on - cost, saving_pct=pct)
 
 
 def simulate(trace: Trace, spec: FunctionSpec, *, timings: Timings, prices: PriceTable,
@@ -225,7 +251,7 @@ def simulate(trace: Trace, spec: FunctionSpec, *, timings: Timings, prices: Pric
              duration_s: float | None = None, seed: int = 0, timeline: bool = False,
              workers: int | None = None) -> RunResult:
     """Replay every function of ``trace`` with ``spec`` and bill the ledger over ``[0, end)``."""
-    jobs = [(name, spec, fn, timings, duration_s, seed + n, timeline)
+    jobs = [(name, spec, fn, timings, duration_s, seed + n, timeline, prices)
             for n, (name, fn) in enumerate(sorted(trace.functions.items()))]
     workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1 and trace.requests >= PARALLEL_MIN_REQUESTS:
@@ -233,13 +259,13 @@ def simulate(trace: Trace, spec: FunctionSpec, *, timings: Timings, prices: Pric
             results = list(pool.map(_replay, jobs, chunksize=max(1, len(jobs) // (workers * 4))))
     else:
         results = [_replay(job) for job in jobs]
-    end = duration_s if duration_s is not None else max((r.end_s for r in results), default=0.0)
-    events = [event for r in results for event in r.ledger]
-    intervals = intervals_from_timeline(events, end)
+    end = duration_s if duration_s is not None else max((r.end_s for r, _ in results), default=0.0)
+    lines = [line if duration_s is not None else bill_function(r, prices, end) for r, line in results]
     latencies: array[float] = array("d")
-    for r in results:
+    for r, _ in results:
         latencies.extend(r.latencies_s)
-    return RunResult(label, overrides or {}, results, bill(intervals, prices, 0.0, end), end, latencies)
+    bill_ = combine([line for line in lines if line is not None], prices, end)
+    return RunResult(label, overrides or {}, [r for r, _ in results], bill_, end, latencies)
 
 
 def run_all(trace: Trace, raw: dict[str, Any], source: str, *, sets: Sequence[str] = (),
