@@ -1,8 +1,9 @@
 """One function's requests through torpor's own scaling and routing code, on a FakeClock.
 
 What runs is the server's code: :func:`torpor.autoscaling.autoscaler.decide` (KPA stages and
-provisioning policies) fed by a :class:`~torpor.autoscaling.metrics.ConcurrencyRecorder` that sees
-every change of requests in the system exactly as the gateway reports it, and the function's
+provisioning policies) fed by a :class:`~torpor.autoscaling.metrics.ConcurrencyRecorder` (as
+:class:`~torpor.sim.window.PrefixRecorder`, which only sums windows faster) that sees every change
+of requests in the system exactly as the gateway reports it, and the function's
 :class:`~torpor.gateway.routing_policies.RoutingPolicy` choosing among the gateway's own
 :class:`~torpor.gateway.route.Endpoint` objects. What the simulator supplies is what the reconciler,
 the queue and the instances would do, reduced to events on a heap:
@@ -31,7 +32,6 @@ from dataclasses import dataclass, field
 
 from torpor.autoscaling import autoscaler
 from torpor.autoscaling.kpa import KpaConfig
-from torpor.autoscaling.metrics import ConcurrencyRecorder
 from torpor.autoscaling.scaling_policies import ProvisionConfig
 from torpor.clock import FakeClock
 from torpor.constants import RECONCILE_INTERVAL_S
@@ -41,6 +41,7 @@ from torpor.lifecycle.state import InstanceState
 from torpor.metering.billing import InstanceInfo, LedgerInterval
 from torpor.metering.ledger import POOL_LOCAL
 from torpor.sim.traces import FunctionTrace
+from torpor.sim.window import PrefixRecorder
 from torpor.spec import FunctionSpec
 
 # Heap event kinds; at one instant a completion is handled before a ready instance, and so on.
@@ -113,7 +114,7 @@ class FunctionSim:
         self.trace = trace
         self.timings = timings
         self.clock = FakeClock()
-        self.recorder = ConcurrencyRecorder()
+        self.recorder = PrefixRecorder()  # the server's recorder, with faster window sums
         self.kpa = KpaConfig.from_spec(spec.scaling, spec.concurrency)
         self.provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
         self.time_dependent = bool(self.provision.target_tracking or self.provision.scheduled)
