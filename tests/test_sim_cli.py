@@ -71,3 +71,14 @@ def test_errors_are_one_sentence(files: tuple[Path, Path], tmp_path: Path) -> No
     odd = torpor_cli("simulate", "--trace", str(tmp_path / "odd.csv"), "--spec", str(spec))
     assert odd.returncode == 1
     assert "cannot tell the trace format" in odd.stderr and "Traceback" not in odd.stderr
+
+
+def test_plot_writes_a_png(files: tuple[Path, Path], tmp_path: Path) -> None:
+    """--plot (matplotlib, the `plot` extra) writes a PNG; skipped where matplotlib is not installed."""
+    pytest.importorskip("matplotlib")
+    trace, spec = files
+    out = tmp_path / "sim.png"
+    result = torpor_cli("simulate", "--trace", str(trace), "--spec", str(spec), "--plot", str(out),
+                        "--compare", "scaling.idle_mode=false,true", "--set", "scaling.provisioned=1")
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
