@@ -170,3 +170,30 @@ class TestCompareAndDeterminism:
         with pytest.raises(SpecError, match=r"scaling.max_instances: Input should be greater"):
             runner.run_all(make_trace((0.0, 1.0)), make_spec(), "test", sets=["scaling.max_instances=0"],
                            timings=EXACT, prices=PriceTable())
+
+
+class TestTimings:
+    def test_from_json(self, tmp_path: Any) -> None:
+        """A bench's JSON sets the named timings; the rest keep their values."""
+        path = tmp_path / "t.json"
+        path.write_text('{"cold_start_s": 2.5, "thaw_s": 0.4}')
+        assert runner.load_timings(path, EXACT) == Timings(2.5, 0.4, 0.0, 0.0, 0.0, 0.0)
+
+    def test_from_metrics(self, tmp_path: Any) -> None:
+        """A saved /metrics page: the mean of the cold-start histogram's total phase, over functions."""
+        path = tmp_path / "metrics.txt"
+        path.write_text(
+            'torpor_cold_start_seconds_count{function="a",phase="total"} 3.0\n'
+            'torpor_cold_start_seconds_sum{function="a",phase="total"} 0.09\n'
+            'torpor_cold_start_seconds_sum{function="a",phase="spawn"} 5.0\n'
+            'torpor_cold_start_seconds_count{function="b",phase="total"} 1.0\n'
+            'torpor_cold_start_seconds_sum{function="b",phase="total"} 0.01\n')
+        assert runner.load_timings(path, EXACT).cold_start_s == pytest.approx(0.025)  # 0.1 / 4
+
+    def test_unknown_field(self, tmp_path: Any) -> None:
+        from torpor.errors import SpecError
+
+        path = tmp_path / "t.json"
+        path.write_text('{"warmup_s": 1}')
+        with pytest.raises(SpecError, match="warmup_s: unknown timing"):
+            runner.load_timings(path, EXACT)

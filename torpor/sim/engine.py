@@ -133,6 +133,7 @@ class FunctionSim:
         self.next_tick = 0.0  # the next reconciler pass that may decide
         self.next_decision_at = 0.0  # every tick_s; sooner while requests wait
         self.draining = 0
+        self.marked = 0  # provisioned count last marked on the live instances
         self.end_s = end_s
         self.want_timeline = timeline
         self.result = FunctionResult(name)
@@ -318,11 +319,13 @@ class FunctionSim:
     def _decide(self) -> None:
         now = self.clock.now()
         live = self.live
-        ready = sum(1 for i in live if i.endpoint is not None)
+        ready = provisioned = 0
+        for i in live:
+            ready += i.endpoint is not None
+            provisioned += i.provisioned
         self.decision, self.state = autoscaler.decide(
             self.kpa, self.provision, self.recorder,
-            concurrency=self.spec.concurrency, ready=ready,
-            current_provisioned=sum(1 for i in live if i.provisioned),
+            concurrency=self.spec.concurrency, ready=ready, current_provisioned=provisioned,
             now=now, state=self.state,
         )
         self.next_decision_at = now + self.spec.scaling.tick_s
@@ -332,10 +335,13 @@ class FunctionSim:
         if self.want_timeline:
             self._sample()
         # the oldest `provisioned` live instances are the provisioned ones, routed to first
-        for n, instance in enumerate(live):  # `live` is kept in start order
-            instance.provisioned = n < self.decision.provisioned
-            if instance.endpoint is not None:
-                instance.endpoint.provisioned = instance.provisioned
+        count = self.decision.provisioned
+        if count or self.marked:  # (nothing to mark when none is or was provisioned)
+            for n, instance in enumerate(live):  # `live` is kept in start order
+                instance.provisioned = n < count
+                if instance.endpoint is not None:
+                    instance.endpoint.provisioned = instance.provisioned
+            self.marked = count
         desired = self.decision.desired
         if len(live) < desired:
             provisioned = sum(1 for i in live if i.provisioned)
