@@ -47,6 +47,7 @@ from torpor.spec import FunctionSpec
 # Heap event kinds; at one instant a completion is handled before a ready instance, and so on.
 _COMPLETE, _READY, _THAWED, _FROZEN, _EXITED, _PASS = range(6)
 _INF = math.inf
+SETTLE_LIMIT_S = 86_400.0
 
 
 
@@ -145,7 +146,8 @@ class FunctionSim:
         arrivals, services = self.trace.arrivals_s, self.trace.services_s
         n, i = len(arrivals), 0
         heap, clock, result = self.heap, self.clock, self.result
-        end = self.end_s if self.end_s is not None else _INF
+        # without an end, run until settled; a day past the last request bounds a policy that never is
+        end = self.end_s if self.end_s is not None else (arrivals[-1] if n else 0.0) + SETTLE_LIMIT_S
         queue_timeout_s = self.spec.queue.timeout_s
         self.next_tick = arrivals[0] if n else _INF
         while True:
@@ -153,8 +155,6 @@ class FunctionSim:
             t_event = heap[0][0] if heap else _INF
             t_timeout = self.waiters[0][0] + queue_timeout_s if self.waiters else _INF
             t = min(t_arrival, t_event, t_timeout, self.next_tick)
-            if t == _INF and self.end_s is None and i >= n:
-                break
             if t > end:
                 break
             now = clock.now()
@@ -172,7 +172,7 @@ class FunctionSim:
                 self._tick(t)
             if i >= n and self.end_s is None and self._settled():
                 break
-        result.end_s = clock.now() if self.end_s is None else self.end_s
+        result.end_s = min(clock.now(), end) if self.end_s is None else self.end_s
         for instance in self.by_id.values():  # still open: billed up to the bill's end, as the ledger's
             if instance.state is not InstanceState.STOPPED:  # open intervals are
                 info = instance.info
