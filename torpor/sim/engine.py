@@ -173,8 +173,10 @@ class FunctionSim:
             if i >= n and self.end_s is None and self._settled():
                 break
         result.end_s = min(clock.now(), end) if self.end_s is None else self.end_s
-        for instance in self.by_id.values():  # still open: billed up to the bill's end, as the ledger's
-            if instance.state is not InstanceState.STOPPED:  # open intervals are
+        # an instance still live keeps an open interval (end None, or the given end): a bill runs it
+        # to its own end, as it does the server ledger's open intervals
+        for instance in self.by_id.values():
+            if instance.state is not InstanceState.STOPPED:
                 info = instance.info
                 result.intervals.append(LedgerInterval(
                     info.instance_id, info.function, info.revision, info.pool, info.device,
