@@ -42,6 +42,7 @@ class RunResult:
     bill: Bill
     duration_s: float
     latencies_s: array[float] = field(default_factory=lambda: array("d"))
+    _ordered: list[float] | None = field(default=None, repr=False, compare=False)  # sorted once
 
     def count(self, name: str) -> int:
         return sum(int(getattr(f, name)) for f in self.functions)
@@ -55,11 +56,9 @@ class RunResult:
         return ordered[int(rank) - 1]
 
     def _sorted(self) -> list[float]:
-        cached: list[float] | None = getattr(self, "_ordered", None)
-        if cached is None:
-            cached = sorted(self.latencies_s)
-            self._ordered = cached
-        return cached
+        if self._ordered is None:
+            self._ordered = sorted(self.latencies_s)
+        return self._ordered
 
     def state_seconds(self) -> dict[str, Decimal]:
         totals: dict[str, Decimal] = {}
