@@ -197,3 +197,28 @@ class TestTimings:
         path.write_text('{"warmup_s": 1}')
         with pytest.raises(SpecError, match="warmup_s: unknown timing"):
             runner.load_timings(path, EXACT)
+
+
+class TestProvisionPolicies:
+    def test_target_tracking_keeps_its_minimum(self, tmp_path: Any) -> None:
+        """A target-tracking policy with min capacity 1 keeps one instance all along: 100 s."""
+        path = tmp_path / "provision.yaml"
+        path.write_text("target_tracking:\n- {name: keep, metric: concurrency, target: 1, "
+                        "min_capacity: 1, max_capacity: 3}\n")
+        (result,) = runner.run_all(make_trace((0.0, 1.0)), make_spec(), "test", timings=EXACT,
+                                   prices=PriceTable(), duration_s=100,
+                                   provision=runner.load_provision(path))
+        assert result.instance_seconds() == 100
+
+    def test_scheduled_action_on_the_simulated_clock(self, tmp_path: Any) -> None:
+        """Simulated time starts at 1970-01-01T00:00Z: an action at 00:00:50 provisions 2 from 50 s
+        (the request's own instance went at 7 s): 7 + 2 × 50 = 107 instance-seconds. (A daily cron
+        action would already hold at 0: its firing the day before is the latest one.)"""
+        path = tmp_path / "provision.json"
+        path.write_text('{"target": 0, "scheduledActions": [{"name": "morning", '
+                        '"scheduleExpression": "at(1970-01-01T00:00:50Z)", "target": 2}]}')
+        (result,) = runner.run_all(make_trace((0.0, 1.0)), make_spec(), "test", timings=EXACT,
+                                   prices=PriceTable(), duration_s=100,
+                                   provision=runner.load_provision(path))
+        assert result.instance_seconds() == 107
+        assert result.to_json()["cold_starts"] == 3

@@ -389,6 +389,10 @@ def simulate(
     timings: Annotated[Path | None, typer.Option(
         "--timings", help="Measured timings: JSON (cold_start_s, thaw_s, ...) or a saved /metrics.")
     ] = None,
+    provision: Annotated[Path | None, typer.Option(
+        "--provision", help="Provisioning policies, as `torpor provision --policies` takes them "
+                            "(replace scaling.provisioned; simulated time starts 1970-01-01T00:00Z).")
+    ] = None,
     cold_start_s: Annotated[float | None, typer.Option(help="Start → ready, seconds.")] = None,
     thaw_s: Annotated[float | None, typer.Option(help="Frozen → ready, seconds.")] = None,
     token_model: Annotated[str | None, typer.Option(
@@ -417,7 +421,8 @@ def simulate(
         raise CliError(str(exc)) from None
     runs = runner.run_all(requests, raw, source, sets=sets or [], compare=compare or [],
                           timings=measured, prices=load_prices(prices), duration_s=duration_s,
-                          seed=seed, timeline=plot is not None)
+                          seed=seed, timeline=plot is not None,
+                          provision=runner.load_provision(provision) if provision else None)
     if plot is not None:
         report.plot(runs, plot)
     if as_json:

@@ -47,7 +47,7 @@ from torpor.spec import FunctionSpec
 # Heap event kinds; at one instant a completion is handled before a ready instance, and so on.
 _COMPLETE, _READY, _THAWED, _FROZEN, _EXITED, _PASS = range(6)
 _INF = math.inf
-SETTLE_LIMIT_S = 86_400.0
+SETTLE_LIMIT_S = 3600.0  # a replay without an end stops this long after its last request at most
 
 
 
@@ -146,7 +146,7 @@ class FunctionSim:
         arrivals, services = self.trace.arrivals_s, self.trace.services_s
         n, i = len(arrivals), 0
         heap, clock, result = self.heap, self.clock, self.result
-        # without an end, run until settled; a day past the last request bounds a policy that never is
+        # without an end, run until settled (a time-dependent policy never is: bounded)
         end = self.end_s if self.end_s is not None else (arrivals[-1] if n else 0.0) + SETTLE_LIMIT_S
         queue_timeout_s = self.spec.queue.timeout_s
         self.next_tick = arrivals[0] if n else _INF

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from torpor.autoscaling.scaling_policies import ProvisionConfig, parse_provision_config
 from torpor.errors import SpecError
 from torpor.metering.billing import Bill, BillLine, bill
 from torpor.metering.prices import PriceTable, format_errors
@@ -210,16 +211,28 @@ def load_timings(path: Path, base: Timings) -> Timings:
     return replace(base, cold_start_s=sums / counts)
 
 
+def load_provision(path: Path) -> ProvisionConfig:
+    """A provisioning config as ``torpor provision --policies`` takes it (FC's provision.json or
+    torpor's YAML/JSON shape)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(str(path), [f"cannot read the provisioning config: {exc}"]) from None
+    return parse_provision_config(data, str(path))
+
+
 # running ---------------------------------------------------------------------------------------
 
 
-_Job = tuple[str, FunctionSpec, FunctionTrace, Timings, float | None, int, bool, PriceTable]
+_Job = tuple[str, FunctionSpec, FunctionTrace, Timings, float | None, int, bool, PriceTable,
+             ProvisionConfig | None]
 
 
 def _replay(job: _Job) -> tuple[FunctionResult, BillLine | None]:
     """Replay one function; with a known end, bill it here too (in the worker, in parallel)."""
-    name, spec, trace, timings, end_s, seed, timeline, prices = job
-    result = FunctionSim(name, spec, trace, timings, end_s=end_s, seed=seed, timeline=timeline).run()
+    name, spec, trace, timings, end_s, seed, timeline, prices, provision = job
+    result = FunctionSim(name, spec, trace, timings, end_s=end_s, seed=seed, timeline=timeline,
+                         provision=provision).run()
     if end_s is None:
         return result, None
     line = bill_function(result, prices, end_s)
@@ -248,9 +261,12 @@ def combine(lines: Sequence[BillLine], prices: PriceTable, end_s: float) -> Bill
 def simulate(trace: Trace, spec: FunctionSpec, *, timings: Timings, prices: PriceTable,
              label: str = "spec", overrides: dict[str, Any] | None = None,
              duration_s: float | None = None, seed: int = 0, timeline: bool = False,
-             workers: int | None = None) -> RunResult:
-    """Replay every function of ``trace`` with ``spec`` and bill the ledger over ``[0, end)``."""
-    jobs = [(name, spec, fn, timings, duration_s, seed + n, timeline, prices)
+             workers: int | None = None, provision: ProvisionConfig | None = None) -> RunResult:
+    """Replay every function of ``trace`` with ``spec`` and bill the ledger over ``[0, end)``.
+
+    ``provision`` replaces ``scaling.provisioned`` as a config set with ``torpor provision`` does.
+    """
+    jobs = [(name, spec, fn, timings, duration_s, seed + n, timeline, prices, provision)
             for n, (name, fn) in enumerate(sorted(trace.functions.items()))]
     workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1 and trace.requests >= PARALLEL_MIN_REQUESTS:
@@ -270,7 +286,7 @@ def simulate(trace: Trace, spec: FunctionSpec, *, timings: Timings, prices: Pric
 def run_all(trace: Trace, raw: dict[str, Any], source: str, *, sets: Sequence[str] = (),
             compare: Sequence[str] = (), timings: Timings, prices: PriceTable,
             duration_s: float | None = None, seed: int = 0, timeline: bool = False,
-            workers: int | None = None) -> list[RunResult]:
+            workers: int | None = None, provision: ProvisionConfig | None = None) -> list[RunResult]:
     """The spec with ``--set`` applied, once per ``--compare`` combination."""
     base: dict[str, Any] = {}
     for text in sets:
@@ -285,7 +301,7 @@ def run_all(trace: Trace, raw: dict[str, Any], source: str, *, sets: Sequence[st
         label = ", ".join(f"{k}={_show(v)}" for k, v in variant.items()) or "spec"
         runs.append(simulate(trace, spec, timings=timings, prices=prices, label=label,
                              overrides={**base, **variant}, duration_s=duration_s, seed=seed,
-                             timeline=timeline, workers=workers))
+                             timeline=timeline, workers=workers, provision=provision))
     return runs
 
 
