@@ -47,7 +47,7 @@ from torpor.spec import FunctionSpec
 # Heap event kinds; at one instant a completion is handled before a ready instance, and so on.
 _COMPLETE, _READY, _THAWED, _FROZEN, _EXITED, _PASS = range(6)
 _INF = math.inf
-SETTLE_LIMIT_S = 3600.0  # a replay without an end stops this long after its last request at most
+SETTLE_LIMIT_S = 3600.0  # a replay without an end stops this long after its last request's grace
 
 
 
@@ -147,7 +147,10 @@ class FunctionSim:
         n, i = len(arrivals), 0
         heap, clock, result = self.heap, self.clock, self.result
         # without an end, run until settled (a time-dependent policy never is: bounded)
-        end = self.end_s if self.end_s is not None else (arrivals[-1] if n else 0.0) + SETTLE_LIMIT_S
+        scaling = self.spec.scaling
+        end = self.end_s if self.end_s is not None else (
+            (arrivals[-1] if n else 0.0) + SETTLE_LIMIT_S + scaling.scale_to_zero_grace_s
+            + scaling.stable_window_s + scaling.scale_down_delay_s)
         queue_timeout_s = self.spec.queue.timeout_s
         self.next_tick = arrivals[0] if n else _INF
         while True:
