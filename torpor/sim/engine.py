@@ -29,6 +29,7 @@ import random
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from torpor.autoscaling import autoscaler
 from torpor.autoscaling.kpa import KpaConfig
@@ -153,10 +154,11 @@ class FunctionSim:
             + scaling.stable_window_s + scaling.scale_down_delay_s)
         queue_timeout_s = self.spec.queue.timeout_s
         self.next_tick = arrivals[0] if n else _INF
+        waiters = self.waiters
         while True:
             t_arrival = arrivals[i] if i < n else _INF
             t_event = heap[0][0] if heap else _INF
-            t_timeout = self.waiters[0][0] + queue_timeout_s if self.waiters else _INF
+            t_timeout = waiters[0][0] + queue_timeout_s if waiters else _INF
             t = min(t_arrival, t_event, t_timeout, self.next_tick)
             if t > end:
                 break
@@ -199,15 +201,14 @@ class FunctionSim:
         self.seq += 1
         heapq.heappush(self.heap, (at, kind, self.seq, subject))
 
-    def _handle(self, kind: int, subject: object) -> None:
+    def _handle(self, kind: int, subject: Any) -> None:
+        """``subject`` is the endpoint of a completion, nothing for a pass, else the instance."""
         if kind == _COMPLETE:
-            assert isinstance(subject, Endpoint)
             self._complete(subject)
             return
         if kind == _PASS:
             self._act()
             return
-        assert isinstance(subject, _Instance)
         if kind == _READY:
             self._ready(subject)
         elif kind == _THAWED:

@@ -37,12 +37,14 @@ class PrefixRecorder(ConcurrencyRecorder):
         self._opened: list[_Bucket] = []  # the buckets themselves (shared with the deque)
         self._area_before: list[float] = []  # request·seconds of all seconds before that bucket
         self._busy_before: list[int] = []  # how many buckets with any area came before it
+        self._newest: _Bucket | None = None  # the last bucket opened
 
     def _touch(self, now: float) -> _Bucket:
         bucket = super()._touch(now)
-        if not self._opened or bucket is not self._opened[-1]:
-            if self._opened:
-                last = self._opened[-1]
+        last = self._newest
+        if bucket is not last:
+            self._newest = bucket
+            if last is not None:
                 quiet = bucket.second - last.second - 1  # seconds carrying last.level after it
                 full = last.full_area()  # final: no record can land in its second any more
                 self._area_before.append(self._area_before[-1] + full + last.level * quiet)
