@@ -401,7 +401,8 @@ def simulate(
         help="Bill over [0, duration) (default: until every replay settles).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for randomised routing.")] = 0,
     plot: Annotated[Path | None, typer.Option(
-        "--plot", help="Write load, instances and latency over time as a PNG (torpor[plot]).")] = None,
+        "--plot", help="Write load, instances and latency over time as a PNG "
+                       "(needs matplotlib: the plot extra).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
 ) -> None:
     """Replay a trace through torpor's own autoscaler, routing and billing: latency and cost."""
