@@ -38,9 +38,9 @@ from torpor.clock import FakeClock
 from torpor.constants import RECONCILE_INTERVAL_S
 from torpor.gateway.route import Endpoint
 from torpor.gateway.routing_policies import PowerOfTwo, RoutingPolicy
+from torpor.gateway.upstream import UpstreamResponse
 from torpor.lifecycle.state import InstanceState
 from torpor.metering.billing import InstanceInfo, LedgerInterval
-from torpor.metering.ledger import POOL_LOCAL
 from torpor.sim.traces import FunctionTrace
 from torpor.sim.window import PrefixRecorder
 from torpor.spec import FunctionSpec
@@ -48,6 +48,7 @@ from torpor.spec import FunctionSpec
 # Heap event kinds; at one instant a completion is handled before a ready instance, and so on.
 _COMPLETE, _READY, _THAWED, _FROZEN, _EXITED, _PASS = range(6)
 _INF = math.inf
+POOL = "local"  # the local backend's one pool
 SETTLE_LIMIT_S = 3600.0  # a replay without an end stops this long after its last request's grace
 
 
@@ -77,7 +78,10 @@ class _Instance:
     provisioned: bool
     endpoint: Endpoint | None = None  # set once ready
     draining: bool = False
-    frozen: bool = False  # the ledger says FROZEN (the endpoint's flag goes first)
+    frozen: bool = False  # the ledger says FROZEN
+    # idle mode's facts (``route.IdleFacts``), from which the endpoint derives frozen/thawing/accepting
+    freeze_requested_at: float | None = None
+    thaw_requested_at: float | None = None
     state: InstanceState = InstanceState.STARTING  # the ledger's open interval: state and start
     since: float = 0.0
 
@@ -302,9 +306,9 @@ class FunctionSim:
             if thawing >= len(self.waiters):
                 return
             if endpoint.frozen and not endpoint.thawing:
-                endpoint.thawing = True
-                thawing += endpoint.capacity
                 instance = self.by_id[endpoint.instance_id]
+                instance.thaw_requested_at = self.clock.now()
+                thawing += endpoint.capacity
                 self.result.thaws += 1
                 # a thaw asked for mid-freeze waits for the freeze to finish first
                 wait_s = 0.0 if instance.frozen else self.timings.freeze_s
@@ -367,7 +371,7 @@ class FunctionSim:
         self.result.cold_starts += 1
         info = InstanceInfo(
             instance_id=f"{self.name}-{self.result.cold_starts}", function=self.name, revision="1",
-            pool=POOL_LOCAL, device="gpu" if self.on_gpu else "cpu",
+            pool=POOL, device="gpu" if self.on_gpu else "cpu",
             gpu_memory_mb=resources.gpu_memory_mb, cpus=resources.cpus, memory_mb=resources.memory_mb,
         )
         instance = _Instance(info, now, provisioned, since=now)  # its ledger opens in STARTING
@@ -377,8 +381,8 @@ class FunctionSim:
 
     def _ready(self, instance: _Instance) -> None:
         now = self.clock.now()
-        endpoint = Endpoint(instance.info.instance_id, self.spec.concurrency, None, ready_at=now,
-                            provisioned=instance.provisioned)
+        endpoint = Endpoint(instance.info.instance_id, self.spec.concurrency, _NO_CLIENT, ready_at=now,
+                            provisioned=instance.provisioned, idle=instance)
         instance.endpoint = endpoint
         self.endpoints.append(endpoint)
         self._ledger(instance, InstanceState.READY)
@@ -401,7 +405,7 @@ class FunctionSim:
         self.live.remove(instance)
         endpoint = instance.endpoint
         assert endpoint is not None
-        endpoint.accepting = False
+        endpoint.open = False  # as FunctionRoute.remove_endpoint
         self.endpoints.remove(endpoint)
         self._ledger(instance, InstanceState.DRAINING)
         # a frozen instance is thawed before it is stopped (it cannot act on SIGTERM frozen)
@@ -419,8 +423,7 @@ class FunctionSim:
             if (instance.provisioned and endpoint is not None and not endpoint.frozen
                     and endpoint.in_flight == 0 and not endpoint.thawing
                     and now - endpoint.idle_since >= scaling.idle_after_s):
-                endpoint.frozen = True
-                endpoint.accepting = False
+                instance.freeze_requested_at = now  # out of routing from here
                 self._push(now + self.timings.freeze_s, _FROZEN, instance)
 
     def _frozen(self, instance: _Instance) -> None:
@@ -439,9 +442,8 @@ class FunctionSim:
             self._ledger(instance, InstanceState.READY)
         endpoint.thawed_at = now
         endpoint.idle_since = now
-        endpoint.frozen = False
-        endpoint.thawing = False
-        endpoint.accepting = not instance.draining
+        instance.freeze_requested_at = None
+        instance.thaw_requested_at = None
         self._dispatch()
         if endpoint.in_flight == 0:
             self._idle(endpoint)
@@ -464,3 +466,20 @@ class FunctionSim:
         ready = len(self.live) - starting - frozen
         self.result.timeline.append((self.clock.now(), self.in_flight + len(self.waiters),
                                      starting, ready, frozen, self.draining))
+
+
+class _NoClient:
+    """The simulator sends nothing: an endpoint's client is never called."""
+
+    async def request(self, method: str, target: bytes, header_lines: bytes, body: bytes,
+                      timeout_s: float) -> UpstreamResponse:
+        raise NotImplementedError("the simulator has no instances to send to")
+
+    async def control(self, path: str, timeout_s: float) -> tuple[int, str]:
+        raise NotImplementedError("the simulator has no instances to send to")
+
+    async def close(self) -> None:
+        return None
+
+
+_NO_CLIENT = _NoClient()
