@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from torpor.states import InstanceState
 from torpor.metering import billing
 from torpor.metering.prices import PriceTable
+from torpor.states import InstanceState
 
 
 @dataclass
