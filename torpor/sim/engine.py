@@ -3,18 +3,21 @@
 What runs is the server's code: :func:`torpor.autoscaling.autoscaler.decide` (KPA stages and
 provisioning policies) fed by a :class:`~torpor.autoscaling.metrics.ConcurrencyRecorder` (as
 :class:`~torpor.sim.window.PrefixRecorder`, which only sums windows faster) that sees every change
-of requests in the system exactly as the gateway reports it, and the function's
+of requests in the system exactly as the gateway reports it; the reconciler's pure
+:func:`torpor.lifecycle.planner.plan` choosing what to start, drain and freeze; and the function's
 :class:`~torpor.gateway.routing_policies.RoutingPolicy` choosing among the gateway's own
-:class:`~torpor.gateway.route.Endpoint` objects. What the simulator supplies is what the reconciler,
-the queue and the instances would do, reduced to events on a heap:
+:class:`~torpor.gateway.route.Endpoint` objects. What the simulator supplies is what carrying the
+plans out and serving would take, reduced to events on a heap:
 
 - the reconciler decides every ``tick_s`` and at once when a request has to wait (the gateway pokes
-  it), then starts instances (ready ``cold_start_s`` later), drains idle ones (newest on-demand first,
-  as ``Reconciler.reconcile`` does) and, with idle mode, freezes idle provisioned ones;
+  it), and plans after each decision and on a pass after an instance goes idle; started instances
+  are ready ``cold_start_s`` later, drained ones gone ``stop_s`` later, frozen ones frozen
+  ``freeze_s`` later;
 - the gateway queue is FIFO, bounded by ``queue.max_queued`` (503) and ``queue.timeout_s`` (504), and
   asks for frozen endpoints to thaw (``thaw_s``) as ``FunctionRoute._thaw_for_waiters`` does;
 - every instance state change is written to a ledger list in the billing code's own
-  ``(time, InstanceInfo, state)`` form, with ``busy`` folded into ``ready`` as the server's ledger does.
+  :class:`~torpor.metering.billing.LedgerInterval` form, ``busy`` folded into ``ready`` as the
+  server's ledger does.
 
 Speed: arrivals are read from the trace's arrays in order (never put on the heap), the heap holds
 only completions and instance transitions, and ticks stop while the function is at zero with no
@@ -39,6 +42,7 @@ from torpor.constants import RECONCILE_INTERVAL_S
 from torpor.gateway.route import Endpoint
 from torpor.gateway.routing_policies import PowerOfTwo, RoutingPolicy
 from torpor.gateway.upstream import UpstreamResponse
+from torpor.lifecycle import planner
 from torpor.lifecycle.state import InstanceState
 from torpor.metering.billing import InstanceInfo, LedgerInterval
 from torpor.sim.traces import FunctionTrace
@@ -139,7 +143,9 @@ class FunctionSim:
         self.next_tick = 0.0  # the next reconciler pass that may decide
         self.next_decision_at = 0.0  # every tick_s; sooner while requests wait
         self.draining = 0
-        self.marked = 0  # provisioned count last marked on the live instances
+        self.marked = 0  # provisioned count at the last plan
+        self.live_changed = False  # an instance started or drained since the last plan
+        self.idle_mode = spec.scaling.idle_mode
         self.end_s = end_s
         self.want_timeline = timeline
         self.result = FunctionResult(name)
@@ -344,26 +350,33 @@ class FunctionSim:
                           else self.next_decision_at)
         if self.want_timeline:
             self._sample()
-        # the oldest `provisioned` live instances are the provisioned ones, routed to first
-        count = self.decision.provisioned
-        if count or self.marked:  # (nothing to mark when none is or was provisioned)
-            for n, instance in enumerate(live):  # `live` is kept in start order
-                instance.provisioned = n < count
-                if instance.endpoint is not None:
-                    instance.endpoint.provisioned = instance.provisioned
-            self.marked = count
-        desired = self.decision.desired
-        if len(live) < desired:
-            provisioned = sum(1 for i in live if i.provisioned)
-            for n in range(desired - len(live)):
-                self._spawn(provisioned + n < self.decision.provisioned)
         self._act()
 
     def _act(self) -> None:
-        """A reconciler pass on the standing decision: drain the surplus, freeze the idle."""
-        if len(self.live) > self.decision.desired:
-            self._scale_in()
-        self._freeze_idle()
+        """A reconciler pass: the server's own planner decides what to start, drain and freeze.
+
+        Its plan is empty, and so is skipped, when the live count is the decision, idle mode is off
+        and neither the provisioned count nor the live instances changed since the last plan.
+        """
+        live, decision = self.live, self.decision
+        if (len(live) == decision.desired and not self.idle_mode and not self.live_changed
+                and decision.provisioned == self.marked):
+            return
+        now = self.clock.now()
+        view = planner.FunctionView(revision=1, instances=tuple(_view(i) for i in live),
+                                    idle_mode=self.idle_mode, idle_after_s=self.spec.scaling.idle_after_s)
+        plan = planner.plan(view, decision, now)
+        for instance in live:
+            instance.provisioned = instance.info.instance_id in plan.provisioned
+            if instance.endpoint is not None:
+                instance.endpoint.provisioned = instance.provisioned
+        self.marked, self.live_changed = decision.provisioned, False
+        for start in plan.start:
+            self._spawn(start.provisioned)
+        for drain in plan.drain:
+            self._drain(self.by_id[drain.instance_id])
+        for instance_id in plan.freeze:
+            self._freeze(self.by_id[instance_id])
 
     def _spawn(self, provisioned: bool) -> None:
         now = self.clock.now()
@@ -376,6 +389,7 @@ class FunctionSim:
         )
         instance = _Instance(info, now, provisioned, since=now)  # its ledger opens in STARTING
         self.live.append(instance)
+        self.live_changed = True
         self.by_id[info.instance_id] = instance
         self._push(now + self.timings.cold_start_s, _READY, instance)
 
@@ -390,19 +404,12 @@ class FunctionSim:
         if endpoint.in_flight == 0:
             self._idle(endpoint)
 
-    def _scale_in(self) -> None:
-        """Drain idle instances beyond the decision: on-demand before provisioned, newest first."""
-        idle = [i for i in self.live if i.endpoint is not None and i.endpoint.in_flight == 0
-                and not i.endpoint.thawing]
-        idle.sort(key=lambda i: (i.provisioned, -(i.endpoint.ready_at if i.endpoint else 0.0)))
-        for instance in idle[: len(self.live) - self.decision.desired]:
-            self._drain(instance)
-
     def _drain(self, instance: _Instance) -> None:
         now = self.clock.now()
         instance.draining = True
         self.draining += 1
         self.live.remove(instance)
+        self.live_changed = True
         endpoint = instance.endpoint
         assert endpoint is not None
         endpoint.open = False  # as FunctionRoute.remove_endpoint
@@ -412,19 +419,10 @@ class FunctionSim:
         thaw_s = self.timings.thaw_s if endpoint.frozen else 0.0
         self._push(now + thaw_s + self.timings.stop_s, _EXITED, instance)
 
-    def _freeze_idle(self) -> None:
-        """Idle mode: freeze provisioned instances idle for at least ``idle_after_s``."""
-        scaling = self.spec.scaling
-        if not scaling.idle_mode:
-            return
-        now = self.clock.now()
-        for instance in self.live:
-            endpoint = instance.endpoint
-            if (instance.provisioned and endpoint is not None and not endpoint.frozen
-                    and endpoint.in_flight == 0 and not endpoint.thawing
-                    and now - endpoint.idle_since >= scaling.idle_after_s):
-                instance.freeze_requested_at = now  # out of routing from here
-                self._push(now + self.timings.freeze_s, _FROZEN, instance)
+    def _freeze(self, instance: _Instance) -> None:
+        """Idle mode: out of routing at once, frozen (in the ledger) ``freeze_s`` later."""
+        instance.freeze_requested_at = self.clock.now()
+        self._push(self.clock.now() + self.timings.freeze_s, _FROZEN, instance)
 
     def _frozen(self, instance: _Instance) -> None:
         endpoint = instance.endpoint
@@ -483,3 +481,22 @@ class _NoClient:
 
 
 _NO_CLIENT = _NoClient()
+
+
+def _view(instance: _Instance) -> planner.InstanceView:
+    """The instance as the planner sees it: its state derived from the same facts the server has."""
+    endpoint = instance.endpoint
+    if endpoint is None:
+        state, in_flight, idle_since = InstanceState.STARTING, 0, None
+    else:
+        in_flight, idle_since = endpoint.in_flight, endpoint.idle_since
+        if instance.frozen:
+            state = InstanceState.FROZEN
+        else:
+            state = InstanceState.BUSY if in_flight else InstanceState.READY
+    transition = instance.thaw_requested_at is not None or (
+        instance.freeze_requested_at is not None and not instance.frozen)
+    return planner.InstanceView(
+        id=instance.info.instance_id, revision=1, state=state, started_at=instance.started_at,
+        ready_at=endpoint.ready_at if endpoint is not None else None, in_flight=in_flight,
+        idle_since=idle_since, idle_transition=transition)
