@@ -355,13 +355,16 @@ class FunctionSim:
     def _act(self) -> None:
         """A reconciler pass: the server's own planner decides what to start, drain and freeze.
 
-        Its plan is empty, and so is skipped, when the live count is the decision, idle mode is off
-        and neither the provisioned count nor the live instances changed since the last plan.
+        Its plan is empty, and so is skipped, when idle mode is off, neither the provisioned count
+        nor the live instances changed since the last plan, and the live count is the decision, or
+        above it with no idle instance to drain (``planner.scale_in_victims`` takes idle ones only).
         """
         live, decision = self.live, self.decision
-        if (len(live) == decision.desired and not self.idle_mode and not self.live_changed
-                and decision.provisioned == self.marked):
-            return
+        if not self.idle_mode and not self.live_changed and decision.provisioned == self.marked:
+            surplus = len(live) - decision.desired
+            if surplus == 0 or (surplus > 0 and not any(
+                    i.endpoint is not None and i.endpoint.in_flight == 0 for i in live)):
+                return
         now = self.clock.now()
         view = planner.FunctionView(revision=1, instances=tuple(_view(i) for i in live),
                                     idle_mode=self.idle_mode, idle_after_s=self.spec.scaling.idle_after_s)
