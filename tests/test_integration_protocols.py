@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,20 @@ class TestOpenAIClient:
             results = list(pool.map(stream, range(8)))
         assert all(finish in ("stop", "length") for _, finish in results), results
         assert all(text for text, _ in results), results
+
+    def test_client_leaving_frees_the_slot(self, client: Any, server: TorporServer) -> None:
+        """A stream whose client goes away stops generating and frees its instance's slot at once."""
+        body = {"model": "chat", "stream": True, "max_tokens": 2000, "temperature": 0,
+                "messages": [{"role": "user", "content": "Tell me a very long story."}]}
+        with server.http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+        server.wait_for(lambda: server.function("chat")["in_flight"] == 0, timeout_s=5,
+                        what="the slot to be released")
+        started = time.monotonic()
+        r = client.chat.completions.create(model="chat", messages=QUESTION, max_tokens=3)
+        assert r.choices[0].finish_reason == "length"
+        assert time.monotonic() - started < 20  # 2000 tokens would take over a minute here
 
     def test_embeddings_cosine_order(self, client: Any) -> None:
         """Three sentences: the two about eating are closer to each other than to the third."""

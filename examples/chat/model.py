@@ -8,9 +8,11 @@ model cache, and instances find it at ``$TORPOR_MODEL_PATH``.
 Hooks:
 
 * ``load()`` (run once by the template) converts the GGUF into float32 weights in the same cache
-  (once per GGUF content; seconds), then copies the weights into memory and builds the tokenizer
-  and chat template from the GGUF's own metadata. Every forked instance starts with all of it.
-* ``warmup()`` generates one token, so the first request finds numpy's code paths warm.
+  (once per GGUF content; seconds), then copies the weights into memory, builds the tokenizer and
+  chat template from the GGUF's own metadata, and generates one token so every code path has run.
+  Every forked instance starts with all of it, so there is no per-instance ``warmup()``: a
+  generation there would cost a whole prompt's prefill on every cold start (~0.3 s on this CPU)
+  and warm nothing the fork did not already bring.
 * ``generate()`` / ``complete()`` yield one piece of text per token; :class:`torpor.OpenAIModel`
   turns them into chat completions, chunks, ``usage`` and ``finish_reason``.
 """
@@ -35,10 +37,9 @@ class Chat(torpor.OpenAIModel):
         gguf = Path(os.environ["TORPOR_MODEL_PATH"])
         root = cache_root_of(gguf) or Path(os.environ.get("TORPOR_CHAT_CACHE", ".torpor-chat"))
         self.chat = GgufChat(prepare(gguf, root))
-
-    def warmup(self) -> None:
-        params = torpor.GenerationParams(max_tokens=1, temperature=0.0)
-        list(self.chat.chat([{"role": "user", "content": "Hi"}], params))
+        # numpy/BLAS run single-threaded here (resources.cpus: 1), so this is safe before fork()
+        list(self.chat.chat([{"role": "user", "content": "Hi"}],
+                            torpor.GenerationParams(max_tokens=1, temperature=0.0)))
 
     def generate(self, messages: list[dict[str, str]],
                  params: torpor.GenerationParams) -> Iterator[str]:
