@@ -6,11 +6,14 @@ through torpor and straight to the instance; then seed 004's load test.
 Every request is a streamed ``/v1/chat/completions`` (temperature 0, a fixed prompt, 32 tokens),
 timed from sending to the first content event (TTFT) and to the last one (decode tokens/s).
 
-- warm: the same instance, alternately through the gateway and straight to its Unix socket (the
+- warm: one instance kept, alternately through the gateway and straight to its Unix socket (the
   difference of the paired times is what the gateway adds to TTFT);
-- cold: every run redeploys the function (its template ready, zero instances), then one request:
-  fork + setup + warmup + the request;
+- cold: a function deployed afresh for each request (its template ready, zero instances): fork +
+  setup + /initialize + the request;
 - thawed: a provisioned instance in idle mode, frozen, woken by the request.
+
+The cases take turns within each round (the box's load drifts; a case measured all at once would
+carry its own slice of that drift), and the first round is discarded.
 
 Then ``hey -z 30s -c 5`` POSTs ``/v1/chat/completions`` with ``max_tokens`` 10 (seed 004's test; needs
 ``hey``: ``make bench-setup``) while the instances the autoscaler started are sampled every 0.5 s.
@@ -38,12 +41,12 @@ BODY = {"model": "chat", "stream": True, "max_tokens": MAX_TOKENS, "temperature"
         "messages": [{"role": "user", "content": "Tell me a story about a dragon."}]}
 
 
-def stream_once(http: httpx.Client, path: str = "/v1/chat/completions") -> dict[str, Any]:
+def stream_once(http: httpx.Client, model: str = "chat", expect: str | None = None) -> dict[str, Any]:
     """TTFT, decode tokens/s and the x-torpor-start header of one streamed chat completion."""
     started = time.perf_counter()
     first = last = None
     tokens = 0
-    with http.stream("POST", path, json=BODY) as response:
+    with http.stream("POST", "/v1/chat/completions", json={**BODY, "model": model}) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{response.status_code}: {response.read()[:300]!r}")
         for line in response.iter_lines():
@@ -57,76 +60,98 @@ def stream_once(http: httpx.Client, path: str = "/v1/chat/completions") -> dict[
     if first is None or last is None:
         raise RuntimeError("no content event")
     rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else float("nan")
-    return {"ttft_s": first - started, "tokens_per_s": rate,
-            "start": response.headers.get("x-torpor-start", "direct")}
+    start = response.headers.get("x-torpor-start", "direct")
+    if expect is not None and start != expect:
+        raise RuntimeError(f"{model}: expected x-torpor-start {expect}, got {start}")
+    return {"ttft_s": first - started, "tokens_per_s": rate, "start": start}
 
 
-def wait_template(server: Server, timeout_s: float = 300) -> None:
+def wait_template(server: Server, name: str = "chat", timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        template = server.http.get("/api/v1/functions/chat").json()["template"]
+        template = server.http.get(f"/api/v1/functions/{name}").json()["template"]
         if template and template["state"] == "ready":
             return
         if template and template["state"] == "failed":
-            raise RuntimeError(f"chat: template failed; see {template['stderr_log']}")
+            raise RuntimeError(f"{name}: template failed; see {template['stderr_log']}")
         time.sleep(0.05)
-    raise RuntimeError("chat: template not ready")
+    raise RuntimeError(f"{name}: template not ready")
 
 
-def instances(server: Server) -> list[dict[str, Any]]:
-    return [r for r in server.http.get("/api/v1/instances").json() if r["function"] == "chat"]
+def instances(server: Server, name: str = "chat", all: bool = False) -> list[dict[str, Any]]:
+    rows = server.http.get("/api/v1/instances", params={"function": name, "all": all}).json()
+    return list(rows)
 
 
-def warm(server: Server, runs: int) -> dict[str, list[dict[str, Any]]]:
-    server.deploy(CHAT, scaling={"min_instances": 1, "max_instances": 1})
-    wait_template(server)
-    stream_once(server.http)  # starts the instance
-    address = instances(server)[0]["address"]
+def wait_state(server: Server, name: str, state: str, timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = [r for r in instances(server, name) if r["state"] == state]
+        if rows:
+            return rows[0]
+        time.sleep(0.02)
+    raise RuntimeError(f"{name}: no instance {state} within {timeout_s}s")
+
+
+def rounds(server: Server, runs: int) -> dict[str, list[dict[str, Any]]]:
+    """Every round measures each case once, so the box's drifting load weighs on all of them alike.
+
+    Three functions from the same example: ``chat-warm`` (one instance kept), ``chat-idle`` (one
+    provisioned instance in idle mode) and ``chat-cold`` (deployed afresh for each of its requests).
+    """
+    server.deploy(CHAT, name="chat-warm", scaling={"min_instances": 1, "max_instances": 1})
+    server.deploy(CHAT, name="chat-idle", scaling={"provisioned": 1, "max_instances": 1,
+                                                   "idle_mode": True, "idle_after_s": 0.3,
+                                                   "tick_s": 0.5})
+    for name in ("chat-warm", "chat-idle"):
+        wait_template(server, name)
+    address = wait_state(server, "chat-warm", "ready")["address"]
     direct = httpx.Client(transport=httpx.HTTPTransport(uds=address), base_url="http://instance",
                           timeout=120)
-    out: dict[str, list[dict[str, Any]]] = {"warm, through torpor": [], "warm, straight to instance": []}
+    cases = ("warm, through torpor", "warm, straight to instance", "cold, through torpor",
+             "thawed, through torpor")
+    out: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     try:
-        for _ in range(runs):
-            out["warm, through torpor"].append(stream_once(server.http))
-            out["warm, straight to instance"].append(stream_once(direct))
+        stream_once(server.http, "chat-warm")  # page cache, first-use costs
+        for n in range(runs + 1):
+            samples = {"warm, through torpor": stream_once(server.http, "chat-warm"),
+                       "warm, straight to instance": stream_once(direct, "chat-warm")}
+            server.deploy(CHAT, name="chat-cold", scaling={"min_instances": 0, "max_instances": 1})
+            wait_template(server, "chat-cold")
+            samples["cold, through torpor"] = stream_once(server.http, "chat-cold", expect="cold")
+            breakdown = instances(server, "chat-cold")[0]["cold_start"]
+            samples["cold, through torpor"]["start_to_ready_s"] = breakdown["total_s"]
+            samples["cold, through torpor"]["fork_s"] = breakdown.get("fork_s") or float("nan")
+            server.delete("chat-cold")  # a redeploy would keep the old revision's instance serving
+            server.wait_no_instances("chat-cold")
+            wait_state(server, "chat-idle", "frozen")
+            samples["thawed, through torpor"] = stream_once(server.http, "chat-idle", expect="thawed")
+            if n:  # the first round pays for first uses (template pages, a first thaw)
+                for case, sample in samples.items():
+                    out[case].append(sample)
     finally:
         direct.close()
-    server.delete("chat")
-    server.wait_no_instances("chat")
+    for name in ("chat-warm", "chat-idle"):
+        server.delete(name)
     return out
 
 
-def cold(server: Server, runs: int) -> list[dict[str, Any]]:
-    samples = []
-    for _ in range(runs + 1):  # the first pays for the page cache
-        server.deploy(CHAT, scaling={"min_instances": 0, "max_instances": 1})
-        wait_template(server)
-        sample = stream_once(server.http)
-        if sample["start"] != "cold":
-            raise RuntimeError(f"expected a cold start, got {sample['start']}")
-        samples.append(sample)
-        server.delete("chat")
-        server.wait_no_instances("chat")
-    return samples[1:]
-
-
-def thawed(server: Server, runs: int) -> list[dict[str, Any]]:
-    server.deploy(CHAT, scaling={"provisioned": 1, "max_instances": 1, "idle_mode": True,
-                                 "idle_after_s": 0.3, "tick_s": 0.5})
-    wait_template(server)
-    samples = []
-    while len(samples) < runs:
-        deadline = time.monotonic() + 30
-        while not any(r["state"] == "frozen" for r in instances(server)):
-            if time.monotonic() > deadline:
-                raise RuntimeError("chat never froze")
-            time.sleep(0.02)
-        sample = stream_once(server.http)
-        if sample["start"] == "thawed":
-            samples.append(sample)
-    server.delete("chat")
-    server.wait_no_instances("chat")
-    return samples
+def gateway_ttft(server: Server, runs: int) -> list[float]:
+    """What the gateway adds to TTFT, without the model's noise: a model that yields at once
+    (bench/functions/tokens), streamed alternately through torpor and straight to its instance."""
+    server.deploy(ROOT / "bench" / "functions" / "tokens")
+    wait_template(server, "tokens")
+    address = wait_state(server, "tokens", "ready")["address"]
+    added = []
+    with httpx.Client(transport=httpx.HTTPTransport(uds=address), base_url="http://instance",
+                      timeout=30) as direct:
+        for n in range(runs + 20):
+            through = stream_once(server.http, "tokens")["ttft_s"]
+            straight = stream_once(direct, "tokens")["ttft_s"]
+            if n >= 20:  # warm-up pairs
+                added.append(through - straight)
+    server.delete("tokens")
+    return added
 
 
 def load_test(server: Server, seconds: int) -> dict[str, Any]:
@@ -148,6 +173,7 @@ def load_test(server: Server, seconds: int) -> dict[str, Any]:
             timeline.append((round(time.monotonic() - started, 1), len(rows), ready))
             time.sleep(0.5)
 
+    before = {r["id"] for r in instances(server, all=True)}
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
     result = subprocess.run([hey, "-z", f"{seconds}s", "-c", "5", "-m", "POST", "-T", "application/json",
@@ -155,8 +181,7 @@ def load_test(server: Server, seconds: int) -> dict[str, Any]:
                             capture_output=True, text=True, timeout=seconds + 120)
     done.set()
     watcher.join()
-    started_ids = {r["id"] for r in server.http.get("/api/v1/instances",
-                                                    params={"function": "chat", "all": True}).json()}
+    started_ids = {r["id"] for r in instances(server, all=True)} - before
     server.delete("chat")
     return {"hey": result.stdout, "timeline": timeline, "instances_started": len(started_ids),
             "max_instances_live": max((t[1] for t in timeline), default=0)}
@@ -166,13 +191,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--load-s", type=int, default=30)
+    parser.add_argument("--gateway-runs", type=int, default=300)
     parser.add_argument("--no-load", action="store_true", help="skip the hey load test")
     args = parser.parse_args()
     server = Server()
     try:
-        by_case = warm(server, args.runs)
-        by_case["cold, through torpor"] = cold(server, args.runs)
-        by_case["thawed, through torpor"] = thawed(server, args.runs)
+        by_case = rounds(server, args.runs)
+        gateway_added = gateway_ttft(server, args.gateway_runs)
         load = {} if args.no_load else load_test(server, args.load_s)
     finally:
         server.close()
@@ -185,18 +210,28 @@ def main() -> None:
     for case, r in results.items():
         t = r["tokens_per_s"]
         print(f"  {case:<40} {t['median']:6.1f} ({t['min']:.1f}–{t['max']:.1f})")
-    gateway = [a["ttft_s"] - b["ttft_s"] for a, b in zip(by_case["warm, through torpor"],
-                                                         by_case["warm, straight to instance"],
-                                                         strict=True)]
+    paired = [a["ttft_s"] - b["ttft_s"] for a, b in zip(by_case["warm, through torpor"],
+                                                        by_case["warm, straight to instance"],
+                                                        strict=True)]
     cold_added = (results["cold, through torpor"]["ttft_s"]["median"]
                   - results["warm, through torpor"]["ttft_s"]["median"])
     thaw_added = (results["thawed, through torpor"]["ttft_s"]["median"]
                   - results["warm, through torpor"]["ttft_s"]["median"])
-    print(f"\ngateway adds to TTFT (paired, median): {ms(statistics.median(gateway))} ms "
-          f"(goal ≤ 1 ms; min {ms(min(gateway))}, max {ms(max(gateway))})")
-    print(f"cold start adds to TTFT (medians): {ms(cold_added)} ms (goal ≤ 100 ms)")
+    ready = summary([s["start_to_ready_s"] for s in by_case["cold, through torpor"]])
+    fork = summary([s["fork_s"] for s in by_case["cold, through torpor"]])
+    gateway = summary(gateway_added)
+    print(f"\ngateway adds to TTFT, instant model, {len(gateway_added)} pairs: median "
+          f"{gateway['median'] * 1e6:.0f} µs (min {gateway['min'] * 1e6:.0f}, max "
+          f"{gateway['max'] * 1e6:.0f}; goal ≤ 1 ms)")
+    print(f"gateway adds to TTFT, SmolLM2, {len(paired)} pairs: median {ms(statistics.median(paired))} ms "
+          f"(min {ms(min(paired))}, max {ms(max(paired))}: the model's own spread)")
+    print(f"cold start adds to TTFT (medians): {ms(cold_added)} ms (goal ≤ 100 ms); the instance's "
+          f"start → ready: median {ms(ready['median'])} ms (min {ms(ready['min'])}, max "
+          f"{ms(ready['max'])}), of which fork {ms(fork['median'])} ms")
     print(f"thaw adds to TTFT (medians): {ms(thaw_added)} ms")
-    results["gateway_added_ttft_s"] = summary(gateway)
+    results["gateway_added_ttft_s"] = gateway
+    results["gateway_added_ttft_smollm2_s"] = summary(paired)
+    results["cold_start_to_ready_s"] = ready
     results["cold_added_ttft_s"] = cold_added
     results["thaw_added_ttft_s"] = thaw_added
     if load:

