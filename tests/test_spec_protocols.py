@@ -9,7 +9,7 @@ import yaml
 
 from tests.test_spec import load, make_spec, spec_errors
 from torpor.cache import ModelCache, cache_root_of
-from torpor.spec import resolve_model_path
+from torpor.spec import package_model_problem, resolve_model_path
 
 
 class TestOpenAISection:
@@ -35,11 +35,31 @@ class TestPackageModelPath:
         assert resolve_model_path(load(folder), folder) == expected
 
     def test_missing_package_or_file(self, tmp_path: Path) -> None:
-        """An uninstalled package or a missing file is a model.path error."""
-        assert spec_errors(make_spec(tmp_path / "a", model={"path": "package:no_such_pkg_x/m.gguf"})) == [
-            "model.path: package 'no_such_pkg_x' is not installed on the server"]
-        errors = spec_errors(make_spec(tmp_path / "b", model={"path": "package:yaml/nope.gguf"}))
-        assert len(errors) == 1 and errors[0].endswith("nope.gguf does not exist")
+        """An uninstalled package or a missing file is a model.path problem where it is deployed
+        (the client's spec check leaves it to the server, which need not be the same machine)."""
+        missing = load(make_spec(tmp_path / "a", model={"path": "package:no_such_pkg_x/m.gguf"}))
+        assert package_model_problem(missing) == (
+            "model.path: package 'no_such_pkg_x' is not installed on the server")
+        nofile = load(make_spec(tmp_path / "b", model={"path": "package:yaml/nope.gguf"}))
+        problem = package_model_problem(nofile)
+        assert problem is not None and problem.endswith("nope.gguf does not exist")
+        assert package_model_problem(load(make_spec(tmp_path / "c", model={
+            "path": "package:yaml/__init__.py"}))) is None
+
+    async def test_server_refuses_missing_package(self, tmp_path: Path) -> None:
+        """Deploying it on a server without the package fails naming model.path; nothing is stored."""
+        from torpor.errors import SpecError
+        from torpor.platform import Platform
+
+        folder = make_spec(tmp_path / "fn", model={"path": "package:no_such_pkg_x/m.gguf"})
+        (tmp_path / "data").mkdir()
+        platform = Platform(tmp_path / "data")
+        try:
+            with pytest.raises(SpecError, match="package 'no_such_pkg_x' is not installed"):
+                await platform.deploy_folder(folder)
+            assert await platform.store.run(platform.store.list_functions) == []
+        finally:
+            platform.store.close()
 
 
 class TestCacheRootOf:

@@ -19,7 +19,6 @@ from typing import IO
 
 from torpor import __version__
 from torpor.api.app import create_api
-from torpor.api.metrics import LlmCollector
 from torpor.errors import DataDirLocked, TorporError
 from torpor.gateway.oip import OipFrontDoor
 from torpor.gateway.openai import OpenAIFrontDoor
@@ -59,11 +58,10 @@ class RootApp:
         self.platform = platform
         self.deploy_paths = deploy
         self.gateway = Gateway(platform.reconciler.routes, platform.clock)
-        self.api = create_api(platform)
         # protocol front doors: OpenAI's API under /v1/, the Open Inference Protocol under /v2
         self.openai = OpenAIFrontDoor(self.gateway, platform.functions, platform.clock)
         self.oip = OipFrontDoor(self.gateway, platform.functions)
-        platform.metrics.registry.register(LlmCollector(self.openai.stats))
+        self.api = create_api(platform, self.openai.stats)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/fn/"):

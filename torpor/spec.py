@@ -227,12 +227,10 @@ def _check_files(spec: FunctionSpec, base_dir: Path, check_model_path: bool = Tr
                 f"runtime.handler: module {module!r} not found in {base_dir} "
                 f"(looked for {relative}.py and {relative}/__init__.py)"
             )
-    if spec.model is not None and check_model_path:
+    # a package's file is looked for where it is used: on the server, at deploy
+    if spec.model is not None and check_model_path and not is_package_model(spec):
         model_path = resolve_model_path(spec, base_dir)
-        if model_path is None:
-            package = spec.model.path.removeprefix(PACKAGE_PREFIX).split("/", 1)[0]
-            problems.append(f"model.path: package {package!r} is not installed on the server")
-        elif not model_path.exists():
+        if model_path is not None and not model_path.exists():
             problems.append(f"model.path: {model_path} does not exist")
     return problems
 
@@ -244,6 +242,25 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def is_package_model(spec: FunctionSpec) -> bool:
+    """``model.path`` names a file in an installed package (found on the server, never uploaded)."""
+    return spec.model is not None and spec.model.path.startswith(PACKAGE_PREFIX)
+
+
+def package_model_problem(spec: FunctionSpec) -> str | None:
+    """Why a ``package:`` model.path cannot be used on this machine, or None when it can."""
+    if not is_package_model(spec):
+        return None
+    path = resolve_model_path(spec, Path("."))
+    if path is None:
+        assert spec.model is not None
+        package = spec.model.path.removeprefix(PACKAGE_PREFIX).split("/", 1)[0]
+        return f"model.path: package {package!r} is not installed on the server"
+    if not path.is_file():
+        return f"model.path: {path} does not exist"
+    return None
 
 
 def resolve_model_path(spec: FunctionSpec, base_dir: Path) -> Path | None:

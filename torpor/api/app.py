@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from torpor import __version__
 from torpor.api.metrics import Metrics
 from torpor.errors import BadRequest, NotFound, SpecError
+from torpor.gateway.llm_stats import LlmStats
 from torpor.platform import Platform
 
 MAX_CODE_UPLOAD_BYTES = 512 * 1024 * 1024  # torpor.code.DEFAULT_MAX_BYTES: what the CLI packs at most
@@ -52,7 +53,7 @@ def parse_time(value: str | None, name: str) -> float | None:
     return moment.timestamp()
 
 
-def create_api(platform: Platform) -> FastAPI:
+def create_api(platform: Platform, llm_stats: LlmStats | None = None) -> FastAPI:
     app = FastAPI(
         title="torpor control API",
         version=__version__,
@@ -79,7 +80,7 @@ def create_api(platform: Platform) -> FastAPI:
             {"error": str(exc), "source": exc.source, "errors": exc.errors}, status_code=422
         )
 
-    metrics_registry = Metrics(lambda: platform.functions)
+    metrics_registry = Metrics(lambda: platform.functions, llm_stats)
     platform.reconciler.on_ready = metrics_registry.observe_cold_start
 
     @app.get("/healthz", tags=["health"])

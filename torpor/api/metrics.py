@@ -58,9 +58,11 @@ class PlatformCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, functions: Functions) -> None:
+    def __init__(self, functions: Functions, llm_stats: LlmStats | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(PlatformCollector(functions))
+        if llm_stats is not None:  # counted by the OpenAI front door
+            self.registry.register(LlmCollector(llm_stats))
         self.cold_start = Histogram(
             "torpor_cold_start_seconds",
             "Time from starting an instance to ready, by phase (spawn, initialize, total).",
