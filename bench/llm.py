@@ -105,7 +105,7 @@ def rounds(server: Server, runs: int) -> dict[str, list[dict[str, Any]]]:
                                                    "tick_s": 0.5})
     for name in ("chat-warm", "chat-idle"):
         wait_template(server, name)
-    address = wait_state(server, "chat-warm", "ready")["address"]
+    address = wait_state(server, "chat-warm", "ready")["address"].removeprefix("unix:")
     direct = httpx.Client(transport=httpx.HTTPTransport(uds=address), base_url="http://instance",
                           timeout=120)
     cases = ("warm, through torpor", "warm, straight to instance", "cold, through torpor",
@@ -141,7 +141,7 @@ def gateway_ttft(server: Server, runs: int) -> list[float]:
     (bench/functions/tokens), streamed alternately through torpor and straight to its instance."""
     server.deploy(ROOT / "bench" / "functions" / "tokens")
     wait_template(server, "tokens")
-    address = wait_state(server, "tokens", "ready")["address"]
+    address = wait_state(server, "tokens", "ready")["address"].removeprefix("unix:")
     added = []
     with httpx.Client(transport=httpx.HTTPTransport(uds=address), base_url="http://instance",
                       timeout=30) as direct:
