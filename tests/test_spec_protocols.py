@@ -22,7 +22,7 @@ class TestOpenAISection:
     def test_bad_aliases_named(self, tmp_path: Path) -> None:
         """Empty names and unknown keys are errors naming the field."""
         assert spec_errors(make_spec(tmp_path / "a", openai={"models": [""]})) == [
-            "openai.models: must be a list of non-empty model names"]
+            "openai.models: must be a list of non-empty model names of at most 256 characters"]
         assert spec_errors(make_spec(tmp_path / "b", openai={"model": ["x"]})) == [
             "openai.model: unknown field"]
 

@@ -18,12 +18,17 @@ from pathlib import Path
 from typing import IO
 
 from torpor import __version__
+from torpor.api import console
 from torpor.api.app import create_api
+from torpor.api.metrics import LlmCollector
+from torpor.api.sampler import Sampler
+from torpor.datadir import PRIVATE_UMASK, make_private
 from torpor.errors import DataDirLocked, TorporError
 from torpor.gateway.oip import OipFrontDoor
 from torpor.gateway.openai import OpenAIFrontDoor
 from torpor.gateway.proxy import Gateway
 from torpor.httpserver import HttpServer
+from torpor.log_format import JsonFormatter
 from torpor.platform import Platform
 from torpor.spec import load_spec_file
 from torpor.types import Receive, Scope, Send
@@ -57,11 +62,15 @@ class RootApp:
     def __init__(self, platform: Platform, deploy: list[Path]) -> None:
         self.platform = platform
         self.deploy_paths = deploy
-        self.gateway = Gateway(platform.reconciler.routes, platform.clock)
+        metrics = platform.metrics
+        self.gateway = Gateway(platform.reconciler.routes, platform.clock, observer=metrics.requests)
+        self.sampler = Sampler(platform, metrics.requests)
+        self.api = create_api(platform)
+        console.install(self.api, platform, self.sampler)
         # protocol front doors: OpenAI's API under /v1/, the Open Inference Protocol under /v2
         self.openai = OpenAIFrontDoor(self.gateway, platform.functions, platform.clock)
         self.oip = OipFrontDoor(self.gateway, platform.functions)
-        self.api = create_api(platform, self.openai.stats)
+        metrics.registry.register(LlmCollector(self.openai.stats))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/fn/"):
@@ -87,8 +96,10 @@ class RootApp:
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                self.sampler.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.sampler.stop()
                 await self.platform.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -99,6 +110,8 @@ def _check_port(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
+        except OverflowError:
+            raise TorporError(f"port {port} is out of range; choose --port from 1 to 65535") from None
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise TorporError(f"port {port} on {host} is already in use; choose --port") from None
@@ -106,17 +119,20 @@ def _check_port(host: str, port: int) -> None:
 
 
 def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info",
-          config: Path | None = None) -> None:
+          config: Path | None = None, log_format: str = "text") -> None:
+    if log_format not in ("text", "json"):
+        raise TorporError(f"--log-format must be text or json, not {log_format!r}")
     data_dir = data_dir.resolve()
     for path in deploy:  # fail before starting anything
         load_spec_file(path)
+    os.umask(PRIVATE_UMASK)  # everything under the data directory is the server user's alone
+    make_private(data_dir)
     lock = lock_data_dir(data_dir)
     _check_port(host, port)
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), handlers=[handler])
     platform = Platform(data_dir, config_path=config)
     # torpor's own lean HTTP/1.1 server (uvloop + httptools): the gateway's cost is part of the
     # product (bench/gateway.py); a finished graceful shutdown on SIGINT/SIGTERM exits with 0

@@ -120,7 +120,8 @@ class InstanceBackend(Protocol):
         """A revision was deployed: get ready to start it fast (e.g. build its template)."""
 
     def retire(self, function: str) -> None:
-        """The function was deleted or no longer uses what ``prepare`` built."""
+        """The function was deleted, no longer uses what ``prepare`` built, or has been idle long
+        enough that holding it is a waste (the next :meth:`start` builds it again)."""
 
     async def start(self, plan: InstancePlan) -> StartedInstance:
         """Start the instance and return once it accepts connections; raise :class:`StartFailed`.

@@ -37,6 +37,7 @@ from torpor.lifecycle.idle import IdleMode
 from torpor.lifecycle.initialize import initialize
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.state import InstanceFacts, InstanceState
+from torpor.lifecycle.template_idle import DEFAULT_RETIRE_IDLE_S, should_retire
 from torpor.metering.ledger import Ledger
 from torpor.spec import FunctionSpec
 from torpor.store import Store
@@ -61,6 +62,8 @@ class Reconciler:
         self.ledger = Ledger(store, clock)
         self.idle = IdleMode(backend, clock, self.ledger, self._background)
         self._last_heartbeat = 0.0
+        self.template_retire_idle_s = DEFAULT_RETIRE_IDLE_S  # the server config's templates:
+        self.retired_templates: dict[str, float] = {}  # function → when its template was retired
 
     # deploy / delete ---------------------------------------------------------------------------
 
@@ -155,6 +158,22 @@ class Reconciler:
             self._decide(fn, fn.live(), now)
         plan = planner.plan(self.view(fn, now), fn.decision, now)
         self.carry_out(fn, plan)
+        self._retire_idle_template(fn, now)
+
+    def _retire_idle_template(self, fn: FunctionRuntime, now: float) -> None:
+        """What the backend holds between instances (a template and its spare) is memory held for
+        nothing while nobody uses the function: retire it; the next cold start builds it again."""
+        if self.backend.function_info(fn.name) is None:
+            return
+        last_used_at = max(fn.route.last_request_at or 0.0, fn.updated_at,
+                           max((i.facts.exited_at or 0.0 for i in fn.instances.values()), default=0.0))
+        if should_retire(live_instances=len(fn.live(current_only=False)), queued=fn.route.queued,
+                         last_used_at=last_used_at, now=now,
+                         retire_idle_s=self.template_retire_idle_s):
+            self.backend.retire(fn.name)
+            self.retired_templates[fn.name] = now
+            self._event(fn.name, "template", f"template retired: no instance and no request for "
+                        f"{self.template_retire_idle_s:g}s; the next cold start rebuilds it")
 
     def view(self, fn: FunctionRuntime, now: float) -> planner.FunctionView:
         """A snapshot of the function's live instances, as plain data for the planner."""

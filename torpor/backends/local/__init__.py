@@ -39,9 +39,11 @@ from torpor.backends.local import processes
 from torpor.backends.local.forked import enable_subreaper, forking_supported
 from torpor.backends.local.freezer import Freezer, make_freezer
 from torpor.backends.local.launch import free_port, launch_plan, wait_listening
+from torpor.backends.local.memory import process_memory_bytes
 from torpor.backends.local.processes import InstanceProcess, tail
 from torpor.backends.local.templates import Templates
 from torpor.clock import Clock
+from torpor.datadir import remove_socket, remove_sockets
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class LocalBackend:
         self.data_dir = data_dir
         self.clock = clock
         self.run_dir = socket_dir(data_dir)
+        remove_sockets(self.run_dir)  # a crashed server's or instance's: none is in use now
         self.freezer = freezer or make_freezer(data_dir)
         if templates is None:
             templates = forking_supported() and enable_subreaper()
@@ -100,6 +103,7 @@ class LocalBackend:
         if self.templates is not None:
             await self.templates.shutdown()
         self.freezer.close()
+        remove_sockets(self.run_dir)
 
     # revisions ---------------------------------------------------------------------------------
 
@@ -118,7 +122,12 @@ class LocalBackend:
 
     def function_info(self, function: str) -> dict[str, Any] | None:
         template = self.templates.by_function.get(function) if self.templates is not None else None
-        return template.to_api() if template is not None else None
+        if template is None:
+            return None
+        info: dict[str, Any] = template.to_api()
+        if template.handle is not None and template.alive:  # the template and its spare
+            info["memory_bytes"] = process_memory_bytes(template.handle.pid)
+        return info
 
     # instances ---------------------------------------------------------------------------------
 
@@ -190,6 +199,7 @@ class LocalBackend:
         return Exit(code)
 
     def _forget(self, instance_id: str, exit_: Exit) -> None:
+        remove_socket(str(self.run_dir / f"{instance_id}.sock"))  # a crashed one's too
         process = self._processes.pop(instance_id, None)
         if process is not None and process.attached:
             self.freezer.release(instance_id)
@@ -239,5 +249,6 @@ def socket_dir(data_dir: Path) -> Path:
     if len(str(run_dir)) > 60:
         digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
         run_dir = Path(tempfile.gettempdir()) / f"torpor-{digest}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir.chmod(0o700)
     return run_dir
