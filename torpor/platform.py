@@ -146,6 +146,7 @@ class Platform:
         """Deploy ``raw`` (the spec) running ``code``; ``model_code``: model.path uploaded apart
         (it was outside the function's folder)."""
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
+        self._check_pools(spec, source)
         problem = await handler_problem(spec, code.path)
         if problem is not None:
             raise SpecError(source, [problem])
@@ -179,6 +180,14 @@ class Platform:
                 and not model_path.is_relative_to(base_dir)):
             model_code = await asyncio.to_thread(self.code.put_dir, model_path)
         return await self.deploy(raw, code, str(path), model_code)
+
+    def _check_pools(self, spec: FunctionSpec, source: str) -> None:
+        """``placement.pools`` must name pools this server has (the server config's ``pools``)."""
+        known = sorted(self.backend.pool_priorities)
+        for i, name in enumerate(spec.placement.pools):
+            if name not in known:
+                raise SpecError(source, [f"placement.pools[{i}]: unknown pool {name!r}; "
+                                         f"pools: {', '.join(known)}"])
 
     @staticmethod
     def _model_source(spec: FunctionSpec, code: CodeRef, model_code: CodeRef | None,

@@ -15,21 +15,25 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import yaml
 
 from torpor import __version__
 from torpor.api import console
 from torpor.api.app import create_api
 from torpor.api.metrics import LlmCollector
 from torpor.api.sampler import Sampler
+from torpor.backends import InstanceBackend
 from torpor.datadir import PRIVATE_UMASK, make_private
-from torpor.errors import DataDirLocked, TorporError
+from torpor.errors import DataDirLocked, SpecError, TorporError
 from torpor.gateway.oip import OipFrontDoor
 from torpor.gateway.openai import OpenAIFrontDoor
 from torpor.gateway.proxy import Gateway
 from torpor.httpserver import HttpServer
 from torpor.log_format import JsonFormatter
-from torpor.platform import Platform
+from torpor.platform import CONFIG_FILENAME, Platform
+from torpor.safe_yaml import read_yaml
 from torpor.spec import load_spec_file
 from torpor.types import Receive, Scope, Send
 
@@ -118,13 +122,41 @@ def _check_port(host: str, port: int) -> None:
             raise TorporError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def ray_backend(data_dir: Path, config: Path | None, ray_address: str | None
+                ) -> InstanceBackend | None:
+    """The Ray backend when ``--ray`` is given or the server config says ``backend: ray``; None for
+    the local one. Ray is imported only in the first case."""
+    from torpor.backends.ray.config import BackendConfigError, ray_config
+
+    path = config if config is not None else data_dir / CONFIG_FILENAME
+    raw: Any = None
+    if path.is_file():
+        try:
+            raw = read_yaml(path)
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            raw = None  # Platform's own read of the file reports it
+    try:
+        settings = ray_config(raw if isinstance(raw, dict) else None, ray_address)
+    except BackendConfigError as exc:
+        raise SpecError(str(path) if ray_address is None else "--ray", [str(exc)]) from None
+    if settings is None:
+        return None
+    try:
+        from torpor.backends.ray import RayBackend
+    except ImportError:
+        raise TorporError("the Ray backend needs Ray: pip install 'torpor[ray]'") from None
+    return RayBackend(settings)
+
+
 def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info",
-          config: Path | None = None, log_format: str = "text") -> None:
+          config: Path | None = None, log_format: str = "text",
+          ray_address: str | None = None) -> None:
     if log_format not in ("text", "json"):
         raise TorporError(f"--log-format must be text or json, not {log_format!r}")
     data_dir = data_dir.resolve()
     for path in deploy:  # fail before starting anything
         load_spec_file(path)
+    backend = ray_backend(data_dir, config, ray_address)
     os.umask(PRIVATE_UMASK)  # everything under the data directory is the server user's alone
     make_private(data_dir)
     lock = lock_data_dir(data_dir)
@@ -133,7 +165,7 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
     handler.setFormatter(JsonFormatter() if log_format == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), handlers=[handler])
-    platform = Platform(data_dir, config_path=config)
+    platform = Platform(data_dir, config_path=config, backend=backend)
     # torpor's own lean HTTP/1.1 server (uvloop + httptools): the gateway's cost is part of the
     # product (bench/gateway.py); a finished graceful shutdown on SIGINT/SIGTERM exits with 0
     server = HttpServer(RootApp(platform, deploy), lifespan=True, graceful_timeout_s=10)

@@ -137,6 +137,20 @@ class QueueSpec(_Strict):
     timeout_s: float = Field(default=30.0, gt=0, le=MAX_DURATION_S)
 
 
+class PlacementSpec(_Strict):
+    """Where a function's instances may run: ``pools`` restricts them to these pools (checked
+    against the server's configured pools at deploy, ``placement.pools[i]: unknown pool``)."""
+
+    pools: list[str] = Field(default_factory=list)
+
+    @field_validator("pools")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a pool twice")
+        return value
+
+
 class RoutingSpec(_Strict):
     policy: str = "least_outstanding"
 
@@ -164,6 +178,7 @@ class FunctionSpec(_Strict):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     queue: QueueSpec = Field(default_factory=QueueSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
     @field_validator("name")
     @classmethod

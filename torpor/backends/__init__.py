@@ -113,6 +113,10 @@ class InstanceBackend(Protocol):
 
     name: str
 
+    @property
+    def pool_priorities(self) -> dict[str, int]:
+        """Each pool's priority (higher: filled first, drained last); one pool for a single machine."""
+
     async def startup(self) -> None:
         """Once, before the first instance (e.g. start the guard, connect to the cluster)."""
 

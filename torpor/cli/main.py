@@ -86,6 +86,12 @@ def serve(
                      help="Server config YAML (price table under `prices:`); "
                           "default DATA_DIR/config.yaml if present."),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS",
+                     help="Run instances on a Ray cluster: `auto` or its GCS address host:port "
+                          "(also `backend: ray` and `ray_address` in the config)."),
+    ] = None,
 ) -> None:
     """Run the gateway, control API, reconciler and store in one process."""
     from torpor.server import serve as run_server
@@ -95,7 +101,7 @@ def serve(
     if log_level.lower() not in LOG_LEVELS:
         raise CliError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
 
-    run_server(host, port, data_dir, deploy or [], log_level, config, log_format)
+    run_server(host, port, data_dir, deploy or [], log_level, config, log_format, ray_address=ray)
 
 
 @app.command()

@@ -177,12 +177,14 @@ class Reconciler:
 
     def view(self, fn: FunctionRuntime, now: float) -> planner.FunctionView:
         """A snapshot of the function's live instances, as plain data for the planner."""
+        priority = self.backend.pool_priorities
         instances = tuple(
             planner.InstanceView(
                 id=i.id, revision=i.revision, state=i.state, started_at=i.facts.started_at,
                 ready_at=i.facts.ready_at, in_flight=i.in_flight,
                 idle_since=i.endpoint.idle_since if i.endpoint is not None else None,
                 idle_transition=i.idle_transition() is not None or self.idle.in_transition(i),
+                pool_priority=priority.get(i.pool or "", 0),
             )
             for i in fn.live(current_only=False)
         )

@@ -38,7 +38,7 @@ from torpor.backends import (
 from torpor.backends.local import processes
 from torpor.backends.local.forked import enable_subreaper, forking_supported
 from torpor.backends.local.freezer import Freezer, make_freezer
-from torpor.backends.local.launch import free_port, launch_plan, wait_listening
+from torpor.backends.local.launch import free_port, launch_plan, listen_arg, wait_listening
 from torpor.backends.local.memory import process_memory_bytes
 from torpor.backends.local.processes import InstanceProcess, tail
 from torpor.backends.local.templates import Templates
@@ -68,8 +68,11 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, data_dir: Path, clock: Clock, *, templates: bool | None = None,
-                 freezer: Freezer | None = None) -> None:
+                 freezer: Freezer | None = None, listen_host: str | None = None) -> None:
+        """``listen_host``: instances listen on this IP and a free TCP port instead of a Unix
+        socket (the Ray backend's node agent: the gateway is on another machine)."""
         self.data_dir = data_dir
+        self.listen_host = listen_host
         self.clock = clock
         self.run_dir = socket_dir(data_dir)
         remove_sockets(self.run_dir)  # a crashed server's or instance's: none is in use now
@@ -136,17 +139,20 @@ class LocalBackend:
         logs = self.data_dir / "logs" / revision.function
         stdout, stderr = logs / f"{instance_id}.stdout.log", logs / f"{instance_id}.stderr.log"
         self._remember_log(instance_id, stderr)
+        host = self.listen_host or "127.0.0.1"
         if spec.runtime.command is not None:
-            address = Address.tcp("127.0.0.1", spec.runtime.port or free_port())
+            address = Address.tcp(host, spec.runtime.port or free_port(host))
+        elif self.listen_host is not None:
+            address = Address.tcp(host, free_port(host))
         else:
             address = Address.unix(str(self.run_dir / f"{instance_id}.sock"))
         forked = self.templates is not None and uses_template(revision)
         if forked:
-            assert self.templates is not None and address.unix_socket is not None
+            assert self.templates is not None
             template = self.templates.ensure(spec, revision.revision, revision.code.path,
                                              _model_path(revision))
             handle: InstanceProcess = await self.templates.fork(
-                template, instance_id=instance_id, socket_path=address.unix_socket,
+                template, instance_id=instance_id, socket_path=listen_arg(address),
                 stdout=stdout, stderr=stderr, timeout_s=spec.initialize_timeout_s)
         else:
             launch = launch_plan(spec, revision.revision, revision.code.path, instance_id,
@@ -170,6 +176,10 @@ class LocalBackend:
         return StartedInstance(address=address, node=NODE, pool=POOL, forked=forked,
                                detail={"pid": handle.pid, "stdout_log": str(stdout),
                                        "stderr_log": str(stderr)})
+
+    def instance_ids(self) -> list[str]:
+        """The instances this backend runs now."""
+        return list(self._processes)
 
     def _process(self, instance_id: str) -> _Process:
         process = self._processes.get(instance_id)
@@ -228,6 +238,10 @@ class LocalBackend:
         return tail(path, max_lines=max_lines) if path is not None else ""
 
     # facts -------------------------------------------------------------------------------------
+
+    @property
+    def pool_priorities(self) -> dict[str, int]:
+        return {POOL: 0}
 
     def health(self) -> dict[str, Any]:
         return {"backend": self.name, "freezer": self.freezer.name,
