@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from torpor.clock import FakeClock
-from torpor.errors import BadRequest
+from torpor.errors import BadRequest, ColdStartFailed
 from torpor.gateway.route import FunctionRoute
 from torpor.gateway.traffic import Traffic, TrafficConfig, check_tag, cycle, parse_weights, shift
 
@@ -66,6 +66,15 @@ class TestPick:
         traffic = make_traffic({1: 50, 2: 50})
         traffic.routes[1].requests, traffic.routes[2].requests = 3, 4
         assert traffic.requests == 7 and traffic.in_flight == 0 and traffic.queued == 0
+
+    def test_failure_only_when_every_weighted_revision_fails(self) -> None:
+        """The function fails (OIP readiness: 503) only while no weighted revision can start."""
+        traffic = make_traffic({1: 50, 2: 50}, {"canary": 3})
+        traffic.routes[1].failure = ColdStartFailed("revision 1 cannot start")
+        traffic.routes[3].failure = ColdStartFailed("revision 3 cannot start")
+        assert traffic.failure is None  # revision 2 serves
+        traffic.routes[2].failure = ColdStartFailed("revision 2 cannot start")
+        assert traffic.failure is traffic.routes[2].failure
 
     def test_queue_wait_sums_the_revisions_and_keeps_forgotten_ones(self) -> None:
         """/metrics' queue-wait histogram is every revision's, and never drops a forgotten one's."""

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torpor.errors import BadRequest
+from torpor.errors import BadRequest, GatewayError
 from torpor.gateway.request_stats import QUEUE_WAIT_BUCKETS_S, Histogram
 from torpor.gateway.route import FunctionRoute
 
@@ -185,6 +185,17 @@ class Traffic:
     @property
     def in_system(self) -> int:
         return sum(r.in_system for r in self.routes.values())
+
+    @property
+    def failure(self) -> GatewayError | None:
+        """Set while no weighted revision can start an instance (each one's cold starts fail): the
+        newest such failure; None while one of them can serve (e.g. the OIP readiness probe)."""
+        weighted = [self.routes[n] for n, w in sorted(self.config.weights.items())
+                    if w > 0 and n in self.routes]
+        failures = [route.failure for route in weighted]
+        if not weighted or any(f is None for f in failures):
+            return None
+        return failures[-1]
 
     @property
     def queue_wait(self) -> Histogram:
