@@ -59,10 +59,13 @@ class ModelSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
+    """What one instance holds: ``cpus`` (a CPU quota) and ``memory_mb`` (a memory limit), both
+    enforced through cgroups; ``gpus`` whole devices or a ``gpu_memory_mb`` slice of one device."""
+
     cpus: float = Field(default=1.0, gt=0, le=512)
-    memory_mb: int = Field(default=1024, ge=16)
-    gpus: int = Field(default=0, ge=0, le=64)
-    gpu_memory_mb: int = Field(default=0, ge=0)
+    memory_mb: int = Field(default=1024, ge=16, strict=True)
+    gpus: int = Field(default=0, ge=0, le=64, strict=True)
+    gpu_memory_mb: int = Field(default=0, ge=0, strict=True)
 
     @field_validator("gpu_memory_mb")
     @classmethod
@@ -70,6 +73,13 @@ class ResourcesSpec(_Strict):
         if 0 < value < MIN_GPU_SLICE_MB:
             raise ValueError(f"must be 0 or at least {MIN_GPU_SLICE_MB} (the smallest GPU slice)")
         return value
+
+    @model_validator(mode="after")
+    def _whole_or_slice(self) -> ResourcesSpec:
+        if self.gpus and self.gpu_memory_mb:
+            raise ValueError("set resources.gpus (whole GPUs) or resources.gpu_memory_mb (a slice "
+                             "of one GPU), not both")
+        return self
 
 
 class ScalingSpec(_Strict):

@@ -1,0 +1,85 @@
+"""The server config's resource sections: declared ``gpus:`` and ``limits:``.
+
+The same file (``--config`` or ``DATA_DIR/config.yaml``) holds ``prices:`` (``torpor.metering.prices``)
+and sections of other parts; each part reads its own and leaves the rest alone. Every problem is a
+:class:`~torpor.errors.SpecError` naming the file and the field, raised before the server starts.
+
+.. code-block:: yaml
+
+    gpus:                 # declared devices, for machines without NVML and for tests
+      - {name: H200, memory_mb: 143360}
+      - {name: H200, memory_mb: 143360}
+    limits:
+      gpus: 30            # all instances together hold at most 30 GPUs (slices counted by memory)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from torpor.errors import SpecError
+from torpor.metering.prices import format_errors
+from torpor.spec import MIN_GPU_SLICE_MB
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuConfig(_Strict):
+    """One declared GPU; ``memory_mb`` is required (there is nothing to guess it from)."""
+
+    name: str = Field(default="GPU", min_length=1)
+    memory_mb: int = Field(ge=MIN_GPU_SLICE_MB, strict=True)
+
+
+class LimitsConfig(_Strict):
+    gpus: float | None = Field(default=None, gt=0)
+    """GPUs all instances may hold at once (seed 001's quota); a slice counts as its share."""
+
+
+class ServerConfig(_Strict):
+    gpus: tuple[GpuConfig, ...] | None = None  # None: ask NVML; () declares a machine without GPUs
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+
+_SECTIONS = ("gpus", "limits")
+
+
+def read_config(path: Path | None) -> dict[str, Any]:
+    """The config file's top-level mapping ({} without a file)."""
+    if path is None:
+        return {}
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(source, ["file not found"]) from None
+    except IsADirectoryError:
+        raise SpecError(source, ["is a directory, not a config file"]) from None
+    except UnicodeDecodeError:
+        raise SpecError(source, ["not UTF-8 text"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(source, [f"not valid YAML: {exc}"]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(source, ["(top level): must be a mapping of sections"])
+    return raw
+
+
+def parse_server_config(raw: dict[str, Any], *, source: str = "config") -> ServerConfig:
+    """Validate the ``gpus`` and ``limits`` sections of an already parsed config mapping."""
+    data = {key: raw[key] for key in _SECTIONS if key in raw and raw[key] is not None}
+    try:
+        return ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, format_errors(exc)) from None
+
+
+def load_server_config(path: Path | None) -> ServerConfig:
+    return parse_server_config(read_config(path), source=str(path))

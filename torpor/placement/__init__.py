@@ -1,0 +1,1 @@
+"""Placement: pure decisions about where an instance goes (GPUs and memory slices, pools, quotas)."""
