@@ -19,14 +19,17 @@ from torpor.autoscaling.scaling_policies import (
     to_fc_json,
 )
 from torpor.backends import CodeRef, InstanceBackend
+from torpor.backends.local.nvml import GpuSource
 from torpor.cache import CachedModel, ModelCache
 from torpor.clock import Clock, SystemClock
 from torpor.code import CodeError, CodeStore
+from torpor.config import load_server_config
 from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.lifecycle.instance import FunctionRuntime
 from torpor.lifecycle.reconciler import Reconciler
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
+from torpor.placement.gpus import GpuDevice, GpuRequest, held_mb, unplaceable
 from torpor.spec import FunctionSpec, load_spec_file, parse_spec, resolve_model_path
 from torpor.store import Store
 
@@ -38,21 +41,31 @@ CONFIG_FILENAME = "config.yaml"  # the server config (price table) when --config
 
 class Platform:
     def __init__(self, data_dir: Path, clock: Clock | None = None,
-                 config_path: Path | None = None, backend: InstanceBackend | None = None) -> None:
+                 config_path: Path | None = None, backend: InstanceBackend | None = None,
+                 gpu_source: GpuSource | None = None) -> None:
         self.data_dir = data_dir
         if config_path is None and (data_dir / CONFIG_FILENAME).is_file():
             config_path = data_dir / CONFIG_FILENAME
         self.prices = load_prices(config_path)  # a bad config stops the server before it starts
+        self.config = load_server_config(config_path)
         self.clock = clock or SystemClock()
         self.store = Store(data_dir / DB_FILENAME)
         self.cache = ModelCache.in_data_dir(data_dir)
         self.code = CodeStore.in_data_dir(data_dir)
         if backend is None:
             from torpor.backends.local import LocalBackend
+            from torpor.backends.local.nvml import NvmlSource, discover_gpus
 
-            backend = LocalBackend(data_dir, self.clock)
+            declared = self.config.gpus
+            gpus = discover_gpus() if declared is None else tuple(
+                GpuDevice(index, gpu.name, gpu.memory_mb) for index, gpu in enumerate(declared))
+            backend = LocalBackend(data_dir, self.clock, gpus=gpus)
+            if gpu_source is None and declared is None and gpus:
+                gpu_source = NvmlSource()
         self.backend = backend
-        self.reconciler = Reconciler(self.store, self.clock, backend)
+        self.gpu_source = gpu_source  # per-device utilisation and memory for /metrics
+        self.reconciler = Reconciler(self.store, self.clock, backend,
+                                     gpu_quota=self.config.limits.gpus)
 
     @property
     def functions(self) -> dict[str, FunctionRuntime]:
@@ -129,6 +142,7 @@ class Platform:
         """Deploy ``raw`` (the spec) running ``code``; ``model_code``: model.path uploaded apart
         (it was outside the function's folder)."""
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
+        self._check_placeable(spec, source)
         model_source = self._model_source(spec, code, model_code, source)
         cached = await self._cache_model(model_source, source)
         record = await self.store.run(
@@ -147,6 +161,16 @@ class Platform:
                              f"revision {record.revision} deployed from {source} "
                              f"(code {code.digest[:12]})")
         return fn
+
+    def _check_placeable(self, spec: FunctionSpec, source: str) -> None:
+        """Refuse a spec no node could ever hold (a slice larger than every GPU, too many GPUs)."""
+        resources = spec.resources
+        problem = unplaceable(self.reconciler.gpu_nodes(),
+                              GpuRequest(gpus=resources.gpus, gpu_memory_mb=resources.gpu_memory_mb),
+                              self.config.limits.gpus)
+        if problem is not None:
+            field, message = problem
+            raise SpecError(source, [f"{field}: {message}"])
 
     async def deploy_folder(self, path: Path) -> FunctionRuntime:
         """Deploy a spec file or folder on this machine (``torpor serve --deploy``): its code is
@@ -204,8 +228,18 @@ class Platform:
         return [{"id": n.id, "address": n.address, "pool": n.pool, "alive": n.alive,
                  "resources_total": n.resources_total,
                  "resources_allocated": n.resources_allocated,
-                 "instances": sorted(by_node.get(n.id, []))}
+                 "instances": sorted(by_node.get(n.id, [])),
+                 "gpus": self._gpus_to_api(n.id, n.gpus)}
                 for n in self.backend.nodes()]
+
+    def _gpus_to_api(self, node: str, devices: tuple[GpuDevice, ...]) -> list[dict[str, Any]]:
+        """Each GPU of a node: index, name, total and allocated memory, the instances on it."""
+        placements = self.reconciler.placements
+        return [{"index": d.index, "name": d.name, "memory_mb": d.memory_mb,
+                 "allocated_mb": held_mb(node, d, placements),
+                 "instances": sorted(i for i, p in placements.items()
+                                     if p.node == node and d.index in p.gpus)}
+                for d in devices]
 
     def function(self, name: str) -> FunctionRuntime:
         fn = self.functions.get(name)
@@ -309,6 +343,7 @@ def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None)
         "provisioned": fn.decision.provisioned,
         "panic": fn.decision.panic,
         "scaling_reason": fn.decision.reason,
+        "waiting": fn.waiting,
         "source": fn.source,
         "code_digest": fn.code.digest,
         "created_at": fn.created_at,

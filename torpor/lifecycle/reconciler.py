@@ -38,6 +38,7 @@ from torpor.lifecycle.initialize import initialize
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.state import InstanceFacts, InstanceState
 from torpor.metering.ledger import Ledger
+from torpor.placement import gpus as gpu_placement
 from torpor.spec import FunctionSpec
 from torpor.store import Store
 
@@ -47,10 +48,13 @@ _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FRO
 
 
 class Reconciler:
-    def __init__(self, store: Store, clock: Clock, backend: InstanceBackend) -> None:
+    def __init__(self, store: Store, clock: Clock, backend: InstanceBackend, *,
+                 gpu_quota: float | None = None) -> None:
         self.store = store
         self.clock = clock
         self.backend = backend
+        self.gpu_quota = gpu_quota  # limits.gpus: GPUs all instances may hold at once
+        self.placements: dict[str, gpu_placement.Placement] = {}  # instance id → its GPUs
         self.functions: dict[str, FunctionRuntime] = {}
         self.routes: dict[str, FunctionRoute] = {}  # what the gateway reads
         self._wake = asyncio.Event()
@@ -177,8 +181,13 @@ class Reconciler:
             instance.provisioned = instance.id in plan.provisioned
             if instance.endpoint is not None:
                 instance.endpoint.provisioned = instance.provisioned
+        waiting = None
         for start in plan.start:
-            self._spawn(fn, start)
+            placement, waiting = self._place(fn)
+            if waiting is not None:
+                break  # the GPUs are full: the next exit pokes us and we try again
+            self._spawn(fn, start, placement)
+        self._set_waiting(fn, waiting)
         for drain in plan.drain:
             victim = fn.instances.get(drain.instance_id)
             if victim is not None:
@@ -204,17 +213,48 @@ class Reconciler:
 
     # starting ----------------------------------------------------------------------------------
 
-    def _spawn(self, fn: FunctionRuntime, start: planner.Start) -> None:
+    # placing -----------------------------------------------------------------------------------
+
+    def gpu_nodes(self) -> tuple[gpu_placement.NodeGpus, ...]:
+        """Every node's GPUs, as the backend knows them now."""
+        return tuple(gpu_placement.NodeGpus(n.id, n.gpus) for n in self.backend.nodes() if n.alive)
+
+    def _place(self, fn: FunctionRuntime) -> tuple[gpu_placement.Placement | None, str | None]:
+        """Where the next instance goes: ``(placement, None)``, or ``(None, why it waits)``."""
+        resources = fn.spec.resources
+        request = gpu_placement.GpuRequest(gpus=resources.gpus, gpu_memory_mb=resources.gpu_memory_mb)
+        if request.empty:
+            return None, None
+        decision = gpu_placement.place(self.gpu_nodes(), self.placements, request, self.gpu_quota)
+        if isinstance(decision, gpu_placement.Waiting):
+            return None, decision.reason
+        return decision.placement, None
+
+    def _set_waiting(self, fn: FunctionRuntime, reason: str | None) -> None:
+        """Say once (an event) why a wanted instance is not started; ``torpor get`` shows it."""
+        if reason != fn.waiting and reason is not None:
+            self._event(fn.name, "waiting", reason)
+        fn.waiting = reason
+
+    def _unplace(self, instance: Instance) -> None:
+        """The instance's process is gone: its GPUs are free for the next one."""
+        if self.placements.pop(instance.id, None) is not None:
+            self.poke()
+
+    def _spawn(self, fn: FunctionRuntime, start: planner.Start,
+               placement: gpu_placement.Placement | None = None) -> None:
         instance_id = f"{fn.name}-{fn.revision}-{secrets.token_hex(3)}"
         instance = Instance(
             id=instance_id, function=fn.name, revision=fn.revision,
             facts=InstanceFacts(started_at=self.clock.now()),
-            provisioned=start.provisioned,
+            provisioned=start.provisioned, placement=placement,
         )
+        if placement is not None:
+            self.placements[instance_id] = placement
         fn.instances[instance_id] = instance
         self.ledger.transition(instance.ledger_record(fn.spec), InstanceState.STARTING)
         fn.route.failure = None
-        plan = InstancePlan(instance_id, fn.revision_plan, pools=start.pools)
+        plan = InstancePlan(instance_id, fn.revision_plan, pools=start.pools, placement=placement)
         self._background(self._start(fn, instance, plan), f"start {instance_id}")
 
     async def _start(self, fn: FunctionRuntime, instance: Instance, plan: InstancePlan) -> None:
@@ -260,6 +300,7 @@ class Reconciler:
     async def _start_failed(self, fn: FunctionRuntime, instance: Instance, reason: str,
                             log_tail: str) -> None:
         exit_ = await self.backend.stop(instance.id, STOP_GRACE_S)
+        self._unplace(instance)
         message = f"instance {instance.id} of function {fn.name!r} failed to start: {reason}"
         if log_tail:
             message += f"\n--- last lines of its stderr ---\n{log_tail}"
@@ -296,7 +337,9 @@ class Reconciler:
         try:
             exit_ = await self.backend.wait(instance.id)
         except BackendError:
+            self._unplace(instance)
             return  # already stopped and forgotten by the backend (a drain got there first)
+        self._unplace(instance)
         facts = instance.facts
         if facts.exited_at is None:
             facts.exited_at = self.clock.now()

@@ -4,6 +4,10 @@
   machine allows it (Linux with pidfds; the server becomes a child subreaper), else spawned.
 - It listens on a Unix socket in ``run_dir``; a command function gets a loopback TCP port as ``PORT``.
 - Idle mode freezes it with the best freezer there is (``freezer.py``: cgroup v2, v1, or SIGSTOP).
+- Its ``memory_mb`` and ``cpus`` are enforced by a cgroup of its own (``limits.py``); a kill by the
+  kernel's OOM killer ends it with ``out of memory (memory_mb N)``.
+- It sees only the GPUs its placement gave it (``CUDA_VISIBLE_DEVICES``, ``TORPOR_GPU_MEMORY_MB``);
+  the node's GPUs come from the server config or NVML (``nvml.py``).
 - Its stdout and stderr go to ``DATA_DIR/logs/<function>/<instance>.{stdout,stderr}.log``.
 - A guard process (``guard.py``) stops everything the server leaves if the server is SIGKILLed.
 
@@ -38,10 +42,12 @@ from torpor.backends import (
 from torpor.backends.local import processes
 from torpor.backends.local.forked import enable_subreaper, forking_supported
 from torpor.backends.local.freezer import Freezer, make_freezer
-from torpor.backends.local.launch import free_port, launch_plan, wait_listening
+from torpor.backends.local.launch import free_port, launch_plan, placement_env, wait_listening
+from torpor.backends.local.limits import CGROUPS_ENV, Limits, make_limits
 from torpor.backends.local.processes import InstanceProcess, tail
 from torpor.backends.local.templates import Templates
 from torpor.clock import Clock
+from torpor.placement.gpus import GpuDevice
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,7 @@ _REMEMBERED_LOGS = 4096  # stderr paths kept for log_tail after an instance is g
 @dataclass
 class _Process:
     handle: InstanceProcess
+    memory_mb: int
     frozen: bool = False
     attached: bool = False  # under the freezer's cgroup
 
@@ -66,11 +73,17 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, data_dir: Path, clock: Clock, *, templates: bool | None = None,
-                 freezer: Freezer | None = None) -> None:
+                 freezer: Freezer | None = None, gpus: tuple[GpuDevice, ...] = (),
+                 limits: Limits | None = None) -> None:
         self.data_dir = data_dir
         self.clock = clock
         self.run_dir = socket_dir(data_dir)
         self.freezer = freezer or make_freezer(data_dir)
+        self.gpus = gpus
+        if limits is None:
+            v2_base = self.freezer.base if self.freezer.name == "cgroup-v2" else None
+            limits = make_limits(cgroup_tag(data_dir), v2_base)
+        self.limits = limits
         if templates is None:
             templates = forking_supported() and enable_subreaper()
         self.templates = Templates(data_dir, self.run_dir, clock) if templates else None
@@ -100,6 +113,7 @@ class LocalBackend:
         if self.templates is not None:
             await self.templates.shutdown()
         self.freezer.close()
+        self.limits.close()
 
     # revisions ---------------------------------------------------------------------------------
 
@@ -132,21 +146,34 @@ class LocalBackend:
         else:
             address = Address.unix(str(self.run_dir / f"{instance_id}.sock"))
         forked = self.templates is not None and uses_template(revision)
+        env = placement_env(plan.placement, self.gpus)
+        try:
+            cgroups = self.limits.prepare(instance_id, spec.resources.memory_mb, spec.resources.cpus)
+        except OSError as exc:
+            log.warning("instance %s runs without limits: %s", instance_id, exc)
+            cgroups = ()
         if forked:
             assert self.templates is not None and address.unix_socket is not None
             template = self.templates.ensure(spec, revision.revision, revision.code.path,
                                              _model_path(revision))
-            handle: InstanceProcess = await self.templates.fork(
-                template, instance_id=instance_id, socket_path=address.unix_socket,
-                stdout=stdout, stderr=stderr, timeout_s=spec.initialize_timeout_s)
+            if cgroups:
+                env[CGROUPS_ENV] = ":".join(cgroups)
+            try:
+                handle: InstanceProcess = await self.templates.fork(
+                    template, instance_id=instance_id, socket_path=address.unix_socket,
+                    stdout=stdout, stderr=stderr, timeout_s=spec.initialize_timeout_s, env=env)
+            except BaseException:
+                self.limits.release(instance_id)
+                raise
         else:
             launch = launch_plan(spec, revision.revision, revision.code.path, instance_id,
-                                 address, (stdout, stderr), _model_path(revision))
+                                 address, (stdout, stderr), _model_path(revision), env, cgroups)
             try:
                 handle = await processes.spawn(launch)
             except OSError as exc:
+                self.limits.release(instance_id)
                 raise StartFailed(f"could not run {launch.argv[0]!r}: {exc}") from None
-        process = self._processes[instance_id] = _Process(handle)
+        process = self._processes[instance_id] = _Process(handle, spec.resources.memory_mb)
         if spec.scaling.idle_mode:
             try:  # before it can start children, so a freeze stops them too
                 self.freezer.attach(instance_id, handle.pid)
@@ -156,8 +183,8 @@ class LocalBackend:
         try:
             await wait_listening(handle, address, self.clock, spec.initialize_timeout_s)
         except StartFailed as exc:
-            await self.stop(instance_id, 0.0)
-            raise StartFailed(str(exc), log_tail=tail(stderr)) from None
+            exit_ = await self.stop(instance_id, 0.0)
+            raise StartFailed(exit_.reason or str(exc), log_tail=tail(stderr)) from None
         return StartedInstance(address=address, node=NODE, pool=POOL, forked=forked,
                                detail={"pid": handle.pid, "stdout_log": str(stdout),
                                        "stderr_log": str(stderr)})
@@ -176,8 +203,7 @@ class LocalBackend:
                 raise UnknownInstance(f"no local instance {instance_id!r}")
             return ended
         code = await process.handle.wait()
-        self._forget(instance_id, Exit(code))
-        return Exit(code)
+        return self._forget(instance_id, code)
 
     async def stop(self, instance_id: str, grace_s: float) -> Exit:
         process = self._processes.get(instance_id)
@@ -186,16 +212,24 @@ class LocalBackend:
         if process.frozen:  # a frozen process cannot act on SIGTERM: thaw it first
             await self.thaw(instance_id)
         code = await processes.stop(process.handle, grace_s)
-        self._forget(instance_id, Exit(code))
-        return Exit(code)
+        return self._forget(instance_id, code)
 
-    def _forget(self, instance_id: str, exit_: Exit) -> None:
+    def _forget(self, instance_id: str, code: int | None) -> Exit:
+        """Record how the instance ended (asking its cgroup whether the OOM killer ended it)."""
         process = self._processes.pop(instance_id, None)
-        if process is not None and process.attached:
+        if process is None:
+            return self._ended.get(instance_id, Exit(code))
+        reason = None
+        if self.limits.oom_killed(instance_id):
+            reason = f"out of memory (memory_mb {process.memory_mb})"
+        exit_ = Exit(code, reason)
+        if process.attached:
             self.freezer.release(instance_id)
+        self.limits.release(instance_id)
         self._ended[instance_id] = exit_
         while len(self._ended) > _REMEMBERED_LOGS:
             self._ended.popitem(last=False)
+        return exit_
 
     async def freeze(self, instance_id: str) -> None:
         process = self._process(instance_id)
@@ -220,17 +254,25 @@ class LocalBackend:
     # facts -------------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return {"backend": self.name, "freezer": self.freezer.name,
-                "templates": self.templates is not None}
+        return {"backend": self.name, "freezer": self.freezer.name, "limits": self.limits.name,
+                "templates": self.templates is not None, "gpus": len(self.gpus)}
 
     def nodes(self) -> list[NodeInfo]:
+        total = {"cpus": float(os.cpu_count() or 1), "gpus": float(len(self.gpus)),
+                 "gpu_memory_mb": float(sum(d.memory_mb for d in self.gpus))}
         return [NodeInfo(id=NODE, address=socket.gethostname(), pool=POOL,
-                         resources_total={"cpus": float(os.cpu_count() or 1)},
-                         resources_allocated={"instances": float(len(self._processes))})]
+                         resources_total=total,
+                         resources_allocated={"instances": float(len(self._processes))},
+                         gpus=self.gpus)]
 
 
 def _model_path(plan: RevisionPlan) -> Path | None:
     return plan.model.path if plan.model is not None else None
+
+
+def cgroup_tag(data_dir: Path) -> str:
+    """This server's cgroups are named after its data dir (the freezer's too)."""
+    return "torpor-" + hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
 
 
 def socket_dir(data_dir: Path) -> Path:
