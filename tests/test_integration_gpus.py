@@ -90,6 +90,7 @@ class TestMemoryLimit:
         assert srv.invoke("hog", {"mb": 16}).status_code == 200
         response = srv.invoke("hog", {"mb": 600})
         assert response.status_code == 502
+        assert response.json()["error"].endswith("failed mid-request: out of memory (memory_mb 256)")
         failed = srv.wait_for(lambda: [i for i in srv.instances("hog", all=True) if i["failure"]],
                               what="the OOM failure")
         assert failed[0]["failure"] == "out of memory (memory_mb 256)"

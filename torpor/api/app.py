@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from torpor import __version__
+from torpor.api.gpu_metrics import GpuCollector
 from torpor.api.metrics import Metrics
 from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.platform import Platform
@@ -80,6 +81,7 @@ def create_api(platform: Platform) -> FastAPI:
         )
 
     metrics_registry = Metrics(lambda: platform.functions)
+    metrics_registry.registry.register(GpuCollector(platform))
     platform.reconciler.on_ready = metrics_registry.observe_cold_start
 
     @app.get("/healthz", tags=["health"])
