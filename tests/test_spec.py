@@ -400,3 +400,31 @@ class TestDefaults:
         assert scaling.max_scale_down_rate == 2.0
         assert scaling.scale_down_delay_s == 0.0
         assert scaling.tick_s == 2.0
+
+
+class TestGpuScaling:
+    def test_gpu_utilization_defaults_to_50(self, tmp_path: Path) -> None:
+        """scaling.metric gpu_utilization without a target holds 50 % (seed 004)."""
+        folder = make_spec(tmp_path, resources={"gpu_memory_mb": 4096},
+                           scaling={"metric": "gpu_utilization"})
+        assert load(folder).scaling.gpu_target_pct == 50.0
+
+    def test_gpu_utilization_needs_a_gpu(self, tmp_path: Path) -> None:
+        """Scaling on GPU utilisation without a GPU is refused."""
+        folder = make_spec(tmp_path, scaling={"metric": "gpu_utilization", "target": 50})
+        assert spec_errors(folder) == [
+            "(top level): scaling.metric gpu_utilization needs a GPU: set resources.gpus or "
+            "resources.gpu_memory_mb"]
+
+    def test_target_without_gpu_metric(self, tmp_path: Path) -> None:
+        """scaling.target belongs to gpu_utilization; requests use target_concurrency."""
+        folder = make_spec(tmp_path, scaling={"target": 50})
+        assert spec_errors(folder) == [
+            "scaling: scaling.target is the gpu_utilization target in percent; set scaling.metric: "
+            "gpu_utilization (for requests use scaling.target_concurrency)"]
+
+    def test_target_over_100(self, tmp_path: Path) -> None:
+        """A utilisation target is a percentage."""
+        folder = make_spec(tmp_path, resources={"gpus": 1},
+                           scaling={"metric": "gpu_utilization", "target": 150})
+        assert spec_errors(folder) == ["scaling.target: Input should be less than or equal to 100"]

@@ -19,7 +19,6 @@ from torpor.autoscaling.scaling_policies import (
     to_fc_json,
 )
 from torpor.backends import CodeRef, InstanceBackend
-from torpor.backends.local.nvml import GpuSource
 from torpor.cache import CachedModel, ModelCache
 from torpor.clock import Clock, SystemClock
 from torpor.code import CodeError, CodeStore
@@ -29,7 +28,7 @@ from torpor.lifecycle.instance import FunctionRuntime
 from torpor.lifecycle.reconciler import Reconciler
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
-from torpor.placement.gpus import GpuDevice, GpuRequest, held_mb, unplaceable
+from torpor.placement.gpus import GpuDevice, GpuRequest, GpuSource, held_mb, unplaceable
 from torpor.spec import FunctionSpec, load_spec_file, parse_spec, resolve_model_path
 from torpor.store import Store
 
@@ -65,7 +64,7 @@ class Platform:
         self.backend = backend
         self.gpu_source = gpu_source  # per-device utilisation and memory for /metrics
         self.reconciler = Reconciler(self.store, self.clock, backend,
-                                     gpu_quota=self.config.limits.gpus)
+                                     gpu_quota=self.config.limits.gpus, gpu_source=gpu_source)
 
     @property
     def functions(self) -> dict[str, FunctionRuntime]:

@@ -49,12 +49,14 @@ _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FRO
 
 class Reconciler:
     def __init__(self, store: Store, clock: Clock, backend: InstanceBackend, *,
-                 gpu_quota: float | None = None) -> None:
+                 gpu_quota: float | None = None,
+                 gpu_source: gpu_placement.GpuSource | None = None) -> None:
         self.store = store
         self.clock = clock
         self.backend = backend
         self.gpu_quota = gpu_quota  # limits.gpus: GPUs all instances may hold at once
         self.placements: dict[str, gpu_placement.Placement] = {}  # instance id → its GPUs
+        self.gpu_source = gpu_source  # this machine's GPUs sampled (scaling on GPU utilisation)
         self.functions: dict[str, FunctionRuntime] = {}
         self.routes: dict[str, FunctionRoute] = {}  # what the gateway reads
         self._wake = asyncio.Event()
@@ -203,13 +205,32 @@ class Reconciler:
             fn.kpa_config, fn.provision, fn.recorder,
             concurrency=fn.spec.concurrency, ready=ready,
             current_provisioned=sum(1 for i in live if i.provisioned),
-            now=now, state=fn.autoscaler,
+            now=now, state=fn.autoscaler, gpu=self._gpu_signal(fn, live),
         )
         fn.next_decision_at = now + fn.spec.scaling.tick_s
         if decision.desired != fn.decision.desired:
             self._event(fn.name, "scaled",
                         f"{fn.name} {fn.decision.desired}→{decision.desired}: {decision.reason}")
         fn.decision = decision
+
+    def _gpu_signal(self, fn: FunctionRuntime, live: list[Instance]) -> autoscaler.GpuSignal | None:
+        """The load on the GPUs of the function's serving instances on this machine (None when
+        there is no GPU source, or no serving instance has a sampled GPU)."""
+        if self.gpu_source is None or fn.spec.resources.gpus + fn.spec.resources.gpu_memory_mb == 0:
+            return None
+        nodes = self.gpu_nodes()
+        local = nodes[0] if nodes else None
+        if local is None:
+            return None
+        placements = [i.placement for i in live if i.state in _SERVING and i.placement is not None
+                      and i.placement.node == local.node]
+        samples = {s.index: s for s in self.gpu_source.sample()}
+        load = gpu_placement.function_load(placements, samples,
+                                           {d.index: d.memory_mb for d in local.devices})
+        if load is None:
+            return None
+        return autoscaler.GpuSignal(load.utilization_pct, fn.spec.scaling.gpu_target_pct,
+                                    load.memory_fraction)
 
     # starting ----------------------------------------------------------------------------------
 

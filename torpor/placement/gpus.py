@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 QUOTA_EPSILON = 1e-9  # slice shares are floats: 0.375 × 8 must fit a quota of 3 exactly
 
@@ -202,3 +203,42 @@ def unplaceable(nodes: tuple[NodeGpus, ...], request: GpuRequest,
                 f"{request.gpu_memory_mb} MB is {smallest_share:g} GPU, more than limits.gpus "
                 f"{quota_gpus:g}")
     return None
+
+
+# what the devices report -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One device right now: SM utilisation (percent over NVML's last sample period) and memory."""
+
+    index: int
+    utilization_pct: float
+    memory_used_mb: int
+
+
+class GpuSource(Protocol):
+    """This machine's devices sampled now (NVML; a fake in tests)."""
+
+    def sample(self) -> list[GpuSample]: ...
+
+
+@dataclass(frozen=True)
+class GpuLoad:
+    """A function's GPUs on average: SM utilisation in percent, memory used as a fraction."""
+
+    utilization_pct: float
+    memory_fraction: float
+    devices: int
+
+
+def function_load(placements: Iterable[Placement], samples: Mapping[int, GpuSample],
+                  sizes_mb: Mapping[int, int]) -> GpuLoad | None:
+    """The mean over the devices a function's instances are placed on (each device once; a
+    device shared by two of its slices counts once). None when no device was sampled."""
+    devices = sorted({i for p in placements for i in p.gpus if i in samples and sizes_mb.get(i)})
+    if not devices:
+        return None
+    utilization = sum(samples[i].utilization_pct for i in devices) / len(devices)
+    memory = sum(samples[i].memory_used_mb / sizes_mb[i] for i in devices) / len(devices)
+    return GpuLoad(utilization, min(memory, 1.0), len(devices))

@@ -9,26 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from torpor.placement.gpus import GpuDevice
+from torpor.placement.gpus import GpuDevice, GpuSample, GpuSource
+
+__all__ = ["FakeGpuSource", "GpuSample", "GpuSource", "NvmlSource", "discover_gpus"]
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class GpuSample:
-    """One device right now: SM utilisation (percent over NVML's last sample period) and memory."""
-
-    index: int
-    utilization_pct: float
-    memory_used_mb: int
-
-
-class GpuSource(Protocol):
-    def sample(self) -> list[GpuSample]: ...
 
 
 def _nvml() -> Any | None:
