@@ -55,6 +55,24 @@ class TestGpuBurst:
         print("burst placement:", sorted((i, p["gpus"], p["gpu_memory_mb"])
                                          for i, p in placements.items()))
 
+    def test_whole_gpus_exclude_slices_and_the_wait_times_out(self, make_server: Any,
+                                                               tmp_path: Path) -> None:
+        """A gpus: 2 instance takes both GPUs whole; a slice function then waits, says why in
+        torpor get, and its request gets 504 after queue.timeout_s."""
+        srv = make_server(data_dir=with_config(tmp_path, TWO_GPUS))
+        srv.deploy(make_function(tmp_path, "gpuenv", name="whole",
+                                 resources={"gpus": 2, "gpu_memory_mb": 0}))
+        whole = srv.invoke("whole", {})
+        assert whole.status_code == 200
+        assert (whole.json()["cuda_visible_devices"], whole.json()["gpu_memory_mb"]) == (
+            "0,1", "32768")
+        srv.deploy(make_function(tmp_path, "gpuenv", queue={"max_queued": 5, "timeout_s": 1.5}))
+        waited = srv.invoke("gpuenv", {})
+        assert waited.status_code == 504
+        assert srv.function("gpuenv")["waiting"] == (
+            "waiting for GPU memory: need 6144 MB, largest free 0 MB (gpu 0)")
+        assert srv.instances("gpuenv") == []
+
     def test_slice_larger_than_every_gpu_refused_at_deploy(self, make_server: Any,
                                                            tmp_path: Path) -> None:
         """A 32768 MB slice on 16384 MB GPUs is refused at deploy, naming field and device."""
