@@ -103,6 +103,9 @@ class LocalBackend:
         args = [sys.executable, "-m", "torpor.backends.local.guard", "--server-pid", str(os.getpid())]
         if self.freezer.base is not None:
             args += ["--cgroup-base", str(self.freezer.base)]
+        for base in self.limits.bases:
+            if base != self.freezer.base:  # v2 shares the freezer's folder
+                args += ["--limits-base", str(base)]
         log_path = self.data_dir / "logs" / "guard.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:

@@ -33,6 +33,7 @@ CPU_PERIOD_US = 100_000  # the kernel's default CFS period: 100 ms
 
 class Limits(Protocol):
     name: str
+    bases: tuple[Path, ...]  # this server's limit cgroups (the guard removes them after a SIGKILL)
 
     def prepare(self, instance_id: str, memory_mb: int, cpus: float) -> tuple[str, ...]:
         """Make the instance's cgroups with their limits; the ``cgroup.procs`` files to join."""
@@ -47,6 +48,7 @@ class Limits(Protocol):
 
 class NoLimits:
     name = "none"
+    bases: tuple[Path, ...] = ()
 
     def prepare(self, instance_id: str, memory_mb: int, cpus: float) -> tuple[str, ...]:
         return ()
@@ -78,6 +80,7 @@ class CgroupV1Limits:
 
     def __init__(self, memory_base: Path, cpu_base: Path) -> None:
         self.memory_base, self.cpu_base = memory_base, cpu_base
+        self.bases: tuple[Path, ...] = (memory_base, cpu_base)
         memory_base.mkdir(exist_ok=True)
         cpu_base.mkdir(exist_ok=True)
 
@@ -115,6 +118,7 @@ class CgroupV2Limits:
 
     def __init__(self, base: Path) -> None:
         self.base = base
+        self.bases: tuple[Path, ...] = (base,)
         base.mkdir(exist_ok=True)
         (base / "cgroup.subtree_control").write_text("+memory +cpu")
 
