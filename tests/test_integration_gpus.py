@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLES, FUNCTIONS, make_function
+from tests.conftest import EXAMPLES, FUNCTIONS, make_function, torpor_cli
 from torpor.backends.local.freezer import CGROUP_ROOT
 
 pytestmark = pytest.mark.timeout(90)
@@ -72,6 +72,13 @@ class TestGpuBurst:
         assert srv.function("gpuenv")["waiting"] == (
             "waiting for GPU memory: need 6144 MB, largest free 0 MB (gpu 0)")
         assert srv.instances("gpuenv") == []
+        shown = torpor_cli("get", "gpuenv", server=srv.url).stdout
+        assert "waiting: waiting for GPU memory: need 6144 MB, largest free 0 MB (gpu 0)" in shown
+        nodes = torpor_cli("nodes", server=srv.url).stdout
+        print(nodes)
+        gpu_rows = [line.replace("│", " ").split() for line in nodes.splitlines() if " T4 " in line]
+        assert [row[:5] for row in gpu_rows] == [["local", "0", "T4", "16384", "16384"],
+                                                ["local", "1", "T4", "16384", "16384"]]
 
     def test_slice_larger_than_every_gpu_refused_at_deploy(self, make_server: Any,
                                                            tmp_path: Path) -> None:

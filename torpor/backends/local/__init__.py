@@ -60,6 +60,7 @@ _REMEMBERED_LOGS = 4096  # stderr paths kept for log_tail after an instance is g
 class _Process:
     handle: InstanceProcess
     memory_mb: int
+    gpu_memory_mb: int = 0  # what its placement holds
     frozen: bool = False
     attached: bool = False  # under the freezer's cgroup
 
@@ -176,7 +177,8 @@ class LocalBackend:
             except OSError as exc:
                 self.limits.release(instance_id)
                 raise StartFailed(f"could not run {launch.argv[0]!r}: {exc}") from None
-        process = self._processes[instance_id] = _Process(handle, spec.resources.memory_mb)
+        held = plan.placement.gpu_memory_mb if plan.placement is not None else 0
+        process = self._processes[instance_id] = _Process(handle, spec.resources.memory_mb, held)
         if spec.scaling.idle_mode:
             try:  # before it can start children, so a freeze stops them too
                 self.freezer.attach(instance_id, handle.pid)
@@ -265,7 +267,10 @@ class LocalBackend:
                  "gpu_memory_mb": float(sum(d.memory_mb for d in self.gpus))}
         return [NodeInfo(id=NODE, address=socket.gethostname(), pool=POOL,
                          resources_total=total,
-                         resources_allocated={"instances": float(len(self._processes))},
+                         resources_allocated={
+                             "instances": float(len(self._processes)),
+                             "gpu_memory_mb": float(sum(p.gpu_memory_mb
+                                                        for p in self._processes.values()))},
                          gpus=self.gpus)]
 
 
