@@ -1,38 +1,128 @@
-"""GPU series on /metrics from a fake NVML source and the reconciler's placements."""
+"""GPU series on /metrics from a fake source and the reconciler's placements; the NVML source and
+inventory against a fake pynvml module."""
 
 from __future__ import annotations
 
+import os
+import sys
+import types
 from pathlib import Path
+from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from torpor.api.gpu_metrics import GpuCollector
+from torpor.backends import CodeRef
 from torpor.backends.local import LocalBackend
 from torpor.backends.local.freezer import SignalFreezer
 from torpor.backends.local.limits import NoLimits
-from torpor.backends.local.nvml import FakeGpuSource
+from torpor.backends.local.nvml import FakeGpuSource, NvmlSource, discover_gpus
 from torpor.clock import SystemClock
-from torpor.placement.gpus import GpuDevice, Placement
+from torpor.lifecycle.instance import Instance
+from torpor.lifecycle.state import InstanceFacts
+from torpor.placement.gpus import GpuDevice, GpuSample, InstanceGpuUsage, Placement
 from torpor.platform import Platform
+from torpor.spec import FunctionSpec
+
+MIB = 1024 * 1024
 
 
-def test_device_series(tmp_path: Path) -> None:
-    """Utilisation and memory used come from the source; total and allocated from placement."""
-    source = FakeGpuSource()
-    source.set(0, 62.5, 9000)
+def scrape(tmp_path: Path, source: FakeGpuSource) -> str:
+    """/metrics' GPU part with one instance of ``fn`` holding 6144 MB of gpu 0."""
     gpus = (GpuDevice(0, "T4", 16384), GpuDevice(1, "T4", 16384))
     backend = LocalBackend(tmp_path, SystemClock(), templates=False, freezer=SignalFreezer(),
                            gpus=gpus, limits=NoLimits())
     platform = Platform(tmp_path, backend=backend, gpu_source=source)
     try:
-        platform.reconciler.placements["fn-1-a"] = Placement("local", (0,), 6144)
+        spec = FunctionSpec.model_validate({"name": "fn", "runtime": {"command": ["true"]},
+                                            "resources": {"gpu_memory_mb": 6144}})
+        fn = platform.reconciler.apply(spec, 1, CodeRef("d", tmp_path), "src", 0.0, 0.0)
+        placement = Placement("local", (0,), 6144)
+        fn.instances["fn-1-a"] = Instance("fn-1-a", "fn", 1, InstanceFacts(started_at=1.0),
+                                          placement=placement)
+        platform.reconciler.placements["fn-1-a"] = placement
         registry = CollectorRegistry()
         registry.register(GpuCollector(platform))
-        text = generate_latest(registry).decode()
+        return generate_latest(registry).decode()
     finally:
         platform.store.close()
-    assert 'torpor_gpu_utilization_percent{gpu="0",node="local"} 62.5' in text
-    assert 'torpor_gpu_memory_used_mb{gpu="0",node="local"} 9000.0' in text
-    assert 'torpor_gpu_memory_allocated_mb{gpu="0",node="local"} 6144.0' in text
-    assert 'torpor_gpu_memory_total_mb{gpu="1",node="local"} 16384.0' in text
-    assert 'torpor_gpu_utilization_percent{gpu="1"' not in text  # no sample for gpu 1
+
+
+class TestGpuCollector:
+    def test_device_series(self, tmp_path: Path) -> None:
+        """Utilisation and memory used come from the source; total and allocated from placement."""
+        source = FakeGpuSource()
+        source.set(0, 62.5, 9000)
+        text = scrape(tmp_path, source)
+        assert 'torpor_gpu_utilization_percent{gpu="0",node="local"} 62.5' in text
+        assert 'torpor_gpu_memory_used_mb{gpu="0",node="local"} 9000.0' in text
+        assert 'torpor_gpu_memory_allocated_mb{gpu="0",node="local"} 6144.0' in text
+        assert 'torpor_gpu_memory_total_mb{gpu="1",node="local"} 16384.0' in text
+        assert 'torpor_gpu_utilization_percent{gpu="1"' not in text  # no sample for gpu 1
+
+    def test_instance_series_fall_back_to_its_device(self, tmp_path: Path) -> None:
+        """Without per-process numbers an instance shows its GPU's utilisation."""
+        source = FakeGpuSource()
+        source.set(0, 62.5, 9000)
+        text = scrape(tmp_path, source)
+        assert 'torpor_instance_gpu_utilization_percent{function="fn",instance="fn-1-a"} 62.5' in text
+        assert 'torpor_instance_gpu_memory_mb{function="fn",instance="fn-1-a"} 6144.0' in text
+
+    def test_instance_series_from_its_processes(self, tmp_path: Path) -> None:
+        """With per-process numbers an instance shows its own SM share and memory used."""
+        source = FakeGpuSource()
+        source.set(0, 62.5, 9000)
+        source.set_instance("fn-1-a", 20.0, 5000)
+        text = scrape(tmp_path, source)
+        assert 'torpor_instance_gpu_utilization_percent{function="fn",instance="fn-1-a"} 20.0' in text
+        assert 'torpor_instance_gpu_memory_used_mb{function="fn",instance="fn-1-a"} 5000.0' in text
+
+
+def fake_pynvml() -> types.ModuleType:
+    """Two 16 GiB T4s; gpu 0 at 70 % with our own process (pid = os.getpid()) on it."""
+    module: Any = types.ModuleType("pynvml")
+
+    class NVMLError(Exception):
+        pass
+
+    module.NVMLError = NVMLError
+    module.nvmlInit = lambda: None
+    module.nvmlDeviceGetCount = lambda: 2
+    module.nvmlDeviceGetHandleByIndex = lambda index: index
+    module.nvmlDeviceGetName = lambda handle: b"Tesla T4"
+    module.nvmlDeviceGetMemoryInfo = lambda handle: types.SimpleNamespace(
+        total=16384 * MIB, used=(3000 if handle == 0 else 0) * MIB)
+    module.nvmlDeviceGetUtilizationRates = lambda handle: types.SimpleNamespace(
+        gpu=70 if handle == 0 else 0)
+    module.nvmlDeviceGetComputeRunningProcesses = lambda handle: (
+        [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=2048 * MIB)] if handle == 0 else [])
+
+    def process_utilization(handle: int, since: int) -> list[Any]:
+        if handle != 0:
+            raise NVMLError("not found")
+        return [types.SimpleNamespace(pid=os.getpid(), smUtil=40, timeStamp=since + 1)]
+
+    module.nvmlDeviceGetProcessUtilization = process_utilization
+    return module
+
+
+class TestNvml:
+    def test_inventory(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """NVML's devices become the node's GPUs, memory in MB."""
+        monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
+        assert discover_gpus() == (GpuDevice(0, "Tesla T4", 16384), GpuDevice(1, "Tesla T4", 16384))
+
+    def test_device_and_process_samples(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Per device from the rates; per instance from its processes, found by session."""
+        monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
+        source = NvmlSource(pids=lambda: {os.getsid(0): "fn-1-a"})
+        assert source.sample() == [GpuSample(0, 70.0, 3000), GpuSample(1, 0.0, 0)]
+        assert source.instance_usage() == {"fn-1-a": InstanceGpuUsage(40.0, 2048)}
+
+    def test_without_nvml(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """No pynvml: no GPU, no samples, and nothing breaks."""
+        monkeypatch.setitem(sys.modules, "pynvml", None)
+        assert discover_gpus() == ()
+        assert NvmlSource().sample() == []
+        assert NvmlSource(pids=dict).instance_usage() == {}

@@ -58,9 +58,10 @@ class Platform:
             declared = self.config.gpus
             gpus = discover_gpus() if declared is None else tuple(
                 GpuDevice(index, gpu.name, gpu.memory_mb) for index, gpu in enumerate(declared))
-            backend = LocalBackend(data_dir, self.clock, gpus=gpus)
+            local = LocalBackend(data_dir, self.clock, gpus=gpus)
             if gpu_source is None and declared is None and gpus:
-                gpu_source = NvmlSource()
+                gpu_source = NvmlSource(pids=local.instance_pids)
+            backend = local
         self.backend = backend
         self.gpu_source = gpu_source  # per-device utilisation and memory for /metrics
         self.reconciler = Reconciler(self.store, self.clock, backend,

@@ -32,13 +32,17 @@ class GpuCollector(Collector):
                                       "GPU memory placed instances hold on a device.", labels=labels)
         instance_util = GaugeMetricFamily(
             "torpor_instance_gpu_utilization_percent",
-            "SM utilisation of the GPUs an instance is placed on (mean over its devices).",
+            "SM utilisation of an instance's processes (NVML per process; else its GPUs' mean).",
             labels=["function", "instance"])
         instance_memory = GaugeMetricFamily("torpor_instance_gpu_memory_mb",
                                             "GPU memory an instance's placement holds.",
                                             labels=["function", "instance"])
-        samples = {s.index: s for s in (self.platform.gpu_source.sample()
-                                        if self.platform.gpu_source is not None else [])}
+        instance_used = GaugeMetricFamily("torpor_instance_gpu_memory_used_mb",
+                                          "GPU memory an instance's processes use (NVML).",
+                                          labels=["function", "instance"])
+        source = self.platform.gpu_source
+        samples = {s.index: s for s in (source.sample() if source is not None else [])}
+        usage = source.instance_usage() if source is not None else {}
         gpu_info = {n["id"]: n["gpus"] for n in self.platform.nodes()}
         local = next(iter(gpu_info), None)  # the source samples this machine's devices
         for node, gpus in gpu_info.items():
@@ -55,9 +59,16 @@ class GpuCollector(Collector):
                 placement = instance.placement
                 if placement is None or not placement.gpus:
                     continue
-                instance_memory.add_metric([fn.name, instance.id], placement.gpu_memory_mb)
+                key = [fn.name, instance.id]
+                instance_memory.add_metric(key, placement.gpu_memory_mb)
+                own = usage.get(instance.id)
+                if own is not None:
+                    instance_util.add_metric(key, own.utilization_pct)
+                    instance_used.add_metric(key, own.memory_used_mb)
+                    continue
                 rates = [samples[i].utilization_pct for i in placement.gpus
                          if placement.node == local and i in samples]
                 if rates:
-                    instance_util.add_metric([fn.name, instance.id], sum(rates) / len(rates))
-        yield from (utilization, used, total, allocated, instance_util, instance_memory)
+                    instance_util.add_metric(key, sum(rates) / len(rates))
+        yield from (utilization, used, total, allocated, instance_util, instance_memory,
+                    instance_used)

@@ -217,10 +217,22 @@ class GpuSample:
     memory_used_mb: int
 
 
+@dataclass(frozen=True)
+class InstanceGpuUsage:
+    """What one instance's processes use of the GPUs now: SM utilisation (summed over its processes
+    and devices, percent of one device) and device memory."""
+
+    utilization_pct: float
+    memory_used_mb: int
+
+
 class GpuSource(Protocol):
     """This machine's devices sampled now (NVML; a fake in tests)."""
 
     def sample(self) -> list[GpuSample]: ...
+
+    def instance_usage(self) -> dict[str, InstanceGpuUsage]:
+        """Per instance id, for the instances whose processes hold a GPU context."""
 
 
 @dataclass(frozen=True)

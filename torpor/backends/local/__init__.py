@@ -258,6 +258,10 @@ class LocalBackend:
 
     # facts -------------------------------------------------------------------------------------
 
+    def instance_pids(self) -> dict[int, str]:
+        """Each live instance's pid (its session's leader) → its id, for the NVML source."""
+        return {p.handle.pid: instance_id for instance_id, p in self._processes.items()}
+
     def health(self) -> dict[str, Any]:
         return {"backend": self.name, "freezer": self.freezer.name, "limits": self.limits.name,
                 "templates": self.templates is not None, "gpus": len(self.gpus)}
