@@ -185,7 +185,7 @@ class Reconciler:
                 instance.endpoint.provisioned = instance.provisioned
         waiting = None
         for start in plan.start:
-            placement, waiting = self._place(fn)
+            placement, waiting = self.place_next(fn, start.pools)
             if waiting is not None:
                 break  # the GPUs are full: the next exit pokes us and we try again
             self._spawn(fn, start, placement)
@@ -236,20 +236,32 @@ class Reconciler:
 
     # placing -----------------------------------------------------------------------------------
 
-    def gpu_nodes(self) -> tuple[gpu_placement.NodeGpus, ...]:
-        """Every node's GPUs, as the backend knows them now."""
-        return tuple(gpu_placement.NodeGpus(n.id, n.gpus) for n in self.backend.nodes() if n.alive)
+    def gpu_nodes(self, pools: tuple[str, ...] = ()) -> tuple[gpu_placement.NodeGpus, ...]:
+        """The GPUs of every live node (of ``pools`` only, when given), as the backend knows them."""
+        return tuple(gpu_placement.NodeGpus(n.id, n.gpus) for n in self.backend.nodes()
+                     if n.alive and (not pools or n.pool in pools))
 
-    def _place(self, fn: FunctionRuntime) -> tuple[gpu_placement.Placement | None, str | None]:
-        """Where the next instance goes: ``(placement, None)``, or ``(None, why it waits)``."""
+    def place_next(self, fn: FunctionRuntime,
+               pools: tuple[str, ...] = ()) -> tuple[gpu_placement.Placement | None, str | None]:
+        """Where the next instance goes: ``(placement, None)``, or ``(None, why it waits)``.
+
+        With pools (best first), each pool's nodes are tried in turn, so a GPU in the on-prem
+        pool is taken before one in the cloud pool (seed 004).
+        """
         resources = fn.spec.resources
         request = gpu_placement.GpuRequest(gpus=resources.gpus, gpu_memory_mb=resources.gpu_memory_mb)
         if request.empty:
             return None, None
-        decision = gpu_placement.place(self.gpu_nodes(), self.placements, request, self.gpu_quota)
-        if isinstance(decision, gpu_placement.Waiting):
-            return None, decision.reason
-        return decision.placement, None
+        groups: list[tuple[str, ...]] = [(pool,) for pool in pools] or [()]
+        reasons: list[tuple[bool, str]] = []
+        for group in groups:
+            nodes = self.gpu_nodes(group)
+            decision = gpu_placement.place(nodes, self.placements, request, self.gpu_quota)
+            if isinstance(decision, gpu_placement.Placed):
+                return decision.placement, None
+            reasons.append((any(n.devices for n in nodes), decision.reason))
+        # the best pool that has GPUs at all says most about why
+        return None, next((r for has_gpus, r in reasons if has_gpus), reasons[0][1])
 
     def _set_waiting(self, fn: FunctionRuntime, reason: str | None) -> None:
         """Say once (an event) why a wanted instance is not started; ``torpor get`` shows it."""
