@@ -125,3 +125,19 @@ class TestMemoryLimit:
         print("OOM event:", crash[0], "| 502 body:", response.json())
         assert srv.invoke("echo", {"x": 1}).status_code == 200
         assert srv.invoke("hog", {"mb": 16}).status_code == 200  # a new instance serves
+
+    @pytest.mark.parametrize("templates", [True, False], ids=["forked", "spawned"])
+    def test_setup_past_the_limit_fails_the_cold_start(self, make_server: Any, tmp_path: Path,
+                                                       templates: bool) -> None:
+        """Forked or spawned, an instance is in its cgroup before setup(): 600 MB there fails the
+        cold start with the out-of-memory reason (503), backed off like any failed start."""
+        srv = make_server()
+        if srv.http.get("/healthz").json().get("limits") == "none":
+            pytest.skip("cgroups are not writable here")
+        srv.deploy(make_function(tmp_path, "hog", env={"SETUP_MB": "600"},
+                                 runtime={"handler": "model:Hog", "templates": templates}))
+        response = srv.invoke("hog", {})
+        assert response.status_code == 503
+        assert "failed to start: out of memory (memory_mb 256)" in response.json()["error"]
+        failed = srv.instances("hog", all=True)
+        assert [i["failure"] for i in failed] == ["out of memory (memory_mb 256)"]

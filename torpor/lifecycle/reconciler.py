@@ -334,6 +334,7 @@ class Reconciler:
                             log_tail: str) -> None:
         exit_ = await self.backend.stop(instance.id, STOP_GRACE_S)
         self._unplace(instance)
+        reason = exit_.reason or reason  # e.g. killed for passing memory_mb during warmup
         message = f"instance {instance.id} of function {fn.name!r} failed to start: {reason}"
         if log_tail:
             message += f"\n--- last lines of its stderr ---\n{log_tail}"
