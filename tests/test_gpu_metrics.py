@@ -4,6 +4,8 @@ inventory against a fake pynvml module."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from torpor.api.gpu_metrics import GpuCollector
 from torpor.backends import CodeRef
@@ -26,6 +29,12 @@ from torpor.platform import Platform
 from torpor.spec import FunctionSpec
 
 MIB = 1024 * 1024
+
+
+def values(text: str) -> dict[tuple[str, str], float]:
+    """``(series, label values joined by "," in label-name order)`` → value, from the text."""
+    return {(sample.name, ",".join(v for _, v in sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def scrape(tmp_path: Path, source: FakeGpuSource) -> str:
@@ -54,29 +63,42 @@ class TestGpuCollector:
         """Utilisation and memory used come from the source; total and allocated from placement."""
         source = FakeGpuSource()
         source.set(0, 62.5, 9000)
-        text = scrape(tmp_path, source)
-        assert 'torpor_gpu_utilization_percent{gpu="0",node="local"} 62.5' in text
-        assert 'torpor_gpu_memory_used_mb{gpu="0",node="local"} 9000.0' in text
-        assert 'torpor_gpu_memory_allocated_mb{gpu="0",node="local"} 6144.0' in text
-        assert 'torpor_gpu_memory_total_mb{gpu="1",node="local"} 16384.0' in text
-        assert 'torpor_gpu_utilization_percent{gpu="1"' not in text  # no sample for gpu 1
+        got = values(scrape(tmp_path, source))
+        assert got[("torpor_gpu_utilization_ratio", "0,local")] == 0.625
+        assert got[("torpor_gpu_memory_used_bytes", "0,local")] == 9000 * MIB
+        assert got[("torpor_gpu_memory_allocated_bytes", "0,local")] == 6144 * MIB
+        assert got[("torpor_gpu_memory_allocated_bytes", "1,local")] == 0
+        assert got[("torpor_gpu_memory_total_bytes", "1,local")] == 16384 * MIB
+        assert ("torpor_gpu_utilization_ratio", "1,local") not in got  # no sample for gpu 1
 
     def test_instance_series_fall_back_to_its_device(self, tmp_path: Path) -> None:
         """Without per-process numbers an instance shows its GPU's utilisation."""
         source = FakeGpuSource()
         source.set(0, 62.5, 9000)
-        text = scrape(tmp_path, source)
-        assert 'torpor_instance_gpu_utilization_percent{function="fn",instance="fn-1-a"} 62.5' in text
-        assert 'torpor_instance_gpu_memory_mb{function="fn",instance="fn-1-a"} 6144.0' in text
+        got = values(scrape(tmp_path, source))
+        assert got[("torpor_instance_gpu_utilization_ratio", "fn,fn-1-a")] == 0.625
+        assert got[("torpor_instance_gpu_memory_allocated_bytes", "fn,fn-1-a")] == 6144 * MIB
 
     def test_instance_series_from_its_processes(self, tmp_path: Path) -> None:
         """With per-process numbers an instance shows its own SM share and memory used."""
         source = FakeGpuSource()
         source.set(0, 62.5, 9000)
         source.set_instance("fn-1-a", 20.0, 5000)
-        text = scrape(tmp_path, source)
-        assert 'torpor_instance_gpu_utilization_percent{function="fn",instance="fn-1-a"} 20.0' in text
-        assert 'torpor_instance_gpu_memory_used_mb{function="fn",instance="fn-1-a"} 5000.0' in text
+        got = values(scrape(tmp_path, source))
+        assert got[("torpor_instance_gpu_utilization_ratio", "fn,fn-1-a")] == 0.2
+        assert got[("torpor_instance_gpu_memory_used_bytes", "fn,fn-1-a")] == 5000 * MIB
+
+    def test_promtool_finds_nothing(self, tmp_path: Path) -> None:
+        """The series follow Prometheus' conventions (base units, no abbreviations)."""
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            pytest.skip("promtool is not installed")
+        source = FakeGpuSource()
+        source.set(0, 62.5, 9000)
+        source.set_instance("fn-1-a", 20.0, 5000)
+        checked = subprocess.run([promtool, "check", "metrics"], input=scrape(tmp_path, source),
+                                 capture_output=True, text=True, timeout=30)
+        assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
 
 
 def fake_pynvml() -> types.ModuleType:
