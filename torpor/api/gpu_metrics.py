@@ -19,18 +19,32 @@ placements; nothing is collected between scrapes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from torpor.platform import Platform
+from torpor.lifecycle.instance import FunctionRuntime
+from torpor.placement.gpus import GpuSource
 
 MIB = 1024 * 1024
 
 
+class GpuPlatform(Protocol):
+    """What the GPU series read of the platform (a protocol: the platform owns its metrics)."""
+
+    @property
+    def functions(self) -> Mapping[str, FunctionRuntime]: ...
+
+    @property
+    def gpu_source(self) -> GpuSource | None: ...
+
+    def nodes(self) -> list[dict[str, Any]]: ...
+
+
 class GpuCollector(Collector):
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: GpuPlatform) -> None:
         self.platform = platform
 
     def collect(self) -> Iterator[Metric]:
