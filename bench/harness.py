@@ -33,14 +33,14 @@ def free_port() -> int:
 class Server:
     """`torpor serve` on a free port with its own data dir; stopped with SIGTERM."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="torpor-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.tmp / "serve.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "torpor", "serve", "--port", str(self.port),
-             "--data-dir", str(self.tmp / "data"), "--log-level", "warning"],
+             "--data-dir", str(self.tmp / "data"), "--log-level", "warning", *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         self.http = httpx.Client(base_url=self.url, timeout=120)

@@ -50,12 +50,13 @@ def torpor_cli(
 class TorporServer:
     """A real server process; ``stop()`` sends SIGTERM and returns its exit code."""
 
-    def __init__(self, data_dir: Path, deploy: list[Path] | None = None) -> None:
+    def __init__(self, data_dir: Path, deploy: list[Path] | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "torpor", "serve", "--port", str(self.port),
-                "--data-dir", str(data_dir)]
+                "--data-dir", str(data_dir), *(extra_args or [])]
         for path in deploy or []:
             args += ["--deploy", str(path)]
         self.log_path = data_dir.parent / f"serve-{self.port}.log"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torpor.backends import CodeRef, NodeInfo
 from torpor.clock import FakeClock
@@ -17,6 +17,8 @@ class TwoPools:
     """A backend with one 16384 MB GPU on an on-prem node and one on a cloud node."""
 
     name = "fake"
+    places_gpus = False
+    pool_priorities: ClassVar[dict[str, int]] = {"onprem": 10, "cloud": 1}
 
     def nodes(self) -> list[NodeInfo]:
         gpu = (GpuDevice(0, "T4", 16384),)
@@ -46,5 +48,23 @@ def test_best_pool_first_then_the_next(tmp_path: Path) -> None:
             None, "waiting for GPU memory: need 12288 MB, largest free 4096 MB (gpu 0)")
         assert reconciler.place_next(fn, ("elsewhere",)) == (
             None, "waiting for GPU memory: need 12288 MB, no GPU on any node")
+    finally:
+        store.close()
+
+
+def test_without_pools_the_priorities_decide_and_placement_pools_restrict(tmp_path: Path) -> None:
+    """A start naming no pools goes to the highest-priority pool; placement.pools restricts it."""
+    store = Store(tmp_path / "torpor.db")
+    try:
+        reconciler = Reconciler(store, FakeClock(), TwoPools())  # type: ignore[arg-type]
+        spec = FunctionSpec.model_validate({"name": "fn", "runtime": {"command": ["true"]},
+                                            "resources": {"gpu_memory_mb": 12288}})
+        fn = reconciler.apply(spec, 1, CodeRef("d", tmp_path), "src", 0.0, 0.0)
+        assert reconciler.place_next(fn) == (Placement("onprem-1", (0,), 12288), None)
+        cloud_only = FunctionSpec.model_validate({
+            "name": "fn", "runtime": {"command": ["true"]}, "resources": {"gpu_memory_mb": 12288},
+            "placement": {"pools": ["cloud"]}})
+        fn = reconciler.apply(cloud_only, 2, CodeRef("d", tmp_path), "src", 0.0, 0.0)
+        assert reconciler.place_next(fn) == (Placement("cloud-1", (0,), 12288), None)
     finally:
         store.close()

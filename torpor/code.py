@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torpor.backends import CodeRef
+from torpor.datadir import make_private
 
 IGNORE_FILE = ".torporignore"
 ALWAYS_IGNORED = (".git/", "__pycache__/", "*.pyc", ".venv/", ".torpor/", ".mypy_cache/",
@@ -173,7 +174,7 @@ def unpack(data: bytes, digest: str, dest_root: Path) -> Path:
             if size > MAX_UNPACKED_BYTES:
                 raise CodeError(f"the archive unpacks to {size} bytes, more than {MAX_UNPACKED_BYTES}")
             tar.extractall(staging, filter="data")
-        staging.chmod(0o755)
+        make_private(staging)  # like the whole data directory: 0700 folders, owner-only files
         try:
             staging.rename(dest)
         except OSError:  # someone else unpacked the same digest meanwhile

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torpor.errors import SpecError
 from torpor.metering.prices import format_errors
+from torpor.safe_yaml import read_yaml
 from torpor.spec import MIN_GPU_SLICE_MB
 
 
@@ -56,7 +57,7 @@ def read_config(path: Path | None) -> dict[str, Any]:
         return {}
     source = str(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path)  # bounded: size, aliases, depth
     except FileNotFoundError:
         raise SpecError(source, ["file not found"]) from None
     except IsADirectoryError:

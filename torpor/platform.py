@@ -24,8 +24,10 @@ from torpor.clock import Clock, SystemClock
 from torpor.code import CodeError, CodeStore
 from torpor.config import load_server_config
 from torpor.errors import BadRequest, NotFound, SpecError
+from torpor.lifecycle.deploy_check import handler_problem
 from torpor.lifecycle.instance import FunctionRuntime
 from torpor.lifecycle.reconciler import Reconciler
+from torpor.lifecycle.template_idle import load_template_settings
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
 from torpor.placement.gpus import GpuDevice, GpuRequest, GpuSource, held_mb, unplaceable
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DB_FILENAME = "torpor.db"
 CONFIG_FILENAME = "config.yaml"  # the server config (price table) when --config is not given
+MAX_BILL_AHEAD_S = 366 * 86_400.0  # a bill's window may not end later than this after now
 
 
 class Platform:
@@ -66,6 +69,16 @@ class Platform:
         self.gpu_source = gpu_source  # per-device utilisation and memory for /metrics
         self.reconciler = Reconciler(self.store, self.clock, backend,
                                      gpu_quota=self.config.limits.gpus, gpu_source=gpu_source)
+        self.reconciler.template_retire_idle_s = load_template_settings(config_path).retire_idle_s
+        from torpor.api.metrics import Metrics  # the platform owns its metrics; they read it
+
+        self.metrics = Metrics(self)
+        self.reconciler.on_ready = self.metrics.observe_cold_start
+        self.reconciler.ledger.on_transition = self.metrics.usage.transition
+        self.reconciler.idle.on_thawed = self.metrics.observe_thaw
+        from torpor.api.gpu_metrics import GpuCollector
+
+        self.metrics.registry.register(GpuCollector(self))
 
     @property
     def functions(self) -> dict[str, FunctionRuntime]:
@@ -142,7 +155,11 @@ class Platform:
         """Deploy ``raw`` (the spec) running ``code``; ``model_code``: model.path uploaded apart
         (it was outside the function's folder)."""
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
+        self._check_pools(spec, source)
         self._check_placeable(spec, source)
+        problem = await handler_problem(spec, code.path)
+        if problem is not None:
+            raise SpecError(source, [problem])
         model_source = self._model_source(spec, code, model_code, source)
         cached = await self._cache_model(model_source, source)
         record = await self.store.run(
@@ -163,7 +180,10 @@ class Platform:
         return fn
 
     def _check_placeable(self, spec: FunctionSpec, source: str) -> None:
-        """Refuse a spec no node could ever hold (a slice larger than every GPU, too many GPUs)."""
+        """Refuse a spec no node could ever hold (a slice larger than every GPU, too many GPUs);
+        a backend that places GPUs itself (Ray) answers for its own cluster."""
+        if self.backend.places_gpus:
+            return
         resources = spec.resources
         problem = unplaceable(self.reconciler.gpu_nodes(),
                               GpuRequest(gpus=resources.gpus, gpu_memory_mb=resources.gpu_memory_mb),
@@ -182,6 +202,14 @@ class Platform:
         if model_path is not None and not model_path.is_relative_to(base_dir):
             model_code = await asyncio.to_thread(self.code.put_dir, model_path)
         return await self.deploy(raw, code, str(path), model_code)
+
+    def _check_pools(self, spec: FunctionSpec, source: str) -> None:
+        """``placement.pools`` must name pools this server has (the server config's ``pools``)."""
+        known = sorted(self.backend.pool_priorities)
+        for i, name in enumerate(spec.placement.pools):
+            if name not in known:
+                raise SpecError(source, [f"placement.pools[{i}]: unknown pool {name!r}; "
+                                         f"pools: {', '.join(known)}"])
 
     @staticmethod
     def _model_source(spec: FunctionSpec, code: CodeRef, model_code: CodeRef | None,
@@ -215,7 +243,29 @@ class Platform:
 
     def describe(self, name: str) -> dict[str, Any]:
         """A function as the API shows it."""
-        return function_to_api(self.function(name), self.backend.function_info(name))
+        return function_to_api(self.function(name), self.template_info(name))
+
+    def template_info(self, name: str) -> dict[str, Any] | None:
+        """What the backend holds for the function between instances, or when it was retired."""
+        info = self.backend.function_info(name)
+        if info is not None:
+            return info
+        retired_at = self.reconciler.retired_templates.get(name)
+        if retired_at is None:
+            return None
+        return {"state": "retired", "retired_at": retired_at,
+                "reason": f"no instance and no request for "
+                          f"{self.reconciler.template_retire_idle_s:g}s; "
+                          "the next cold start rebuilds it"}
+
+    def template_memory(self) -> dict[str, int]:
+        """Bytes held by each function's template (and its spare), for /metrics."""
+        held = {}
+        for name in self.functions:
+            info = self.backend.function_info(name)
+            if info is not None and isinstance(info.get("memory_bytes"), int):
+                held[name] = info["memory_bytes"]
+        return held
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "functions": len(self.functions), **self.backend.health()}
@@ -288,20 +338,32 @@ class Platform:
             rows_exist = await self.store.run(self.store.ledger_rows, 0.0, float("inf"), function)
             if not known and not rows_exist:
                 raise NotFound(f"function {function!r} not found")
-        until = self.clock.now() if until is None else until
-        rows = await self.store.run(self.store.ledger_rows, since or 0.0, until, function)
-        if since is None:  # from the first record: the always-on comparison covers the same span
+        now = self.clock.now()
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and not 0 <= value <= now + MAX_BILL_AHEAD_S:
+                raise BadRequest(f"{name}: {value!r} is not a time between 1970 and a year from now")
+        until = now if until is None else until
+        # Every view reads every function's rows and the same window, so a function's line is the
+        # same in the full bill and with --function.
+        rows = await self.store.run(self.store.ledger_rows, since or 0.0, until, None)
+        if since is None:  # from the first record
             since = min((row["start"] for row in rows), default=until)
         elif since >= until:
             raise BadRequest(f"since ({since}) must be before until ({until})")
+        # always-on covers only the time each function existed within the window
+        lifetimes: dict[str, tuple[float, float | None]] = {
+            record.name: (record.created_at, None)
+            for record in await self.store.run(self.store.list_functions)}
         intervals = ledger.intervals(rows)
-        result = billing.bill(intervals, self.prices, since, until, function).to_json()
+        if function is not None:
+            intervals = [i for i in intervals if i.function == function]
+        result = billing.bill(intervals, self.prices, since, until, function, lifetimes).to_json()
         result["pools"] = [
             {"pool": pool, "active_seconds": part["active_seconds"],
              "idle_seconds": part["idle_seconds"], "cost": part["cost"]}
             for pool in sorted({i.pool for i in intervals})
             for part in [_totals(billing.bill([i for i in intervals if i.pool == pool], self.prices,
-                                              since, until, function).to_json())]
+                                              since, until, function, lifetimes).to_json())]
         ]
         return result
 
@@ -312,7 +374,8 @@ class Platform:
         if function is not None:
             self.function(function)
         fns = [self.function(function)] if function else list(self.functions.values())
-        live = [i.to_api() for fn in fns for i in fn.instances.values()]
+        live = [i.to_api() for fn in fns for i in fn.instances.values()
+                if i.facts.exited_at is None]  # instances that failed or stopped are history
         if not include_ended:
             return live
         seen = {i["id"] for i in live}

@@ -1,6 +1,7 @@
 """Control API: upload code, deploy, list, get, delete functions; instances, nodes; health.
 
-Every error is JSON ``{"error": "<one sentence>"}`` so the CLI can print it as is.
+Every error is torpor's one JSON shape ``{"error", "reason", "function", "request_id"}``
+(:mod:`torpor.api.errors`), so the CLI can print ``error`` as is.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from torpor import __version__
-from torpor.api.gpu_metrics import GpuCollector
-from torpor.api.metrics import Metrics
-from torpor.errors import BadRequest, NotFound, SpecError
+from torpor.api.docs import install_offline_docs
+from torpor.api.errors import BodyLimit, error_response, install_error_handlers
+from torpor.errors import BadRequest
 from torpor.platform import Platform
 
 MAX_CODE_UPLOAD_BYTES = 512 * 1024 * 1024  # torpor.code.DEFAULT_MAX_BYTES: what the CLI packs at most
@@ -58,31 +59,18 @@ def create_api(platform: Platform) -> FastAPI:
         title="torpor control API",
         version=__version__,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served offline by install_offline_docs
         redoc_url=None,
     )
+    install_offline_docs(app, "/api/v1/openapi.json")
 
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+    install_error_handlers(app)
+    # code uploads have their own, larger limit (MAX_CODE_UPLOAD_BYTES, checked by put_code)
+    app.add_middleware(BodyLimit, exempt_prefixes=("/api/v1/code/",))
 
     @app.exception_handler(PayloadTooLarge)
-    async def _too_large(_: Request, exc: PayloadTooLarge) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=413)
-
-    @app.exception_handler(BadRequest)
-    async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.exception_handler(SpecError)
-    async def _bad_spec(_: Request, exc: SpecError) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(exc), "source": exc.source, "errors": exc.errors}, status_code=422
-        )
-
-    metrics_registry = Metrics(lambda: platform.functions)
-    metrics_registry.registry.register(GpuCollector(platform))
-    platform.reconciler.on_ready = metrics_registry.observe_cold_start
+    async def _too_large(request: Request, exc: PayloadTooLarge) -> JSONResponse:
+        return error_response(request, 413, str(exc), "body_too_large")
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
@@ -91,7 +79,7 @@ def create_api(platform: Platform) -> FastAPI:
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
         """Prometheus text format."""
-        return Response(metrics_registry.render(),
+        return Response(platform.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/v1/functions", tags=["functions"])

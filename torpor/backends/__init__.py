@@ -116,6 +116,15 @@ class InstanceBackend(Protocol):
     """Start, watch, freeze, thaw and stop instances wherever they run."""
 
     name: str
+    places_gpus: bool
+    """True: the backend's own scheduler picks each GPU instance's node and devices (Ray: a GPU
+    demand on its placement group), so torpor's GPU placement and its deploy-time check are skipped
+    and ``InstancePlan.placement`` is None. False: torpor places GPU instances on the devices
+    :meth:`nodes` reports (``NodeInfo.gpus``) and the backend honours ``InstancePlan.placement``."""
+
+    @property
+    def pool_priorities(self) -> dict[str, int]:
+        """Each pool's priority (higher: filled first, drained last); one pool for a single machine."""
 
     async def startup(self) -> None:
         """Once, before the first instance (e.g. start the guard, connect to the cluster)."""
@@ -124,7 +133,8 @@ class InstanceBackend(Protocol):
         """A revision was deployed: get ready to start it fast (e.g. build its template)."""
 
     def retire(self, function: str) -> None:
-        """The function was deleted or no longer uses what ``prepare`` built."""
+        """The function was deleted, no longer uses what ``prepare`` built, or has been idle long
+        enough that holding it is a waste (the next :meth:`start` builds it again)."""
 
     async def start(self, plan: InstancePlan) -> StartedInstance:
         """Start the instance and return once it accepts connections; raise :class:`StartFailed`.

@@ -33,6 +33,7 @@ err = Console(stderr=True)
 _debug = False
 
 F = TypeVar("F", bound=Callable[..., Any])
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Server = Annotated[
     str, typer.Option("--server", envvar="TORPOR_SERVER", help="torpor server URL.")
@@ -76,17 +77,31 @@ def serve(
         list[Path] | None, typer.Option("--deploy", help="Deploy this spec at start (repeatable).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text, or json: one JSON object a line.")
+    ] = "text",
     config: Annotated[
         Path | None,
         typer.Option(envvar="TORPOR_CONFIG",
                      help="Server config YAML (price table under `prices:`); "
                           "default DATA_DIR/config.yaml if present."),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS",
+                     help="Run instances on a Ray cluster: `auto` or its GCS address host:port "
+                          "(also `backend: ray` and `ray_address` in the config)."),
+    ] = None,
 ) -> None:
     """Run the gateway, control API, reconciler and store in one process."""
     from torpor.server import serve as run_server
 
-    run_server(host, port, data_dir, deploy or [], log_level, config)
+    if not 1 <= port <= 65535:
+        raise CliError(f"--port must be from 1 to 65535, got {port}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise CliError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+
+    run_server(host, port, data_dir, deploy or [], log_level, config, log_format, ray_address=ray)
 
 
 @app.command()
@@ -143,6 +158,13 @@ def get(name: str, server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> 
     out.print(f"[bold]{fn['name']}[/] revision {fn['revision']} ({fn['kind']}) — {fn['status']}")
     out.print(f"  url {fn['url']}  concurrency {fn['concurrency']}  "
               f"instances {fn['min_instances']}..{fn['max_instances']}  source {fn['source']}")
+    template = fn.get("template")
+    if template and template.get("state") == "retired":
+        out.print(f"  template retired at {_when(template['retired_at'])}: {template['reason']}")
+    elif template:
+        memory = template.get("memory_bytes")
+        held = f", holds {memory / 2**20:.0f} MB" if isinstance(memory, int) else ""
+        out.print(f"  template {template['state']} (pid {template.get('pid') or '-'}{held})")
     if fn["last_error"]:
         err.print(f"[red]last error:[/] {fn['last_error']}")
     if fn.get("waiting"):
@@ -170,7 +192,7 @@ def _instance_table(instances: list[dict[str, Any]]) -> None:
     """Instances with their cold start in ms: fork or spawn (start → listening, setup included),
     setup, initialize (/initialize: warmup), first response, total (start → ready)."""
     table = Table("ID", "FUNCTION", "REV", "STATE", "NODE", "POOL", "GPUS", "IN FLIGHT", "STARTED",
-                  "MODE", "FORK/SPAWN", "SETUP", "INIT", "1ST RESP", "COLD START")
+                  "MODE", "FORK/SPAWN MS", "SETUP MS", "INIT MS", "1ST RESP MS", "COLD START MS")
     for i in instances:
         cold = i.get("cold_start") or {}
         table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], i.get("node") or "-",
@@ -252,8 +274,10 @@ def provision(
     if policies is not None:
         import yaml
 
+        from torpor.safe_yaml import read_yaml
+
         try:
-            data = yaml.safe_load(policies.read_text(encoding="utf-8"))
+            data = read_yaml(policies)
         except OSError as exc:
             raise CliError(f"cannot read --policies {policies}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
@@ -290,7 +314,8 @@ def bill(
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
-    """What each function's instances cost, against an always-on GPU."""
+    """What each function's instances cost, against always-on hardware while it existed (a GPU
+    server per GPU instance for a GPU function; its own CPU and memory kept on for a CPU one)."""
     if by not in ("function", "pool"):
         raise CliError(f"--by must be function or pool, not {by!r}")
     params = {k: _when_arg(v) for k, v in (("since", since), ("until", until)) if v}
@@ -309,13 +334,15 @@ def bill(
         out.print(pools)
         return
     table = Table("FUNCTION", "ACTIVE S", "IDLE S", f"COST {currency}",
-                  f"ALWAYS-ON {currency}", "SAVING")
+                  f"ALWAYS-ON {currency}", "ALWAYS-ON IS", "SAVING")
     for line in result["functions"]:
         pct = f"{line['saving_pct']}%" if line["saving_pct"] is not None else "-"
+        basis = {"gpu": "GPU server", "cpu": "own CPU+memory"}.get(line.get("always_on_basis"), "-")
         table.add_row(line["function"], line["active_seconds"], line["idle_seconds"],
-                      line["cost"], line["always_on_cost"], pct)
+                      line["cost"], line["always_on_cost"],
+                      f"{basis} × {line.get('always_on_seconds', '-')} s", pct)
     total_pct = f"{result['saving_pct']}%" if result["saving_pct"] is not None else "-"
-    table.add_row("total", "", "", result["cost"], result["always_on_cost"], total_pct)
+    table.add_row("total", "", "", result["cost"], result["always_on_cost"], "", total_pct)
     out.print(table)
 
 
@@ -353,6 +380,37 @@ def nodes(server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> None:
 
 def _resources(values: dict[str, float]) -> str:
     return " ".join(f"{name}={value:g}" for name, value in sorted(values.items())) or "-"
+
+
+@app.command()
+def logs(
+    name: str,
+    instance: Annotated[str | None, typer.Option(
+        "--instance", "-i", help="Only this instance (or template-REVISION).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    since: Annotated[str | None, typer.Option(
+        help="Only instances and templates that wrote since then: ISO 8601, epoch seconds, "
+             "or a duration ago (30m, 6h).")] = None,
+    tail: Annotated[int, typer.Option(help="Lines per instance to start with.")] = 100,
+    server: Server = DEFAULT_SERVER,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Print a function's instance and template logs (stdout and stderr); -f follows them."""
+    params: dict[str, Any] = {"tail": tail, "follow": follow}
+    if instance:
+        params["instance"] = instance
+    if since:
+        params["since"] = _when_arg(since)
+    for line in ApiClient(server).lines(f"/api/v1/functions/{name}/logs", params):
+        if not line:
+            continue
+        if as_json:
+            sys.stdout.write(line + "\n")
+        else:
+            record = json.loads(line)
+            mark = "!" if record["stream"] == "stderr" else " "
+            sys.stdout.write(f"{record['source']}{mark}| {record['line']}\n")
+        sys.stdout.flush()
 
 
 @app.command()

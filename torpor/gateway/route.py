@@ -14,6 +14,7 @@ from typing import Protocol
 
 from torpor.clock import Clock
 from torpor.errors import GatewayError, QueueFull, QueueTimeout
+from torpor.gateway.request_stats import QUEUE_WAIT_BUCKETS_S, Histogram
 from torpor.gateway.routing_policies import RoutingPolicy
 from torpor.gateway.upstream import UpstreamResponse
 
@@ -138,6 +139,7 @@ class FunctionRoute:
         self.in_flight = 0
         self.last_request_at: float | None = None
         self.requests = 0  # received, for /metrics
+        self.queue_wait = Histogram(QUEUE_WAIT_BUCKETS_S)  # requests that had to wait, for /metrics
         # Set while the function cannot start an instance (failed cold start, in backoff):
         # new requests fail fast with it instead of waiting for a queue timeout.
         self.failure: GatewayError | None = None
@@ -179,11 +181,14 @@ class FunctionRoute:
         self._changed()
         self._thaw_for_waiters()
         self.on_demand()
+        queued_at = self.clock.now()
         try:
             await asyncio.wait((waiter,), timeout=self.queue_timeout_s)
         except BaseException:
             self._abandon(waiter)
             raise
+        finally:
+            self.queue_wait.observe(self.clock.now() - queued_at)
         if not waiter.done():
             self._abandon(waiter)
             raise QueueTimeout(

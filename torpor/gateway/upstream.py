@@ -42,7 +42,16 @@ class UpstreamBroken(UpstreamError):
 
 
 class UpstreamTimedOut(UpstreamError):
-    """The instance did not answer (or send the next chunk) in time."""
+    """The instance did not answer (or send the next chunk) in time.
+
+    ``settled`` (set when no response head came in time) is done once the instance has really
+    finished that request (its late response arrived and was dropped, or the connection broke): until
+    then the instance is still busy with it, so its slot stays taken.
+    """
+
+    def __init__(self, message: str, settled: asyncio.Future[None] | None = None) -> None:
+        super().__init__(message)
+        self.settled = settled
 
 
 class UpstreamResponse:
@@ -145,6 +154,7 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timeout_s = 0.0
         self.head_only = False
+        self.abandoned: asyncio.Future[None] | None = None  # a timed-out request still running
         self._headers: list[tuple[bytes, bytes]] = []
 
     def send(self, data: bytes, timeout_s: float, head_only: bool) -> asyncio.Future[UpstreamResponse]:
@@ -167,6 +177,7 @@ class _Connection(asyncio.Protocol):
         self.client._forget(self)
         detail = f": {exc}" if exc is not None else ""
         self._fail(UpstreamBroken(f"the instance closed the connection{detail}"))
+        self._settle()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -180,6 +191,7 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.client._forget(self)
             self.transport.close()
+            self._settle()
 
     def pause_reading(self) -> None:
         if not self.reading_paused and not self.closed:
@@ -202,9 +214,16 @@ class _Connection(asyncio.Protocol):
             self.response._fail(error)
 
     def _head_timed_out(self) -> None:
+        # The instance still works on the request: keep the connection open and wait for its late
+        # answer (dropped), so the caller can hold the instance's slot until it is really free.
         self.timer = None
-        self._fail(UpstreamTimedOut(f"no response within {self.timeout_s:g}s"))
-        self.close()
+        self.abandoned = self.loop.create_future()
+        self._fail(UpstreamTimedOut(f"no response within {self.timeout_s:g}s", self.abandoned))
+
+    def _settle(self) -> None:
+        abandoned, self.abandoned = self.abandoned, None
+        if abandoned is not None and not abandoned.done():
+            abandoned.set_result(None)
 
     # parser callbacks ------------------------------------------------------------------------------
 
@@ -229,7 +248,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def on_body(self, body: bytes) -> None:
-        if self.response is not None:
+        if self.response is not None and self.abandoned is None:
             self.response._feed(body)
 
     def on_message_complete(self) -> None:
@@ -240,6 +259,7 @@ class _Connection(asyncio.Protocol):
         if self.parser.should_keep_alive() and not self.closed:
             self.resume_reading()
             self.client._idle.append(self)
+            self._settle()
         else:
             self.close()
 

@@ -38,6 +38,7 @@ class IdleMode:
         self.ledger = ledger
         self._background = background
         self._transitions: dict[str, asyncio.Task[None]] = {}
+        self.on_thawed: Callable[[Instance, float], None] = lambda instance, seconds: None
 
     def in_transition(self, instance: Instance) -> bool:
         return instance.id in self._transitions
@@ -93,6 +94,8 @@ class IdleMode:
                     previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
+        began = self.clock.now()
+        was_frozen = instance.facts.frozen_at is not None
         try:
             if instance.facts.frozen_at is not None:
                 await self.backend.thaw(instance.id)
@@ -109,6 +112,8 @@ class IdleMode:
         facts.freeze_requested_at = None
         facts.thaw_requested_at = None
         fn.route.dispatch()
+        if was_frozen:
+            self.on_thawed(instance, now - began)
 
 
 async def _hook(client: InstanceClient, which: str) -> None:

@@ -12,7 +12,9 @@ from torpor.backends import StartFailed
 from torpor.gateway.route import InstanceClient
 from torpor.gateway.upstream import ConnectFailed
 
-NO_HOOK_STATUSES = frozenset({404, 405})  # a command function without /initialize
+# a command function without /initialize: 404, 405, or 501 as Python's http.server answers for a
+# method it lacks (issue 16 #13)
+NO_HOOK_STATUSES = frozenset({404, 405, 501})
 
 
 async def initialize(client: InstanceClient, *, command: bool, timeout_s: float) -> dict[str, float]:

@@ -37,8 +37,10 @@ from torpor.lifecycle.idle import IdleMode
 from torpor.lifecycle.initialize import initialize
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.state import InstanceFacts, InstanceState
+from torpor.lifecycle.template_idle import DEFAULT_RETIRE_IDLE_S, should_retire
 from torpor.metering.ledger import Ledger
 from torpor.placement import gpus as gpu_placement
+from torpor.placement.pools import pools_by_priority
 from torpor.spec import FunctionSpec
 from torpor.store import Store
 
@@ -67,6 +69,8 @@ class Reconciler:
         self.ledger = Ledger(store, clock)
         self.idle = IdleMode(backend, clock, self.ledger, self._background)
         self._last_heartbeat = 0.0
+        self.template_retire_idle_s = DEFAULT_RETIRE_IDLE_S  # the server config's templates:
+        self.retired_templates: dict[str, float] = {}  # function → when its template was retired
 
     # deploy / delete ---------------------------------------------------------------------------
 
@@ -161,15 +165,33 @@ class Reconciler:
             self._decide(fn, fn.live(), now)
         plan = planner.plan(self.view(fn, now), fn.decision, now)
         self.carry_out(fn, plan)
+        self._retire_idle_template(fn, now)
+
+    def _retire_idle_template(self, fn: FunctionRuntime, now: float) -> None:
+        """What the backend holds between instances (a template and its spare) is memory held for
+        nothing while nobody uses the function: retire it; the next cold start builds it again."""
+        if self.backend.function_info(fn.name) is None:
+            return
+        last_used_at = max(fn.route.last_request_at or 0.0, fn.updated_at,
+                           max((i.facts.exited_at or 0.0 for i in fn.instances.values()), default=0.0))
+        if should_retire(live_instances=len(fn.live(current_only=False)), queued=fn.route.queued,
+                         last_used_at=last_used_at, now=now,
+                         retire_idle_s=self.template_retire_idle_s):
+            self.backend.retire(fn.name)
+            self.retired_templates[fn.name] = now
+            self._event(fn.name, "template", f"template retired: no instance and no request for "
+                        f"{self.template_retire_idle_s:g}s; the next cold start rebuilds it")
 
     def view(self, fn: FunctionRuntime, now: float) -> planner.FunctionView:
         """A snapshot of the function's live instances, as plain data for the planner."""
+        priority = self.backend.pool_priorities
         instances = tuple(
             planner.InstanceView(
                 id=i.id, revision=i.revision, state=i.state, started_at=i.facts.started_at,
                 ready_at=i.facts.ready_at, in_flight=i.in_flight,
                 idle_since=i.endpoint.idle_since if i.endpoint is not None else None,
                 idle_transition=i.idle_transition() is not None or self.idle.in_transition(i),
+                pool_priority=priority.get(i.pool or "", 0),
             )
             for i in fn.live(current_only=False)
         )
@@ -232,8 +254,6 @@ class Reconciler:
         return autoscaler.GpuSignal(load.utilization_pct, fn.spec.scaling.gpu_target_pct,
                                     load.memory_fraction)
 
-    # starting ----------------------------------------------------------------------------------
-
     # placing -----------------------------------------------------------------------------------
 
     def gpu_nodes(self, pools: tuple[str, ...] = ()) -> tuple[gpu_placement.NodeGpus, ...]:
@@ -245,13 +265,16 @@ class Reconciler:
                pools: tuple[str, ...] = ()) -> tuple[gpu_placement.Placement | None, str | None]:
         """Where the next instance goes: ``(placement, None)``, or ``(None, why it waits)``.
 
-        With pools (best first), each pool's nodes are tried in turn, so a GPU in the on-prem
-        pool is taken before one in the cloud pool (seed 004).
+        Each pool's nodes are tried in turn, best first, so a GPU in the on-prem pool is taken
+        before one in the cloud pool (seed 004): ``pools`` when the start names them, else the
+        function's ``placement.pools``, else every pool, by the backend's pool priorities.
         """
         resources = fn.spec.resources
         request = gpu_placement.GpuRequest(gpus=resources.gpus, gpu_memory_mb=resources.gpu_memory_mb)
-        if request.empty:
-            return None, None
+        if request.empty or self.backend.places_gpus:
+            return None, None  # no GPU asked, or the backend's scheduler places GPUs itself
+        if not pools:
+            pools = pools_by_priority(self.backend.pool_priorities, fn.spec.placement.pools)
         groups: list[tuple[str, ...]] = [(pool,) for pool in pools] or [()]
         reasons: list[tuple[bool, str]] = []
         for group in groups:
@@ -273,6 +296,8 @@ class Reconciler:
         """The instance's process is gone: its GPUs are free for the next one."""
         if self.placements.pop(instance.id, None) is not None:
             self.poke()
+
+    # starting ----------------------------------------------------------------------------------
 
     def _spawn(self, fn: FunctionRuntime, start: planner.Start,
                placement: gpu_placement.Placement | None = None) -> None:

@@ -9,6 +9,7 @@ crashed one left open at the last moment it was known to be alive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -22,15 +23,25 @@ class Ledger:
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
         self.clock = clock
+        # told about every transition as it is written (torpor.metering.usage for /metrics)
+        self.on_transition: Callable[[dict[str, Any], str | None, float], None] | None = None
 
     def transition(self, info: InstanceInfo, state: InstanceState | None) -> None:
         """Close the instance's open interval now and open one in ``state`` (None: it ended)."""
-        row = {**asdict(info), "revision": int(info.revision)}
-        self.store.submit(self.store.ledger_transition, row,
-                          state.value if state is not None else None, self.clock.now())
+        row = ledger_row(info)
+        value = state.value if state is not None else None
+        now = self.clock.now()
+        self.store.submit(self.store.ledger_transition, row, value, now)
+        if self.on_transition is not None:
+            self.on_transition(row, value, now)
 
     def heartbeat(self) -> None:
         self.store.submit(self.store.heartbeat, self.clock.now())
+
+
+def ledger_row(info: InstanceInfo) -> dict[str, Any]:
+    """The store's row for an instance's interval (its revision as the integer column)."""
+    return {**asdict(info), "revision": int(info.revision)}
 
 
 def intervals(rows: list[dict[str, Any]]) -> list[LedgerInterval]:

@@ -6,7 +6,7 @@ adds the missing columns to a data directory written by an older torpor.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -87,4 +87,16 @@ provision_configs = Table(
     Column("function", String(63), primary_key=True),
     Column("config_json", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# The console's history (torpor.store.history): one row per function per sample, compacted.
+samples = Table(
+    "samples",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("function", String(63), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("resolution_s", Float, nullable=False),
+    Column("data_json", Text, nullable=False),
+    Index("samples_function_at", "function", "at"),
 )

@@ -42,11 +42,19 @@ from torpor.backends import (
 from torpor.backends.local import processes
 from torpor.backends.local.forked import enable_subreaper, forking_supported
 from torpor.backends.local.freezer import Freezer, make_freezer
-from torpor.backends.local.launch import free_port, launch_plan, placement_env, wait_listening
+from torpor.backends.local.launch import (
+    free_port,
+    launch_plan,
+    listen_arg,
+    placement_env,
+    wait_listening,
+)
 from torpor.backends.local.limits import CGROUPS_ENV, Limits, make_limits
+from torpor.backends.local.memory import process_memory_bytes
 from torpor.backends.local.processes import InstanceProcess, tail
 from torpor.backends.local.templates import Templates
 from torpor.clock import Clock
+from torpor.datadir import remove_socket, remove_sockets
 from torpor.placement.gpus import GpuDevice
 
 log = logging.getLogger(__name__)
@@ -72,13 +80,19 @@ def uses_template(plan: RevisionPlan) -> bool:
 
 class LocalBackend:
     name = "local"
+    places_gpus = False  # the reconciler places GPU instances on this machine's devices
 
     def __init__(self, data_dir: Path, clock: Clock, *, templates: bool | None = None,
                  freezer: Freezer | None = None, gpus: tuple[GpuDevice, ...] = (),
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, listen_host: str | None = None) -> None:
+        """``gpus``: this node's devices (NVML or the server config); ``listen_host``: instances
+        listen on this IP and a free TCP port instead of a Unix socket (the Ray backend's node
+        agent: the gateway is on another machine)."""
         self.data_dir = data_dir
+        self.listen_host = listen_host
         self.clock = clock
         self.run_dir = socket_dir(data_dir)
+        remove_sockets(self.run_dir)  # a crashed server's or instance's: none is in use now
         self.freezer = freezer or make_freezer(data_dir)
         self.gpus = gpus
         if limits is None:
@@ -118,6 +132,7 @@ class LocalBackend:
             await self.templates.shutdown()
         self.freezer.close()
         self.limits.close()
+        remove_sockets(self.run_dir)
 
     # revisions ---------------------------------------------------------------------------------
 
@@ -136,7 +151,12 @@ class LocalBackend:
 
     def function_info(self, function: str) -> dict[str, Any] | None:
         template = self.templates.by_function.get(function) if self.templates is not None else None
-        return template.to_api() if template is not None else None
+        if template is None:
+            return None
+        info: dict[str, Any] = template.to_api()
+        if template.handle is not None and template.alive:  # the template and its spare
+            info["memory_bytes"] = process_memory_bytes(template.handle.pid)
+        return info
 
     # instances ---------------------------------------------------------------------------------
 
@@ -145,8 +165,11 @@ class LocalBackend:
         logs = self.data_dir / "logs" / revision.function
         stdout, stderr = logs / f"{instance_id}.stdout.log", logs / f"{instance_id}.stderr.log"
         self._remember_log(instance_id, stderr)
+        host = self.listen_host or "127.0.0.1"
         if spec.runtime.command is not None:
-            address = Address.tcp("127.0.0.1", spec.runtime.port or free_port())
+            address = Address.tcp(host, spec.runtime.port or free_port(host))
+        elif self.listen_host is not None:
+            address = Address.tcp(host, free_port(host))
         else:
             address = Address.unix(str(self.run_dir / f"{instance_id}.sock"))
         forked = self.templates is not None and uses_template(revision)
@@ -157,14 +180,14 @@ class LocalBackend:
             log.warning("instance %s runs without limits: %s", instance_id, exc)
             cgroups = ()
         if forked:
-            assert self.templates is not None and address.unix_socket is not None
+            assert self.templates is not None
             template = self.templates.ensure(spec, revision.revision, revision.code.path,
                                              _model_path(revision))
             if cgroups:
                 env[CGROUPS_ENV] = ":".join(cgroups)
             try:
                 handle: InstanceProcess = await self.templates.fork(
-                    template, instance_id=instance_id, socket_path=address.unix_socket,
+                    template, instance_id=instance_id, socket_path=listen_arg(address),
                     stdout=stdout, stderr=stderr, timeout_s=spec.initialize_timeout_s, env=env)
             except BaseException:
                 self.limits.release(instance_id)
@@ -194,6 +217,10 @@ class LocalBackend:
                                detail={"pid": handle.pid, "stdout_log": str(stdout),
                                        "stderr_log": str(stderr)})
 
+    def instance_ids(self) -> list[str]:
+        """The instances this backend runs now."""
+        return list(self._processes)
+
     def _process(self, instance_id: str) -> _Process:
         process = self._processes.get(instance_id)
         if process is None:
@@ -221,6 +248,7 @@ class LocalBackend:
 
     def _forget(self, instance_id: str, code: int | None) -> Exit:
         """Record how the instance ended (asking its cgroup whether the OOM killer ended it)."""
+        remove_socket(str(self.run_dir / f"{instance_id}.sock"))  # a crashed one's too
         process = self._processes.pop(instance_id, None)
         if process is None:
             return self._ended.get(instance_id, Exit(code))
@@ -262,6 +290,10 @@ class LocalBackend:
         """Each live instance's pid (its session's leader) → its id, for the NVML source."""
         return {p.handle.pid: instance_id for instance_id, p in self._processes.items()}
 
+    @property
+    def pool_priorities(self) -> dict[str, int]:
+        return {POOL: 0}
+
     def health(self) -> dict[str, Any]:
         return {"backend": self.name, "freezer": self.freezer.name, "limits": self.limits.name,
                 "templates": self.templates is not None, "gpus": len(self.gpus)}
@@ -293,5 +325,6 @@ def socket_dir(data_dir: Path) -> Path:
     if len(str(run_dir)) > 60:
         digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
         run_dir = Path(tempfile.gettempdir()) / f"torpor-{digest}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir.chmod(0o700)
     return run_dir

@@ -18,6 +18,7 @@ from torpor.backends import StartFailed
 from torpor.backends.local.processes import InstanceProcess, LaunchPlan
 from torpor.clock import Clock
 from torpor.placement.gpus import GpuDevice, Placement
+from torpor.runtime.instance import TCP_PREFIX
 from torpor.spec import FunctionSpec
 
 POLL_S = 0.001  # how often to try connecting while an instance starts (a cheap connect())
@@ -25,10 +26,17 @@ POLL_S = 0.001  # how often to try connecting while an instance starts (a cheap 
 _THREAD_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def listen_arg(address: Address) -> str:
+    """The runtime's ``--socket`` argument: a Unix socket path, or ``tcp:HOST:PORT``."""
+    if address.unix_socket is not None:
+        return address.unix_socket
+    return f"{TCP_PREFIX}{address.host}:{address.port}"
 
 
 def function_env(spec: FunctionSpec, revision: int, model_path: Path | None = None) -> dict[str, str]:
@@ -77,12 +85,11 @@ def launch_plan(spec: FunctionSpec, revision: int, code_dir: Path, instance_id: 
     env = {**function_env(spec, revision, model_path), **(extra_env or {}),
            "TORPOR_INSTANCE": instance_id}
     if spec.runtime.handler is not None:
-        assert address.unix_socket is not None
         argv = [
             sys.executable, "-m", "torpor.runtime",
             "--handler", spec.runtime.handler,
             "--dir", str(code_dir),
-            "--socket", address.unix_socket,
+            "--socket", listen_arg(address),
             "--concurrency", str(spec.concurrency),
         ]
     else:
