@@ -97,6 +97,7 @@ def test_logs_follow_a_request_by_its_id(server: TorporServer) -> None:
     """``torpor logs chatty -f`` prints the instance's line for a request sent after it started,
     found by the request id the client chose (passed to the handler as torpor.request_id())."""
     env = {**os.environ, "TORPOR_SERVER": server.url, "PYTHONUNBUFFERED": "1"}
+    assert server.invoke("chatty", {"warm": 1}).status_code == 200  # a line for the tail to show
     follower = subprocess.Popen([sys.executable, "-m", "torpor", "logs", "chatty", "-f", "--tail", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                 cwd=ROOT)
@@ -106,11 +107,11 @@ def test_logs_follow_a_request_by_its_id(server: TorporServer) -> None:
         assert follower.stdout is not None
         selector.register(follower.stdout, selectors.EVENT_READ)
         sent = False
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if selector.select(timeout=0.2):
                 seen.append(follower.stdout.readline())
-            elif not sent:  # the tail is out: the follow is running
+            elif not sent and seen:  # the tail is out: the follow is running
                 response = server.invoke("chatty", {"trace": 1}, headers={"x-request-id": "follow-me-7"})
                 assert response.json() == {"request_id": "follow-me-7"}
                 assert response.headers["x-torpor-request-id"] == "follow-me-7"

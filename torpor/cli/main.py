@@ -414,6 +414,68 @@ def logs(
 
 
 @app.command()
+def simulate(
+    trace: Annotated[Path, typer.Option("--trace", help="Request trace file.")],
+    spec: Annotated[Path, typer.Option("--spec", help="torpor.yaml (or its folder).")],
+    trace_format: Annotated[str | None, typer.Option(
+        "--format", help="torpor, azure_llm, mooncake, alibaba_genai or azure_functions "
+                         "(default: detected).")] = None,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a spec field: scaling.idle_mode=true (repeatable).")] = None,
+    compare: Annotated[list[str] | None, typer.Option(
+        "--compare", help="What-if axis: scaling.provisioned=0,1 (repeatable; runs every "
+                          "combination).")] = None,
+    prices: Annotated[Path | None, typer.Option(
+        "--prices", help="Server config YAML whose `prices:` section prices the run.")] = None,
+    timings: Annotated[Path | None, typer.Option(
+        "--timings", help="Measured timings: JSON (cold_start_s, thaw_s, ...) or a saved /metrics.")
+    ] = None,
+    provision: Annotated[Path | None, typer.Option(
+        "--provision", help="Provisioning policies, as `torpor provision --policies` takes them "
+                            "(replace scaling.provisioned; simulated time starts 1970-01-01T00:00Z).")
+    ] = None,
+    cold_start_s: Annotated[float | None, typer.Option(help="Start → ready, seconds.")] = None,
+    thaw_s: Annotated[float | None, typer.Option(help="Frozen → ready, seconds.")] = None,
+    token_model: Annotated[str | None, typer.Option(
+        help="LLM traces: base_s=0.05,prefill_tokens_per_s=5000,decode_tokens_per_s=50")] = None,
+    duration_s: Annotated[float | None, typer.Option(
+        help="Bill over [0, duration) (default: until every replay settles).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for randomised routing.")] = 0,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write load, instances and latency over time as a PNG "
+                       "(needs matplotlib: the plot extra).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+) -> None:
+    """Replay a trace through torpor's own autoscaler, routing and billing: latency and cost."""
+    from torpor.metering.prices import load_prices
+    from torpor.sim import report, runner
+    from torpor.sim.engine import Timings
+    from torpor.sim.traces import TokenModel, load_trace
+
+    tokens = TokenModel.parse(token_model) if token_model else TokenModel()
+    requests = load_trace(trace, trace_format, tokens)
+    raw, source = runner.load_raw_spec(spec)
+    measured = runner.load_timings(timings, Timings()) if timings else Timings()
+    flags = {k: v for k, v in (("cold_start_s", cold_start_s), ("thaw_s", thaw_s)) if v is not None}
+    try:
+        measured = Timings(**{**vars(measured), **flags})
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    runs = runner.run_all(requests, raw, source, sets=sets or [], compare=compare or [],
+                          timings=measured, prices=load_prices(prices), duration_s=duration_s,
+                          seed=seed, timeline=plot is not None,
+                          provision=runner.load_provision(provision) if provision else None)
+    if plot is not None:
+        report.plot(runs, plot)
+    if as_json:
+        sys.stdout.write(report.print_json(runs, requests, measured))
+        return
+    report.print_table(out, runs, requests, measured)
+    if plot is not None:
+        out.print(f"wrote {plot}")
+
+
+@app.command()
 def delete(name: str, server: Server = DEFAULT_SERVER) -> None:
     """Delete a function and stop its instances."""
     ApiClient(server).api("DELETE", f"/api/v1/functions/{name}")
