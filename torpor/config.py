@@ -18,12 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torpor.errors import SpecError
 from torpor.metering.prices import format_errors
-from torpor.safe_yaml import read_yaml
+from torpor.safe_yaml import read_config_mapping
 from torpor.spec import MIN_GPU_SLICE_MB
 
 
@@ -55,22 +54,7 @@ def read_config(path: Path | None) -> dict[str, Any]:
     """The config file's top-level mapping ({} without a file)."""
     if path is None:
         return {}
-    source = str(path)
-    try:
-        raw = read_yaml(path)  # bounded: size, aliases, depth
-    except FileNotFoundError:
-        raise SpecError(source, ["file not found"]) from None
-    except IsADirectoryError:
-        raise SpecError(source, ["is a directory, not a config file"]) from None
-    except UnicodeDecodeError:
-        raise SpecError(source, ["not UTF-8 text"]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError(source, [f"not valid YAML: {exc}"]) from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SpecError(source, ["(top level): must be a mapping of sections"])
-    return raw
+    return read_config_mapping(path)
 
 
 def parse_server_config(raw: dict[str, Any], *, source: str = "config") -> ServerConfig:
