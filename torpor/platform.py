@@ -25,6 +25,7 @@ from torpor.backends import CodeRef, InstanceBackend
 from torpor.cache import CachedModel, ModelCache
 from torpor.clock import Clock, SystemClock
 from torpor.code import CodeError, CodeStore
+from torpor.config import load_server_config
 from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.gateway.traffic import TrafficConfig, check_tag, parse_weights, shift
 from torpor.lifecycle.deploy_check import handler_problem
@@ -34,6 +35,7 @@ from torpor.lifecycle.rollout import RolloutConfig
 from torpor.lifecycle.template_idle import load_template_settings
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
+from torpor.placement.gpus import GpuDevice, GpuRequest, GpuSource, held_mb, unplaceable
 from torpor.rollouts import Rollouts
 from torpor.spec import (
     FunctionSpec,
@@ -55,21 +57,32 @@ MAX_BILL_AHEAD_S = 366 * 86_400.0  # a bill's window may not end later than this
 
 class Platform:
     def __init__(self, data_dir: Path, clock: Clock | None = None,
-                 config_path: Path | None = None, backend: InstanceBackend | None = None) -> None:
+                 config_path: Path | None = None, backend: InstanceBackend | None = None,
+                 gpu_source: GpuSource | None = None) -> None:
         self.data_dir = data_dir
         if config_path is None and (data_dir / CONFIG_FILENAME).is_file():
             config_path = data_dir / CONFIG_FILENAME
         self.prices = load_prices(config_path)  # a bad config stops the server before it starts
+        self.config = load_server_config(config_path)
         self.clock = clock or SystemClock()
         self.store = Store(data_dir / DB_FILENAME)
         self.cache = ModelCache.in_data_dir(data_dir)
         self.code = CodeStore.in_data_dir(data_dir)
         if backend is None:
             from torpor.backends.local import LocalBackend
+            from torpor.backends.local.nvml import NvmlSource, discover_gpus
 
-            backend = LocalBackend(data_dir, self.clock)
+            declared = self.config.gpus
+            gpus = discover_gpus() if declared is None else tuple(
+                GpuDevice(index, gpu.name, gpu.memory_mb) for index, gpu in enumerate(declared))
+            local = LocalBackend(data_dir, self.clock, gpus=gpus)
+            if gpu_source is None and declared is None and gpus:
+                gpu_source = NvmlSource(pids=local.instance_pids)
+            backend = local
         self.backend = backend
-        self.reconciler = Reconciler(self.store, self.clock, backend)
+        self.gpu_source = gpu_source  # per-device utilisation and memory for /metrics
+        self.reconciler = Reconciler(self.store, self.clock, backend,
+                                     gpu_quota=self.config.limits.gpus, gpu_source=gpu_source)
         self.reconciler.template_retire_idle_s = load_template_settings(config_path).retire_idle_s
         from torpor.api.metrics import Metrics  # the platform owns its metrics; they read it
 
@@ -77,6 +90,9 @@ class Platform:
         self.reconciler.on_ready = self.metrics.observe_cold_start
         self.reconciler.ledger.on_transition = self.metrics.usage.transition
         self.reconciler.idle.on_thawed = self.metrics.observe_thaw
+        from torpor.api.gpu_metrics import GpuCollector
+
+        self.metrics.registry.register(GpuCollector(self))
         self.rollouts = Rollouts(self)
 
     @property
@@ -209,6 +225,7 @@ class Platform:
         ``rollout``: start at its first step and go on by itself (see ``lifecycle/rollout.py``)."""
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
         self._check_pools(spec, source)
+        self._check_placeable(spec, source)
         problem = await handler_problem(spec, code.path)
         if problem is not None:
             raise SpecError(source, [problem])
@@ -257,6 +274,19 @@ class Platform:
         if rollout is not None and old is not None:
             self.rollouts.start(fn, rollout, record.revision, old)
         return fn
+
+    def _check_placeable(self, spec: FunctionSpec, source: str) -> None:
+        """Refuse a spec no node could ever hold (a slice larger than every GPU, too many GPUs);
+        a backend that places GPUs itself (Ray) answers for its own cluster."""
+        if self.backend.places_gpus:
+            return
+        resources = spec.resources
+        problem = unplaceable(self.reconciler.gpu_nodes(),
+                              GpuRequest(gpus=resources.gpus, gpu_memory_mb=resources.gpu_memory_mb),
+                              self.config.limits.gpus)
+        if problem is not None:
+            field, message = problem
+            raise SpecError(source, [f"{field}: {message}"])
 
     # revisions and traffic ---------------------------------------------------------------------
 
@@ -446,8 +476,18 @@ class Platform:
         return [{"id": n.id, "address": n.address, "pool": n.pool, "alive": n.alive,
                  "resources_total": n.resources_total,
                  "resources_allocated": n.resources_allocated,
-                 "instances": sorted(by_node.get(n.id, []))}
+                 "instances": sorted(by_node.get(n.id, [])),
+                 "gpus": self._gpus_to_api(n.id, n.gpus)}
                 for n in self.backend.nodes()]
+
+    def _gpus_to_api(self, node: str, devices: tuple[GpuDevice, ...]) -> list[dict[str, Any]]:
+        """Each GPU of a node: index, name, total and allocated memory, the instances on it."""
+        placements = self.reconciler.placements
+        return [{"index": d.index, "name": d.name, "memory_mb": d.memory_mb,
+                 "allocated_mb": held_mb(node, d, placements),
+                 "instances": sorted(i for i, p in placements.items()
+                                     if p.node == node and d.index in p.gpus)}
+                for d in devices]
 
     def function(self, name: str) -> FunctionRuntime:
         fn = self.functions.get(name)
@@ -573,6 +613,7 @@ def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None)
         "provisioned": fn.decision.provisioned,
         "panic": fn.decision.panic,
         "scaling_reason": fn.decision.reason,
+        "waiting": fn.waiting,
         "source": fn.source,
         "code_digest": fn.code.digest,
         "created_at": fn.created_at,
