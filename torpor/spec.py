@@ -78,9 +78,17 @@ class ScalingSpec(_Strict):
     min_instances: int = Field(default=0, ge=0)
     max_instances: int = Field(default=10, ge=1)
     initial_instances: int = Field(default=0, ge=0)
+    activation_scale: int = Field(default=1, ge=1)  # the least a scale-up from zero asks for
     provisioned: int = Field(default=0, ge=0)
     scale_to_zero_grace_s: float = Field(default=30.0, ge=0)
+    scale_to_zero_pod_retention_s: float = Field(default=0.0, ge=0)  # last instance, once inactive
+    metric: Literal["concurrency", "rps"] = "concurrency"
     target_concurrency: float | None = Field(default=None, gt=0)
+    target_rps: float | None = Field(default=None, gt=0)  # metric rps; Knative's default is 200
+    # Requests in the system the ready instances should absorb beyond the observed load before the
+    # gateway stops queueing for them (Knative's activator in the path); 0 never queues while any
+    # instance is ready and wanted, -1 always queues.
+    target_burst_capacity: float = 211.0
     target_utilization: float = Field(default=0.7, gt=0, le=1)
     stable_window_s: float = Field(default=60.0, ge=6, le=3600)
     panic_window_pct: float = Field(default=10.0, ge=1, le=100)
@@ -92,8 +100,27 @@ class ScalingSpec(_Strict):
     idle_mode: bool = False  # freeze provisioned instances with no request in flight
     idle_after_s: float = Field(default=0.0, ge=0)
 
+    @field_validator("target_burst_capacity")
+    @classmethod
+    def _burst_capacity(cls, value: float) -> float:
+        if value < 0 and value != -1:
+            raise ValueError(f"must be at least 0, or -1 for the gateway always in the path, got {value:g}")
+        return value
+
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSpec:
+        if self.metric == "concurrency" and self.target_rps is not None:
+            raise ValueError("scaling.target_rps applies only to scaling.metric: rps")
+        if self.metric == "rps" and self.target_concurrency is not None:
+            raise ValueError(
+                "scaling.target_concurrency applies only to scaling.metric: concurrency "
+                "(with metric rps set scaling.target_rps)"
+            )
+        if self.activation_scale > self.max_instances:
+            raise ValueError(
+                f"scaling.activation_scale ({self.activation_scale}) exceeds "
+                f"scaling.max_instances ({self.max_instances})"
+            )
         if self.min_instances > self.max_instances:
             raise ValueError(
                 f"scaling.min_instances ({self.min_instances}) exceeds "

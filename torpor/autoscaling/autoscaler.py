@@ -25,6 +25,7 @@ class ScaleDecision:
     provisioned: int  # how many of them are provisioned (kept when idle)
     panic: bool
     reason: str
+    activator_in_path: bool = True  # the gateway queues requests while no instance has a free slot
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,12 @@ def decide(
     current_provisioned: int,
     now: float,
     state: AutoscalerState,
+    reachable: bool = True,
 ) -> tuple[ScaleDecision, AutoscalerState]:
-    inputs = KpaInputs.observe(window, config, now, ready)
+    inputs = KpaInputs.observe(window, config, now, ready, reachable)
     kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
     policy_inputs = PolicyInputs(
-        in_system=inputs.stable_average,
+        in_system=window.window_average(now, config.stable_window_s),
         current_provisioned=current_provisioned,
         concurrency=concurrency,
     )
@@ -58,5 +60,6 @@ def decide(
         reason = f"provisioned {provisioned} ({target.reason}); KPA: {kpa_decision.reason}"
     else:
         reason = kpa_decision.reason
-    decision = ScaleDecision(desired, provisioned, kpa_decision.panic, reason)
+    decision = ScaleDecision(desired, provisioned, kpa_decision.panic, reason,
+                             kpa_decision.activator_in_path)
     return decision, AutoscalerState(kpa_state, policy_state)

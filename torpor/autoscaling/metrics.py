@@ -67,6 +67,11 @@ class ConcurrencyRecorder:
         return len(self._buckets)
 
     @property
+    def has_data(self) -> bool:
+        """Whether anything was ever recorded (a window before that is no data, not zero)."""
+        return self._first_at is not None
+
+    @property
     def last_request_at(self) -> float | None:
         """When the last request arrived, or None if none ever did."""
         return self._last_request_at

@@ -101,6 +101,9 @@ class FunctionRoute:
         # Set while the function cannot start an instance (failed cold start, in backoff):
         # new requests fail fast with it instead of waiting for a queue timeout.
         self.failure: GatewayError | None = None
+        # The autoscaler's choice (Knative's activator in the path): while False and no endpoint
+        # has a free slot, a request goes to the least loaded endpoint and waits there instead.
+        self.activator_in_path = True
         self._waiters: deque[asyncio.Future[Endpoint]] = deque()
 
     @property
@@ -118,6 +121,8 @@ class FunctionRoute:
         if self.observer is not None:
             self.observer.record_request(now)
         endpoint = self.policy.choose(self.endpoints)
+        if endpoint is None and not self.activator_in_path:
+            endpoint = _least_loaded(self.endpoints)
         if endpoint is not None:
             self._take(endpoint)
             return Lease(self, endpoint)
@@ -225,3 +230,9 @@ class FunctionRoute:
             if not waiter.done():
                 waiter.set_exception(error)
         self._changed()
+
+
+def _least_loaded(endpoints: list[Endpoint]) -> Endpoint | None:
+    """The accepting endpoint with the fewest requests in flight, full or not."""
+    accepting = [e for e in endpoints if e.accepting]
+    return min(accepting, key=lambda e: e.in_flight) if accepting else None

@@ -210,6 +210,7 @@ class Reconciler:
             self._event(fn.name, "scaled",
                         f"{fn.name} {fn.decision.desired}→{decision.desired}: {decision.reason}")
         fn.decision = decision
+        fn.route.activator_in_path = decision.activator_in_path
 
     @staticmethod
     def _mark_provisioned(fn: FunctionRuntime, live: list[Instance], count: int) -> None:
