@@ -519,7 +519,7 @@ class TestActivationScale:
         fn.load(1, arrivals=1)
         decision = fn.decide(ready=0)  # 1100: stable 1/10 → 1, raised to 3
         assert brief(decision) == (
-            3, False, "stable, 0.1 in system, target 1×1; activation scale 1 to 3 from 0 ready")
+            3, False, "stable, 0.1 in system, target 1×1; activation scale 3")
         fn.clock.advance(2)
         assert fn.decide(ready=3).desired == 3  # 0.3 in system needs 1; activation keeps 3
         fn.load(0)

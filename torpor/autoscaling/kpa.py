@@ -386,22 +386,25 @@ def autoscale(
     ready, reachable = inputs.ready_instances, inputs.reachable
     stable_raw = raw_desired(stable_avg, config)
     panic_raw = raw_desired(panic_avg, config)
-    stable = apply_activation_scale(rate_limited(stable_raw, ready, config, reachable), stable_raw, config)
-    panic = apply_activation_scale(rate_limited(panic_raw, ready, config, reachable), panic_raw, config)
+    stable_rl = rate_limited(stable_raw, ready, config, reachable)
+    panic_rl = rate_limited(panic_raw, ready, config, reachable)
+    stable = apply_activation_scale(stable_rl, stable_raw, config)
+    panic = apply_activation_scale(panic_rl, panic_raw, config)
     state = next_panic_state(panic_raw, ready, now, config, state)
     unit = " req/s" if config.metric == "rps" else " in system"
     if state.panic_triggered_at is not None:
         notes = [f"panic, {panic_avg:.1f}{unit} over {ready} ready"]
-        raw, limited = max(stable_raw, panic_raw), max(stable, panic)
+        raw, rl, limited = max(stable_raw, panic_raw), max(stable_rl, panic_rl), max(stable, panic)
     else:
         notes = [
             f"stable, {stable_avg:.1f}{unit}, "
             f"target {config.target_utilization:g}×{config.target_total:g}"
         ]
-        raw, limited = stable_raw, stable
-    if limited != raw:
-        cause = "activation scale" if limited == config.activation_scale > raw else "rate-limited"
-        notes.append(f"{cause} {raw} to {limited} from {ready} ready")
+        raw, rl, limited = stable_raw, stable_rl, stable
+    if rl != raw:
+        notes.append(f"rate-limited {raw} to {rl} from {ready} ready")
+    if limited != rl:
+        notes.append(f"activation scale {limited}")
     desired, state = hold_in_panic(stable, panic, state)
     if desired > limited:
         notes.append(f"panic holds {desired}")
