@@ -234,6 +234,25 @@ class TestKnativeKnobs:
             "scaling.scale_to_zero_pod_retention_s: Input should be greater than or equal to 0"]
 
 
+class TestScalingPolicy:
+    def test_default_is_kpa(self, tmp_path: Path) -> None:
+        """Knative's KPA unless the spec asks for another policy."""
+        scaling = load(make_spec(tmp_path)).scaling
+        assert (scaling.policy, scaling.keep_alive_s) == ("kpa", None)
+
+    def test_unknown_policy_lists_the_valid_ones(self, tmp_path: Path) -> None:
+        """An unknown policy name fails naming the field and the choices."""
+        assert spec_errors(make_spec(tmp_path, scaling={"policy": "fast"})) == [
+            "scaling.policy: Input should be 'kpa' or 'keepalive'"]
+
+    def test_keep_alive_needs_the_keepalive_policy(self, tmp_path: Path) -> None:
+        """keep_alive_s means nothing to the KPA."""
+        assert spec_errors(make_spec(tmp_path, scaling={"keep_alive_s": 5})) == [
+            "scaling: scaling.keep_alive_s applies only to scaling.policy: keepalive"]
+        scaling = load(make_spec(tmp_path, scaling={"policy": "keepalive", "keep_alive_s": 5})).scaling
+        assert (scaling.policy, scaling.keep_alive_s) == ("keepalive", 5)
+
+
 class TestFieldRanges:
     def test_gpu_memory_below_smallest_slice(self, tmp_path: Path) -> None:
         """gpu_memory_mb between 1 and 1023 is below the smallest GPU slice."""

@@ -97,6 +97,10 @@ class ScalingSpec(_Strict):
     max_scale_down_rate: float = Field(default=2.0, gt=1)
     scale_down_delay_s: float = Field(default=0.0, ge=0, le=3600)
     tick_s: float = Field(default=2.0, gt=0, le=60)
+    # kpa: Knative's autoscaler; keepalive: instances per request in the system, each kept warm
+    # for a keep-alive sized from the measured cold start (torpor.autoscaling.keepalive)
+    policy: Literal["kpa", "keepalive"] = "kpa"
+    keep_alive_s: float | None = Field(default=None, ge=1, le=600)  # keepalive: fixed, not measured
     idle_mode: bool = False  # freeze provisioned instances with no request in flight
     idle_after_s: float = Field(default=0.0, ge=0)
 
@@ -116,6 +120,8 @@ class ScalingSpec(_Strict):
                 "scaling.target_concurrency applies only to scaling.metric: concurrency "
                 "(with metric rps set scaling.target_rps)"
             )
+        if self.keep_alive_s is not None and self.policy != "keepalive":
+            raise ValueError("scaling.keep_alive_s applies only to scaling.policy: keepalive")
         if self.activation_scale > self.max_instances:
             raise ValueError(
                 f"scaling.activation_scale ({self.activation_scale}) exceeds "

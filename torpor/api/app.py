@@ -68,6 +68,9 @@ def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None)
         "provisioned": fn.decision.provisioned,
         "panic": fn.decision.panic,
         "scaling_reason": fn.decision.reason,
+        "scaling_policy": fn.spec.scaling.policy,
+        "scaling_policy_why": ("scaling.policy in the spec" if "policy" in fn.spec.scaling.model_fields_set
+                               else "the default"),
         "source": fn.source,
         "base_dir": str(fn.base_dir),
         "created_at": fn.created_at,

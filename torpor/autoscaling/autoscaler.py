@@ -8,8 +8,10 @@ metrics window, ``now`` and the state, and keeps the returned state.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from torpor.autoscaling import kpa
+from torpor.autoscaling import keepalive, kpa
+from torpor.autoscaling.keepalive import KeepAliveConfig, PeakWindow
 from torpor.autoscaling.kpa import ConcurrencyWindow, KpaConfig, KpaInputs, KpaState
 from torpor.autoscaling.scaling_policies import (
     PolicyInputs,
@@ -17,6 +19,10 @@ from torpor.autoscaling.scaling_policies import (
     ProvisionConfig,
     provisioned_target,
 )
+
+
+class MetricsWindow(ConcurrencyWindow, PeakWindow, Protocol):
+    """Everything the policies read; ``metrics.ConcurrencyRecorder`` implements it."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class AutoscalerState:
 def decide(
     config: KpaConfig,
     provision: ProvisionConfig,
-    window: ConcurrencyWindow,
+    window: MetricsWindow,
     *,
     concurrency: int,
     ready: int,
@@ -45,9 +51,18 @@ def decide(
     now: float,
     state: AutoscalerState,
     reachable: bool = True,
+    keep_alive: KeepAliveConfig | None = None,
+    cold_start_s: float | None = None,
 ) -> tuple[ScaleDecision, AutoscalerState]:
-    inputs = KpaInputs.observe(window, config, now, ready, reachable)
-    kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
+    """``keep_alive`` set: the keep-alive policy decides the on-demand count instead of the KPA
+    (whose state is left as it was)."""
+    if keep_alive is not None:
+        chosen = keepalive.decide(keep_alive, window, now, cold_start_s)
+        kpa_decision = kpa.KpaDecision(chosen.desired, False, chosen.reason, -1, True)
+        kpa_state = state.kpa
+    else:
+        inputs = KpaInputs.observe(window, config, now, ready, reachable)
+        kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
     policy_inputs = PolicyInputs(
         in_system=window.window_average(now, config.stable_window_s),
         current_provisioned=current_provisioned,

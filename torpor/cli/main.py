@@ -134,6 +134,9 @@ def get(name: str, server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> 
     out.print(f"[bold]{fn['name']}[/] revision {fn['revision']} ({fn['kind']}) — {fn['status']}")
     out.print(f"  url {fn['url']}  concurrency {fn['concurrency']}  "
               f"instances {fn['min_instances']}..{fn['max_instances']}  source {fn['source']}")
+    if "scaling_policy" in fn:
+        out.print(f"  scaling {fn['scaling_policy']} ({fn['scaling_policy_why']}): "
+                  f"desired {fn['desired']} — {fn['scaling_reason']}")
     if fn["last_error"]:
         err.print(f"[red]last error:[/] {fn['last_error']}")
     _instance_table(fn["instance_list"])

@@ -125,6 +125,7 @@ class FunctionRuntime:
     failures: int = 0  # consecutive failed cold starts (drives the backoff)
     backoff_until: float = 0.0
     last_error: str | None = None
+    cold_start_s: float | None = None  # running mean of this function's cold starts
 
     @property
     def name(self) -> str:

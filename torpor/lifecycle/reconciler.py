@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from torpor.autoscaling import autoscaler
+from torpor.autoscaling.keepalive import KeepAliveConfig, mean_cold_start
 from torpor.autoscaling.scaling_policies import PolicyState, ProvisionConfig
 from torpor.backend.freezer import Freezer, SignalFreezer
 from torpor.backend.local import LocalBackend, tail
@@ -204,6 +205,8 @@ class Reconciler:
             concurrency=fn.spec.concurrency, ready=ready,
             current_provisioned=sum(1 for i in live if i.provisioned),
             now=now, state=fn.autoscaler,
+            keep_alive=KeepAliveConfig.from_spec(fn.spec.scaling, fn.spec.concurrency),
+            cold_start_s=fn.cold_start_s,
         )
         fn.next_decision_at = now + fn.spec.scaling.tick_s
         if decision.desired != fn.decision.desired:
@@ -266,6 +269,8 @@ class Reconciler:
         self._save(instance)
         self.on_ready(instance)
         total = instance.cold_start()["total_s"]
+        if isinstance(total, float):
+            fn.cold_start_s = mean_cold_start(fn.cold_start_s, total)
         self._event(fn.name, "started", f"instance {instance.id} ready in {total:.3f}s")
 
     async def _start_failed(self, fn: FunctionRuntime, instance: Instance, reason: str,
