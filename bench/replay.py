@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--policies", default="kpa,keepalive")
     parser.add_argument("--always-on", default="2,3", help="always-on instance counts to try")
     parser.add_argument("--max-instances", type=int, default=10)
+    parser.add_argument("--keep-alive-s", default="",
+                        help="fixed keep-alives to try as extra keepalive cases, e.g. 2,5")
     args = parser.parse_args()
     arrivals = load_trace(args.trace, args.start_s, args.window_s, args.keep_every)
     services = [s for _, s in arrivals]
@@ -152,6 +154,9 @@ def main() -> None:
         (policy, {**base, "policy": policy, "max_instances": args.max_instances})
         for policy in args.policies.split(",") if policy
     ]
+    cases += [(f"keepalive_{k}s", {**base, "policy": "keepalive", "keep_alive_s": float(k),
+                                     "max_instances": args.max_instances})
+              for k in args.keep_alive_s.split(",") if k]
     cases += [(f"always_on_{n}", {**base, "min_instances": int(n), "max_instances": int(n)})
               for n in args.always_on.split(",") if n]
     server = Server()
