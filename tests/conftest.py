@@ -50,12 +50,13 @@ def torpor_cli(
 class TorporServer:
     """A real server process; ``stop()`` sends SIGTERM and returns its exit code."""
 
-    def __init__(self, data_dir: Path, deploy: list[Path] | None = None) -> None:
+    def __init__(self, data_dir: Path, deploy: list[Path] | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "torpor", "serve", "--port", str(self.port),
-                "--data-dir", str(data_dir)]
+                "--data-dir", str(data_dir), *(extra_args or [])]
         for path in deploy or []:
             args += ["--deploy", str(path)]
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
@@ -82,10 +83,15 @@ class TorporServer:
         return self.log_path.read_text(errors="replace")
 
     def deploy(self, path: Path) -> dict[str, Any]:
+        """Upload the folder's code and deploy it, as ``torpor deploy`` does."""
+        from torpor.code import pack_dir
         from torpor.spec import load_spec_file
 
         _, raw, base_dir = load_spec_file(path)
-        response = self.http.post("/api/v1/functions", json={"spec": raw, "base_dir": str(base_dir),
+        archive = pack_dir(base_dir)
+        upload = self.http.put(f"/api/v1/code/{archive.digest}", content=archive.data)
+        assert upload.status_code == 201, upload.text
+        response = self.http.post("/api/v1/functions", json={"spec": raw, "code": archive.digest,
                                                                "source": str(path)})
         assert response.status_code == 201, response.text
         return dict(response.json())

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, make_function, torpor_cli
+from torpor.code import pack_dir
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -44,7 +45,7 @@ class TestWithoutServer:
         """`torpor --help` lists every command."""
         result = torpor_cli("--help")
         assert result.returncode == 0
-        for command in ("serve", "deploy", "ls", "get", "instances", "invoke", "delete"):
+        for command in ("serve", "deploy", "ls", "get", "instances", "invoke", "delete", "nodes"):
             assert command in result.stdout
 
 
@@ -69,6 +70,15 @@ class TestAgainstServer:
 
         rows = json.loads(torpor_cli("instances", "echo", "--json", server=srv.url).stdout)
         assert {k for k in rows[0]} >= {"id", "function", "state", "pid", "started_at"}
+        assert (rows[0]["node"], rows[0]["pool"]) == ("local", "local")
+
+        nodes = json.loads(torpor_cli("nodes", "--json", server=srv.url).stdout)
+        assert [(n["id"], n["pool"], n["alive"], n["instances"]) for n in nodes] == [
+            ("local", "local", True, [rows[0]["id"]])]
+        by_pool = torpor_cli("bill", "--by", "pool", server=srv.url)
+        assert by_pool.returncode == 0, by_pool.stderr
+        assert [p["pool"] for p in json.loads(
+            torpor_cli("bill", "--json", server=srv.url).stdout)["pools"]] == ["local"]
 
         table = torpor_cli("instances", server=srv.url)
         assert rows[0]["id"] in table.stdout
@@ -81,15 +91,49 @@ class TestAgainstServer:
     def test_bad_spec_deploys_nothing(self, make_server: Any, tmp_path: Path) -> None:
         """A spec the server rejects leaves the function list unchanged."""
         srv = make_server()
+        archive = pack_dir(EXAMPLES / "echo")
+        assert srv.http.put(f"/api/v1/code/{archive.digest}", content=archive.data).status_code == 201
         response = srv.http.post("/api/v1/functions", json={
             "spec": {"name": "Bad_Name", "runtime": {"handler": "model:Echo"}},
-            "base_dir": str(EXAMPLES / "echo"),
+            "code": archive.digest,
         })
         assert response.status_code == 422
         assert response.json()["errors"] == [
             "name: must be a DNS label: 1-63 lowercase letters, digits or '-', starting and "
             "ending with a letter or digit (got 'Bad_Name')"
         ]
+        assert srv.http.get("/api/v1/functions").json() == []
+
+    def test_unknown_pool_is_refused_at_deploy(self, make_server: Any, tmp_path: Path) -> None:
+        """placement.pools must name a pool of this server; nothing is deployed otherwise."""
+        srv = make_server()
+        folder = make_function(tmp_path, "echo", placement={"pools": ["onprem"]})
+        result = torpor_cli("deploy", str(folder), server=srv.url)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (f"error: {folder / 'torpor.yaml'}: placement.pools[0]: "
+                                         "unknown pool 'onprem'; pools: local")
+        assert srv.http.get("/api/v1/functions").json() == []
+
+    def test_deploy_takes_uploaded_code_never_a_server_path(self, make_server: Any) -> None:
+        """The API names code by the digest of an upload; a folder on the server is refused."""
+        srv = make_server()
+        spec = {"name": "echo", "runtime": {"handler": "model:Echo"}}
+        by_path = srv.http.post("/api/v1/functions", json={
+            "spec": spec, "base_dir": str(EXAMPLES / "echo"), "code": "0" * 64})
+        assert by_path.status_code == 422
+        assert by_path.json()["errors"] == ["body.base_dir: Extra inputs are not permitted"]
+        missing = srv.http.post("/api/v1/functions", json={"spec": spec, "code": "0" * 64})
+        assert missing.status_code == 400
+        assert missing.json()["error"] == (
+            f"code: no uploaded code with digest {'0' * 64}; upload it first "
+            f"(PUT /api/v1/code/{'0' * 64})")
+        archive = pack_dir(EXAMPLES / "echo")
+        wrong = srv.http.put(f"/api/v1/code/{'1' * 64}", content=archive.data)
+        assert wrong.status_code == 400
+        assert wrong.json()["error"] == f"the archive's sha256 is {archive.digest}, not {'1' * 64}"
+        assert srv.http.head(f"/api/v1/code/{archive.digest}").status_code == 404
+        assert srv.http.put(f"/api/v1/code/{archive.digest}", content=archive.data).status_code == 201
+        assert srv.http.head(f"/api/v1/code/{archive.digest}").status_code == 200
         assert srv.http.get("/api/v1/functions").json() == []
 
     def test_invoke_errors_and_unknown_function(self, make_server: Any) -> None:

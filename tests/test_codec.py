@@ -134,4 +134,5 @@ class TestEncodeResult:
 class TestErrorBody:
     def test_shape(self) -> None:
         """Error bodies are JSON with the message and a machine-readable reason."""
-        assert error_body("bad input", "bad_request") == b'{"error": "bad input", "reason": "bad_request"}'
+        assert error_body("bad input", "bad_request", "echo", "r1") == (
+            b'{"error": "bad input", "reason": "bad_request", "function": "echo", "request_id": "r1"}')

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from torpor.lifecycle.guard import clean_up, server_processes
+from torpor.backends.local.guard import clean_up, server_processes
 
 
 def sleeper(env_extra: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.conftest import make_function
+from tests.conftest import FUNCTIONS, make_function, torpor_cli
+from torpor.code import pack_dir
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,10 +51,28 @@ class TestModelCache:
         """A model.path that does not exist is rejected at deploy, naming the field."""
         folder = make_function(tmp_path, "modelfile", model={"path": "nope"})
         srv = make_server()
-        import yaml
-
+        archive = pack_dir(folder)
+        assert srv.http.put(f"/api/v1/code/{archive.digest}", content=archive.data).status_code == 201
         response = srv.http.post("/api/v1/functions", json={
-            "spec": yaml.safe_load((folder / "torpor.yaml").read_text()), "base_dir": str(folder)})
+            "spec": yaml.safe_load((folder / "torpor.yaml").read_text()), "code": archive.digest})
         assert response.status_code == 422
-        assert response.json()["errors"] == [f"model.path: {folder / 'nope'} does not exist"]
+        assert response.json()["errors"] == ["model.path: nope is not in the uploaded folder"]
+        # the CLI checks the folder before it uploads anything
+        result = torpor_cli("deploy", str(folder), server=srv.url)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"error: {folder / 'torpor.yaml'}: model.path: {folder / 'nope'} does not exist")
         assert srv.http.get("/api/v1/functions").json() == []
+
+    def test_model_outside_the_folder_is_uploaded_apart(self, make_server: Any,
+                                                        tmp_path: Path) -> None:
+        """A model.path outside the function's folder is packed and uploaded on its own."""
+        weights = tmp_path / "shared-weights"
+        shutil.copytree(FUNCTIONS / "modelfile" / "weights", weights)
+        folder = make_function(tmp_path, "modelfile", model={"path": str(weights)})
+        shutil.rmtree(folder / "weights")
+        srv = make_server()
+        result = torpor_cli("deploy", str(folder), server=srv.url)
+        assert result.returncode == 0, result.stderr
+        shutil.rmtree(weights)
+        assert srv.invoke("modelfile", {}).json()["vocab"] == ["alpha", "beta", "gamma"]

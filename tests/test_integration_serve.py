@@ -214,13 +214,14 @@ class TestFailures:
 
     def test_backoff_then_recovery(self, make_server: Any, tmp_path: Path) -> None:
         """After a failed start, the function retries after its backoff and serves once fixed."""
-        folder = make_function(tmp_path, "flaky")
-        (folder / "broken").write_text("")
+        flag = tmp_path / "broken"
+        flag.write_text("")
+        folder = make_function(tmp_path, "flaky", env={"FLAKY_FLAG": str(flag)})
         srv = make_server([folder])
         failed = srv.invoke("flaky", {})
         assert failed.status_code == 503
         assert "flaky: the file 'broken' is present" in failed.json()["error"]
-        (folder / "broken").unlink()
+        flag.unlink()
         # in backoff (1 s after the first failure) requests fail fast; then one attempt succeeds
         srv.wait_for(lambda: srv.invoke("flaky", {}).status_code == 200, timeout_s=10,
                      what="recovery after the backoff")

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 import torpor
+from torpor.address import Address
 from torpor.clock import MonotonicClock
 from torpor.gateway.proxy import Gateway
 from torpor.gateway.route import Endpoint, FunctionRoute
@@ -60,7 +61,7 @@ class Stack:
 
     def endpoint(self, route: FunctionRoute, socket_path: str, capacity: int,
                  instance_id: str) -> Endpoint:
-        client = UpstreamClient(unix_socket=socket_path)
+        client = UpstreamClient(Address.unix(socket_path))
         self.clients.append(client)
         endpoint = Endpoint(instance_id, capacity, client, ready_at=0.0)
         route.add_endpoint(endpoint)

@@ -122,7 +122,8 @@ class TestInvoke:
             response = await client.post("/invoke", json="x")
         assert response.status_code == 500
         assert response.json() == {"error": "Broken.predict raised ValueError: cannot handle 'x'",
-                                   "reason": "handler_error"}
+                                   "reason": "handler_error",
+                                   "function": None, "request_id": None}
         assert "ValueError: cannot handle 'x'" in capsys.readouterr().err
 
     async def test_unserialisable_result(self, capsys: Any) -> None:
@@ -137,7 +138,7 @@ class TestInvoke:
         assert response.json() == {
             "error": "Sets.predict returned a value torpor cannot encode as JSON: "
                      "Object of type set is not JSON serializable",
-            "reason": "handler_error",
+            "reason": "handler_error", "function": None, "request_id": None,
         }
 
     async def test_invalid_json(self) -> None:
@@ -149,7 +150,7 @@ class TestInvoke:
         assert response.json() == {
             "error": "request body is not valid JSON: Expecting property name enclosed in double quotes: "
                      "line 1 column 2 (char 1)",
-            "reason": "bad_request",
+            "reason": "bad_request", "function": None, "request_id": None,
         }
 
 
@@ -180,7 +181,8 @@ class TestInitialize:
             response = await client.post("/initialize")
         assert response.status_code == 500
         assert response.json() == {"error": "FailingWarmup.warmup raised RuntimeError: no GPU visible",
-                                   "reason": "warmup_failed"}
+                                   "reason": "warmup_failed",
+                                   "function": None, "request_id": None}
         assert "warmup raised" in response.json()["error"]
 
     async def test_failed_warmup_runs_again(self, capsys: Any) -> None:
@@ -210,7 +212,8 @@ class TestRoutes:
         async with make_client(Echo()) as client:
             response = await client.get("/nope")
         assert response.status_code == 404
-        assert response.json() == {"error": "no route GET /nope in the torpor runtime", "reason": "not_found"}
+        assert response.json() == {"error": "no route GET /nope in the torpor runtime", "reason": "not_found",
+                                   "function": None, "request_id": None}
 
     async def test_invoke_needs_post(self) -> None:
         """GET /invoke is not an invocation."""
@@ -235,3 +238,21 @@ class TestConcurrency:
         async with make_client(ThreadName(), concurrency=1) as client:
             response = await client.post("/invoke", json={})
         assert response.text == threading.current_thread().name
+
+
+class WhoAmI(torpor.Model):
+    def predict(self, payload: Any) -> Any:
+        return {"request_id": torpor.request_id()}
+
+
+class TestRequestId:
+    async def test_inline_and_on_the_thread_pool(self) -> None:
+        """``torpor.request_id()`` is the gateway's ``x-torpor-request-id``, inline (concurrency 1)
+        and in the thread pool (concurrency 4); without the header it is None, never a stale id."""
+        for concurrency in (1, 4):
+            async with make_client(WhoAmI(), concurrency) as client:
+                response = await client.post("/invoke", json={},
+                                             headers={"x-torpor-request-id": f"rid-{concurrency}"})
+                assert response.json() == {"request_id": f"rid-{concurrency}"}
+                assert (await client.post("/invoke", json={})).json() == {"request_id": None}
+        assert torpor.request_id() is None  # outside a request

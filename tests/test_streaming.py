@@ -85,5 +85,6 @@ class TestResponses:
             response = await client.post("/invoke")
         assert response.status_code == 500
         assert response.json() == {"error": "Fails.predict raised ValueError: no prompt",
-                                   "reason": "handler_error"}
+                                   "reason": "handler_error",
+                                   "function": None, "request_id": None}
         assert "Traceback" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torpor.sdk import Model, Response
+from torpor.sdk import Model, Response, request_id
 
 __version__ = "0.1.0"
-__all__ = ["Model", "Response", "__version__"]
+__all__ = ["Model", "Response", "__version__", "request_id"]

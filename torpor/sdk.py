@@ -37,14 +37,27 @@ which must return a list of results of the same length, in order::
 A batch can only form from requests that reach the instance together, so a batching function needs
 ``concurrency`` of at least ``max_batch_size`` in its ``torpor.yaml`` (with the default
 ``concurrency: 1`` the gateway sends one request at a time and every batch has one payload).
+
+Following one request: ``torpor.request_id()`` inside ``predict`` is the gateway's
+``x-torpor-request-id`` (the client's ``x-request-id`` when it sent one); print it in log lines and
+``torpor logs NAME`` finds them next to the gateway's.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("torpor_request_id",
+                                                                         default=None)
+
+
+def request_id() -> str | None:
+    """The id of the request being handled (None outside ``predict`` and for batched calls)."""
+    return _request_id.get()
 
 
 @dataclass
@@ -59,12 +72,24 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
 
+    def __post_init__(self) -> None:
+        check_status(self.status)
+
+
+def check_status(status: Any) -> int:
+    """An HTTP status torpor can send: an integer from 100 to 599."""
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"Response.status must be an HTTP status from 100 to 599, got {status!r}")
+    return status
+
 
 class Model:
     """Base class for a torpor function written in Python.
 
     ``payload`` given to :meth:`predict` is the decoded JSON body when the request's content type is
-    JSON, ``str`` for ``text/*``, and ``bytes`` otherwise. The result may be JSON-serialisable data,
+    JSON (or absent, or curl's default form type, and the body parses as JSON), ``str`` for
+    ``text/*``, and ``bytes`` otherwise. Invalid JSON (``NaN``, ``Infinity``, too deep) never
+    reaches it: the client gets a 400. The result may be JSON-serialisable data,
     ``str``, ``bytes`` or a :class:`Response`, or a generator of chunks to stream.
 
     ``max_batch_size`` and ``batch_timeout_ms`` turn batching on (see the module docstring); they are

@@ -14,14 +14,22 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import yaml
 
 from torpor import __version__
+from torpor.api import console
 from torpor.api.app import create_api
-from torpor.errors import DataDirLocked, TorporError
+from torpor.api.sampler import Sampler
+from torpor.backends import InstanceBackend
+from torpor.datadir import PRIVATE_UMASK, make_private
+from torpor.errors import DataDirLocked, SpecError, TorporError
 from torpor.gateway.proxy import Gateway
 from torpor.httpserver import HttpServer
-from torpor.platform import Platform
+from torpor.log_format import JsonFormatter
+from torpor.platform import CONFIG_FILENAME, Platform
+from torpor.safe_yaml import read_yaml
 from torpor.spec import load_spec_file
 from torpor.types import Receive, Scope, Send
 
@@ -54,8 +62,11 @@ class RootApp:
     def __init__(self, platform: Platform, deploy: list[Path]) -> None:
         self.platform = platform
         self.deploy_paths = deploy
-        self.gateway = Gateway(platform.reconciler.routes, platform.clock)
+        metrics = platform.metrics
+        self.gateway = Gateway(platform.reconciler.routes, platform.clock, observer=metrics.requests)
+        self.sampler = Sampler(platform, metrics.requests)
         self.api = create_api(platform)
+        console.install(self.api, platform, self.sampler)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/fn/"):
@@ -72,14 +83,15 @@ class RootApp:
                 try:
                     await self.platform.startup()
                     for path in self.deploy_paths:
-                        spec, raw, base_dir = load_spec_file(path)
-                        await self.platform.deploy(raw, base_dir, str(path))
-                        log.info("deployed %s from %s", spec.name, path)
+                        fn = await self.platform.deploy_folder(path)
+                        log.info("deployed %s from %s", fn.name, path)
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                self.sampler.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.sampler.stop()
                 await self.platform.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -90,25 +102,58 @@ def _check_port(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
+        except OverflowError:
+            raise TorporError(f"port {port} is out of range; choose --port from 1 to 65535") from None
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise TorporError(f"port {port} on {host} is already in use; choose --port") from None
             raise TorporError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def ray_backend(data_dir: Path, config: Path | None, ray_address: str | None
+                ) -> InstanceBackend | None:
+    """The Ray backend when ``--ray`` is given or the server config says ``backend: ray``; None for
+    the local one. Ray is imported only in the first case."""
+    from torpor.backends.ray.config import BackendConfigError, ray_config
+
+    path = config if config is not None else data_dir / CONFIG_FILENAME
+    raw: Any = None
+    if path.is_file():
+        try:
+            raw = read_yaml(path)
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            raw = None  # Platform's own read of the file reports it
+    try:
+        settings = ray_config(raw if isinstance(raw, dict) else None, ray_address)
+    except BackendConfigError as exc:
+        raise SpecError(str(path) if ray_address is None else "--ray", [str(exc)]) from None
+    if settings is None:
+        return None
+    try:
+        from torpor.backends.ray import RayBackend
+    except ImportError:
+        raise TorporError("the Ray backend needs Ray: pip install 'torpor[ray]'") from None
+    return RayBackend(settings)
+
+
 def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info",
-          config: Path | None = None) -> None:
+          config: Path | None = None, log_format: str = "text",
+          ray_address: str | None = None) -> None:
+    if log_format not in ("text", "json"):
+        raise TorporError(f"--log-format must be text or json, not {log_format!r}")
     data_dir = data_dir.resolve()
     for path in deploy:  # fail before starting anything
         load_spec_file(path)
+    backend = ray_backend(data_dir, config, ray_address)
+    os.umask(PRIVATE_UMASK)  # everything under the data directory is the server user's alone
+    make_private(data_dir)
     lock = lock_data_dir(data_dir)
     _check_port(host, port)
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    platform = Platform(data_dir, config_path=config)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), handlers=[handler])
+    platform = Platform(data_dir, config_path=config, backend=backend)
     # torpor's own lean HTTP/1.1 server (uvloop + httptools): the gateway's cost is part of the
     # product (bench/gateway.py); a finished graceful shutdown on SIGINT/SIGTERM exits with 0
     server = HttpServer(RootApp(platform, deploy), lifespan=True, graceful_timeout_s=10)

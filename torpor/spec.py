@@ -14,15 +14,23 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from torpor.errors import SpecError
+from torpor.safe_yaml import read_yaml
 
 SPEC_FILENAME = "torpor.yaml"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 MIN_GPU_SLICE_MB = 1024  # seed 001: the smallest vGPU memory slice is 1 GB
+MAX_MEMORY_MB = 4 * 1024 * 1024  # 4 TiB: more than any one machine or GPU has
+MAX_INSTANCES = 1000  # per function
+MAX_DURATION_S = 86_400.0  # one day: the longest timeout, grace or delay a spec may ask for
+MAX_TARGET_RPS = 1_000_000.0  # requests per second per instance
+MAX_BURST_CAPACITY = MAX_INSTANCES * 10_000.0  # every instance at the highest target concurrency
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `concurrency: true` or `timeout_s: "5"` are type errors, not 1 and 5.0;
+    # no .inf or .nan anywhere; every number has an upper bound below (#16 item 10)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class RuntimeSpec(_Strict):
@@ -60,9 +68,9 @@ class ModelSpec(_Strict):
 
 class ResourcesSpec(_Strict):
     cpus: float = Field(default=1.0, gt=0, le=512)
-    memory_mb: int = Field(default=1024, ge=16)
+    memory_mb: int = Field(default=1024, ge=16, le=MAX_MEMORY_MB)
     gpus: int = Field(default=0, ge=0, le=64)
-    gpu_memory_mb: int = Field(default=0, ge=0)
+    gpu_memory_mb: int = Field(default=0, ge=0, le=MAX_MEMORY_MB)
 
     @field_validator("gpu_memory_mb")
     @classmethod
@@ -75,34 +83,37 @@ class ResourcesSpec(_Strict):
 class ScalingSpec(_Strict):
     """Autoscaler knobs. Defaults are Knative Serving's (KPA) where Knative has one."""
 
-    min_instances: int = Field(default=0, ge=0)
-    max_instances: int = Field(default=10, ge=1)
-    initial_instances: int = Field(default=0, ge=0)
-    activation_scale: int = Field(default=1, ge=1)  # the least a scale-up from zero asks for
-    provisioned: int = Field(default=0, ge=0)
-    scale_to_zero_grace_s: float = Field(default=30.0, ge=0)
-    scale_to_zero_pod_retention_s: float = Field(default=0.0, ge=0)  # last instance, once inactive
+    min_instances: int = Field(default=0, ge=0, le=MAX_INSTANCES)
+    max_instances: int = Field(default=10, ge=1, le=MAX_INSTANCES)
+    initial_instances: int = Field(default=0, ge=0, le=MAX_INSTANCES)
+    # the least a scale-up from zero asks for
+    activation_scale: int = Field(default=1, ge=1, le=MAX_INSTANCES)
+    provisioned: int = Field(default=0, ge=0, le=MAX_INSTANCES)
+    scale_to_zero_grace_s: float = Field(default=30.0, ge=0, le=MAX_DURATION_S)
+    # how long the last instance stays once the function is inactive
+    scale_to_zero_pod_retention_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S)
     metric: Literal["concurrency", "rps"] = "concurrency"
-    target_concurrency: float | None = Field(default=None, gt=0)
-    target_rps: float | None = Field(default=None, gt=0)  # metric rps; Knative's default is 200
+    target_concurrency: float | None = Field(default=None, gt=0, le=10000)
+    # metric rps; Knative's default is 200
+    target_rps: float | None = Field(default=None, gt=0, le=MAX_TARGET_RPS)
     # Requests in the system the ready instances should absorb beyond the observed load before the
     # gateway stops queueing for them (Knative's activator in the path); 0 never queues while any
     # instance is ready and wanted, -1 always queues.
-    target_burst_capacity: float = 211.0
+    target_burst_capacity: float = Field(default=211.0, le=MAX_BURST_CAPACITY)
     target_utilization: float = Field(default=0.7, gt=0, le=1)
     stable_window_s: float = Field(default=60.0, ge=6, le=3600)
     panic_window_pct: float = Field(default=10.0, ge=1, le=100)
     panic_threshold_pct: float = Field(default=200.0, ge=110, le=1000)
-    max_scale_up_rate: float = Field(default=1000.0, gt=1)
-    max_scale_down_rate: float = Field(default=2.0, gt=1)
+    max_scale_up_rate: float = Field(default=1000.0, gt=1, le=1e6)
+    max_scale_down_rate: float = Field(default=2.0, gt=1, le=1e6)
     scale_down_delay_s: float = Field(default=0.0, ge=0, le=3600)
-    tick_s: float = Field(default=2.0, gt=0, le=60)
+    tick_s: float = Field(default=2.0, ge=0.05, le=60)
     # kpa: Knative's autoscaler; keepalive: instances per request in the system, each kept warm
     # for a keep-alive sized from the measured cold start (torpor.autoscaling.keepalive)
     policy: Literal["kpa", "keepalive"] = "kpa"
     keep_alive_s: float | None = Field(default=None, ge=1, le=600)  # keepalive: fixed, not measured
     idle_mode: bool = False  # freeze provisioned instances with no request in flight
-    idle_after_s: float = Field(default=0.0, ge=0)
+    idle_after_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S)
 
     @field_validator("target_burst_capacity")
     @classmethod
@@ -146,8 +157,22 @@ class ScalingSpec(_Strict):
 
 
 class QueueSpec(_Strict):
-    max_queued: int = Field(default=100, ge=0)
-    timeout_s: float = Field(default=30.0, gt=0)
+    max_queued: int = Field(default=100, ge=0, le=100_000)
+    timeout_s: float = Field(default=30.0, gt=0, le=MAX_DURATION_S)
+
+
+class PlacementSpec(_Strict):
+    """Where a function's instances may run: ``pools`` restricts them to these pools (checked
+    against the server's configured pools at deploy, ``placement.pools[i]: unknown pool``)."""
+
+    pools: list[str] = Field(default_factory=list)
+
+    @field_validator("pools")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a pool twice")
+        return value
 
 
 class RoutingSpec(_Strict):
@@ -171,11 +196,12 @@ class FunctionSpec(_Strict):
     model: ModelSpec | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     concurrency: int = Field(default=1, ge=1, le=10000)
-    timeout_s: float = Field(default=60.0, gt=0)
-    initialize_timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0, le=MAX_DURATION_S)
+    initialize_timeout_s: float = Field(default=60.0, gt=0, le=MAX_DURATION_S)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     queue: QueueSpec = Field(default_factory=QueueSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
     @field_validator("name")
     @classmethod
@@ -280,7 +306,7 @@ def load_spec_file(path: Path) -> tuple[FunctionSpec, dict[str, Any], Path]:
     """Read and validate a spec file; returns the spec, the raw mapping and the code folder."""
     spec_file = locate_spec(path).resolve()
     try:
-        raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+        raw = read_yaml(spec_file)
     except yaml.YAMLError as exc:
         raise SpecError(str(spec_file), [f"not valid YAML: {exc}"]) from None
     except UnicodeDecodeError:

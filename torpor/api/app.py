@@ -1,12 +1,12 @@
-"""Control API: deploy, list, get, delete functions; list instances; health.
+"""Control API: upload code, deploy, list, get, delete functions; instances, nodes; health.
 
-Every error is JSON ``{"error": "<one sentence>"}`` so the CLI can print it as is.
+Every error is torpor's one JSON shape ``{"error", "reason", "function", "request_id"}``
+(:mod:`torpor.api.errors`), so the CLI can print ``error`` as is.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,17 +14,26 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from torpor import __version__
-from torpor.errors import BadRequest, NotFound, SpecError
-from torpor.lifecycle.instance import FunctionRuntime
+from torpor.api.docs import install_offline_docs
+from torpor.api.errors import BodyLimit, error_response, install_error_handlers
+from torpor.errors import BadRequest
 from torpor.platform import Platform
+
+MAX_CODE_UPLOAD_BYTES = 512 * 1024 * 1024  # torpor.code.DEFAULT_MAX_BYTES: what the CLI packs at most
+
+
+class PayloadTooLarge(BadRequest):
+    """A body over its limit (413)."""
 
 
 class DeployRequest(BaseModel):
-    """A spec as parsed from torpor.yaml, and the folder its code lives in (on the server)."""
+    """A spec as parsed from torpor.yaml, and the digests of its uploaded code (``PUT
+    /api/v1/code/{digest}`` first). ``model``: model.path's folder when it was uploaded apart."""
 
     model_config = ConfigDict(extra="forbid")
     spec: dict[str, Any]
-    base_dir: str
+    code: str
+    model: str | None = None
     source: str = "torpor.yaml"
 
 
@@ -45,70 +54,27 @@ def parse_time(value: str | None, name: str) -> float | None:
     return moment.timestamp()
 
 
-def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None) -> dict[str, Any]:
-    live = fn.live(current_only=False)
-    counts: dict[str, int] = {}
-    for instance in live:
-        counts[instance.state.value] = counts.get(instance.state.value, 0) + 1
-    return {
-        "name": fn.name,
-        "revision": fn.revision,
-        "kind": fn.spec.kind,
-        "status": fn.status(),
-        "last_error": fn.last_error,
-        "url": f"/fn/{fn.name}/",
-        "instances": len(live),
-        "instance_states": counts,
-        "in_flight": fn.route.in_flight,
-        "queued": fn.route.queued,
-        "concurrency": fn.spec.concurrency,
-        "min_instances": fn.spec.scaling.min_instances,
-        "max_instances": fn.spec.scaling.max_instances,
-        "desired": fn.decision.desired,
-        "provisioned": fn.decision.provisioned,
-        "panic": fn.decision.panic,
-        "scaling_reason": fn.decision.reason,
-        "scaling_policy": fn.spec.scaling.policy,
-        "scaling_policy_why": ("scaling.policy in the spec" if "policy" in fn.spec.scaling.model_fields_set
-                               else "the default"),
-        "source": fn.source,
-        "base_dir": str(fn.base_dir),
-        "created_at": fn.created_at,
-        "updated_at": fn.updated_at,
-        "template": template,
-        "model_path": str(fn.model_path) if fn.model_path else None,
-        "spec": fn.spec.model_dump(mode="json"),
-    }
-
-
 def create_api(platform: Platform) -> FastAPI:
     app = FastAPI(
         title="torpor control API",
         version=__version__,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served offline by install_offline_docs
         redoc_url=None,
     )
+    install_offline_docs(app, "/api/v1/openapi.json")
 
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+    install_error_handlers(app)
+    # code uploads have their own, larger limit (MAX_CODE_UPLOAD_BYTES, checked by put_code)
+    app.add_middleware(BodyLimit, exempt_prefixes=("/api/v1/code/",))
 
-    @app.exception_handler(BadRequest)
-    async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.exception_handler(SpecError)
-    async def _bad_spec(_: Request, exc: SpecError) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(exc), "source": exc.source, "errors": exc.errors}, status_code=422
-        )
+    @app.exception_handler(PayloadTooLarge)
+    async def _too_large(request: Request, exc: PayloadTooLarge) -> JSONResponse:
+        return error_response(request, 413, str(exc), "body_too_large")
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "functions": len(platform.functions),
-                "freezer": platform.freezer.name,
-                "templates": platform.reconciler.templates is not None}
+        return {**platform.health(), "version": __version__}
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
@@ -116,22 +82,49 @@ def create_api(platform: Platform) -> FastAPI:
         return Response(platform.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    def describe(fn: FunctionRuntime) -> dict[str, Any]:
-        return function_to_api(fn, platform.template_info(fn.name))
-
     @app.get("/api/v1/functions", tags=["functions"])
     async def list_functions() -> list[dict[str, Any]]:
-        return [describe(fn) for fn in platform.functions.values()]
+        return [platform.describe(name) for name in platform.functions]
+
+    @app.head("/api/v1/code/{digest}", tags=["functions"])
+    async def has_code(digest: str) -> Response:
+        """200 when code with this sha256 is already uploaded (then the CLI skips the upload)."""
+        return Response(status_code=200 if platform.code.has(digest) else 404)
+
+    @app.put("/api/v1/code/{digest}", tags=["functions"], status_code=201)
+    async def put_code(digest: str, request: Request) -> dict[str, Any]:
+        """Upload a function's folder as a ``.tar.gz`` whose sha256 is ``digest`` (``torpor deploy``
+        packs it); at most ``MAX_CODE_UPLOAD_BYTES``."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_CODE_UPLOAD_BYTES:
+            raise PayloadTooLarge(f"code archive of {declared} bytes is larger than the limit of "
+                                  f"{MAX_CODE_UPLOAD_BYTES} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_CODE_UPLOAD_BYTES:
+                raise PayloadTooLarge(f"code archive is larger than the limit of "
+                                      f"{MAX_CODE_UPLOAD_BYTES} bytes")
+            chunks.append(chunk)
+        ref = await platform.put_code(b"".join(chunks), digest)
+        return {"digest": ref.digest, "bytes": size}
 
     @app.post("/api/v1/functions", tags=["functions"], status_code=201)
     async def deploy(body: DeployRequest) -> dict[str, Any]:
-        fn = await platform.deploy(body.spec, Path(body.base_dir), body.source)
-        return describe(fn)
+        code = platform.code_ref(body.code, "code")
+        model = platform.code_ref(body.model, "model") if body.model is not None else None
+        fn = await platform.deploy(body.spec, code, body.source, model)
+        return platform.describe(fn.name)
+
+    @app.get("/api/v1/nodes", tags=["nodes"])
+    async def list_nodes() -> list[dict[str, Any]]:
+        """The machines instances run on: pool, resources, and the live instances on each."""
+        return platform.nodes()
 
     @app.get("/api/v1/functions/{name}", tags=["functions"])
     async def get_function(name: str) -> dict[str, Any]:
         fn = platform.function(name)
-        data = describe(fn)
+        data = platform.describe(name)
         data["instance_list"] = [i.to_api() for i in fn.instances.values()]
         data["events"] = await platform.events(name)
         return data

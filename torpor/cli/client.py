@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -36,15 +37,29 @@ class ApiClient:
         return response.json()
 
 
+    def lines(self, path: str, params: dict[str, Any]) -> Iterator[str]:
+        """The response's lines as they arrive (no read timeout: a followed log may stay quiet)."""
+        try:
+            with self._http.stream("GET", path, params=params,
+                                   timeout=httpx.Timeout(10.0, read=None)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise CliError(error_sentence(response))
+                yield from response.iter_lines()
+        except httpx.ConnectError:
+            raise CliError(f"cannot reach the torpor server at {self.server}: is `torpor serve` "
+                           "running? (set --server or TORPOR_SERVER)") from None
+        except httpx.RemoteProtocolError:
+            raise CliError(f"the torpor server at {self.server} closed the log stream") from None
+
+
 def error_sentence(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
         text = response.text.strip() or response.reason_phrase
         return f"server answered {response.status_code}: {text}"
-    if isinstance(body, dict) and "errors" in body and isinstance(body["errors"], list):
-        return f"{body.get('source', 'spec')}: " + "; ".join(str(e) for e in body["errors"])
-    if isinstance(body, dict) and "error" in body:
+    if isinstance(body, dict) and "error" in body:  # torpor's one error shape
         return str(body["error"])
     if isinstance(body, dict) and "detail" in body:  # FastAPI request validation
         return f"server rejected the request: {body['detail']}"

@@ -33,6 +33,7 @@ err = Console(stderr=True)
 _debug = False
 
 F = TypeVar("F", bound=Callable[..., Any])
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Server = Annotated[
     str, typer.Option("--server", envvar="TORPOR_SERVER", help="torpor server URL.")
@@ -76,17 +77,31 @@ def serve(
         list[Path] | None, typer.Option("--deploy", help="Deploy this spec at start (repeatable).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text, or json: one JSON object a line.")
+    ] = "text",
     config: Annotated[
         Path | None,
         typer.Option(envvar="TORPOR_CONFIG",
                      help="Server config YAML (price table under `prices:`); "
                           "default DATA_DIR/config.yaml if present."),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS",
+                     help="Run instances on a Ray cluster: `auto` or its GCS address host:port "
+                          "(also `backend: ray` and `ray_address` in the config)."),
+    ] = None,
 ) -> None:
     """Run the gateway, control API, reconciler and store in one process."""
     from torpor.server import serve as run_server
 
-    run_server(host, port, data_dir, deploy or [], log_level, config)
+    if not 1 <= port <= 65535:
+        raise CliError(f"--port must be from 1 to 65535, got {port}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise CliError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+
+    run_server(host, port, data_dir, deploy or [], log_level, config, log_format, ray_address=ray)
 
 
 @app.command()
@@ -95,14 +110,23 @@ def deploy(
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
-    """Validate a spec and deploy it (a new revision if the name exists)."""
-    from torpor.spec import load_spec_file
+    """Validate a spec, upload its folder and deploy it (a new revision if the name exists).
 
-    _, raw, base_dir = load_spec_file(path)
+    The folder is packed (minus what `.torporignore` lists) and uploaded; the server keeps it by
+    content, so an unchanged folder is not sent again.
+    """
+    from torpor.cli.upload import upload_folder
+    from torpor.spec import load_spec_file, resolve_model_path
+
+    spec, raw, base_dir = load_spec_file(path)
     source = str((path / "torpor.yaml") if path.is_dir() else path)
-    fn = ApiClient(server).api(
-        "POST", "/api/v1/functions", json={"spec": raw, "base_dir": str(base_dir), "source": source}
-    )
+    client = ApiClient(server)
+    body: dict[str, Any] = {"spec": raw, "source": source,
+                            "code": upload_folder(client, base_dir, out)}
+    model_path = resolve_model_path(spec, base_dir)
+    if model_path is not None and not model_path.is_relative_to(base_dir):
+        body["model"] = upload_folder(client, model_path, out)  # model.path outside the folder
+    fn = client.api("POST", "/api/v1/functions", json=body)
     if as_json:
         _print_json(fn)
         return
@@ -137,6 +161,13 @@ def get(name: str, server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> 
     if "scaling_policy" in fn:
         out.print(f"  scaling {fn['scaling_policy']} ({fn['scaling_policy_why']}): "
                   f"desired {fn['desired']} — {fn['scaling_reason']}")
+    template = fn.get("template")
+    if template and template.get("state") == "retired":
+        out.print(f"  template retired at {_when(template['retired_at'])}: {template['reason']}")
+    elif template:
+        memory = template.get("memory_bytes")
+        held = f", holds {memory / 2**20:.0f} MB" if isinstance(memory, int) else ""
+        out.print(f"  template {template['state']} (pid {template.get('pid') or '-'}{held})")
     if fn["last_error"]:
         err.print(f"[red]last error:[/] {fn['last_error']}")
     _instance_table(fn["instance_list"])
@@ -153,11 +184,12 @@ def _ms(value: Any) -> str:
 def _instance_table(instances: list[dict[str, Any]]) -> None:
     """Instances with their cold start in ms: fork or spawn (start → listening, setup included),
     setup, initialize (/initialize: warmup), first response, total (start → ready)."""
-    table = Table("ID", "FUNCTION", "REV", "STATE", "PID", "IN FLIGHT", "STARTED", "MODE",
-                  "FORK/SPAWN", "SETUP", "INIT", "1ST RESP", "COLD START")
+    table = Table("ID", "FUNCTION", "REV", "STATE", "NODE", "POOL", "IN FLIGHT", "STARTED", "MODE",
+                  "FORK/SPAWN MS", "SETUP MS", "INIT MS", "1ST RESP MS", "COLD START MS")
     for i in instances:
         cold = i.get("cold_start") or {}
-        table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], str(i["pid"] or "-"),
+        table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], i.get("node") or "-",
+                      i.get("pool") or "-",
                       str(i.get("in_flight", 0)), _when(i["started_at"]), cold.get("mode", "-"),
                       _ms(cold.get("fork_s", cold.get("spawn_s"))), _ms(cold.get("setup_s")),
                       _ms(cold.get("initialize_s")), _ms(cold.get("first_response_s")),
@@ -235,8 +267,10 @@ def provision(
     if policies is not None:
         import yaml
 
+        from torpor.safe_yaml import read_yaml
+
         try:
-            data = yaml.safe_load(policies.read_text(encoding="utf-8"))
+            data = read_yaml(policies)
         except OSError as exc:
             raise CliError(f"cannot read --policies {policies}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
@@ -269,10 +303,14 @@ def bill(
         help="Start: ISO 8601, epoch seconds, or a duration ago (30m, 6h, 7d).")] = None,
     until: Annotated[str | None, typer.Option(help="End, same forms (default: now).")] = None,
     function: Annotated[str | None, typer.Option(help="Only this function.")] = None,
+    by: Annotated[str, typer.Option(help="Group the table by `function` or `pool`.")] = "function",
     server: Server = DEFAULT_SERVER,
     as_json: AsJson = False,
 ) -> None:
-    """What each function's instances cost, against an always-on GPU."""
+    """What each function's instances cost, against always-on hardware while it existed (a GPU
+    server per GPU instance for a GPU function; its own CPU and memory kept on for a CPU one)."""
+    if by not in ("function", "pool"):
+        raise CliError(f"--by must be function or pool, not {by!r}")
     params = {k: _when_arg(v) for k, v in (("since", since), ("until", until)) if v}
     if function:
         params["function"] = function
@@ -281,14 +319,23 @@ def bill(
         _print_json(result)
         return
     currency = result["currency"]
+    if by == "pool":
+        pools = Table("POOL", "ACTIVE S", "IDLE S", f"COST {currency}")
+        for line in result["pools"]:
+            pools.add_row(line["pool"], line["active_seconds"], line["idle_seconds"], line["cost"])
+        pools.add_row("total", "", "", result["cost"])
+        out.print(pools)
+        return
     table = Table("FUNCTION", "ACTIVE S", "IDLE S", f"COST {currency}",
-                  f"ALWAYS-ON {currency}", "SAVING")
+                  f"ALWAYS-ON {currency}", "ALWAYS-ON IS", "SAVING")
     for line in result["functions"]:
         pct = f"{line['saving_pct']}%" if line["saving_pct"] is not None else "-"
+        basis = {"gpu": "GPU server", "cpu": "own CPU+memory"}.get(line.get("always_on_basis"), "-")
         table.add_row(line["function"], line["active_seconds"], line["idle_seconds"],
-                      line["cost"], line["always_on_cost"], pct)
+                      line["cost"], line["always_on_cost"],
+                      f"{basis} × {line.get('always_on_seconds', '-')} s", pct)
     total_pct = f"{result['saving_pct']}%" if result["saving_pct"] is not None else "-"
-    table.add_row("total", "", "", result["cost"], result["always_on_cost"], total_pct)
+    table.add_row("total", "", "", result["cost"], result["always_on_cost"], "", total_pct)
     out.print(table)
 
 
@@ -300,6 +347,118 @@ def _when_arg(value: str) -> str:
 
         return str(time.time() - float(value[:-1]) * units[value[-1]])
     return value
+
+
+@app.command()
+def nodes(server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> None:
+    """The machines instances run on: pool, resources and live instances of each."""
+    rows = ApiClient(server).api("GET", "/api/v1/nodes")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("ID", "ADDRESS", "POOL", "ALIVE", "TOTAL", "ALLOCATED", "INSTANCES")
+    for node in rows:
+        table.add_row(node["id"], node["address"], node["pool"], "yes" if node["alive"] else "no",
+                      _resources(node["resources_total"]), _resources(node["resources_allocated"]),
+                      ", ".join(node["instances"]) or "-")
+    out.print(table)
+
+
+def _resources(values: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:g}" for name, value in sorted(values.items())) or "-"
+
+
+@app.command()
+def logs(
+    name: str,
+    instance: Annotated[str | None, typer.Option(
+        "--instance", "-i", help="Only this instance (or template-REVISION).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    since: Annotated[str | None, typer.Option(
+        help="Only instances and templates that wrote since then: ISO 8601, epoch seconds, "
+             "or a duration ago (30m, 6h).")] = None,
+    tail: Annotated[int, typer.Option(help="Lines per instance to start with.")] = 100,
+    server: Server = DEFAULT_SERVER,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Print a function's instance and template logs (stdout and stderr); -f follows them."""
+    params: dict[str, Any] = {"tail": tail, "follow": follow}
+    if instance:
+        params["instance"] = instance
+    if since:
+        params["since"] = _when_arg(since)
+    for line in ApiClient(server).lines(f"/api/v1/functions/{name}/logs", params):
+        if not line:
+            continue
+        if as_json:
+            sys.stdout.write(line + "\n")
+        else:
+            record = json.loads(line)
+            mark = "!" if record["stream"] == "stderr" else " "
+            sys.stdout.write(f"{record['source']}{mark}| {record['line']}\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def simulate(
+    trace: Annotated[Path, typer.Option("--trace", help="Request trace file.")],
+    spec: Annotated[Path, typer.Option("--spec", help="torpor.yaml (or its folder).")],
+    trace_format: Annotated[str | None, typer.Option(
+        "--format", help="torpor, azure_llm, mooncake, alibaba_genai or azure_functions "
+                         "(default: detected).")] = None,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a spec field: scaling.idle_mode=true (repeatable).")] = None,
+    compare: Annotated[list[str] | None, typer.Option(
+        "--compare", help="What-if axis: scaling.provisioned=0,1 (repeatable; runs every "
+                          "combination).")] = None,
+    prices: Annotated[Path | None, typer.Option(
+        "--prices", help="Server config YAML whose `prices:` section prices the run.")] = None,
+    timings: Annotated[Path | None, typer.Option(
+        "--timings", help="Measured timings: JSON (cold_start_s, thaw_s, ...) or a saved /metrics.")
+    ] = None,
+    provision: Annotated[Path | None, typer.Option(
+        "--provision", help="Provisioning policies, as `torpor provision --policies` takes them "
+                            "(replace scaling.provisioned; simulated time starts 1970-01-01T00:00Z).")
+    ] = None,
+    cold_start_s: Annotated[float | None, typer.Option(help="Start → ready, seconds.")] = None,
+    thaw_s: Annotated[float | None, typer.Option(help="Frozen → ready, seconds.")] = None,
+    token_model: Annotated[str | None, typer.Option(
+        help="LLM traces: base_s=0.05,prefill_tokens_per_s=5000,decode_tokens_per_s=50")] = None,
+    duration_s: Annotated[float | None, typer.Option(
+        help="Bill over [0, duration) (default: until every replay settles).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for randomised routing.")] = 0,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write load, instances and latency over time as a PNG "
+                       "(needs matplotlib: the plot extra).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+) -> None:
+    """Replay a trace through torpor's own autoscaler, routing and billing: latency and cost."""
+    from torpor.metering.prices import load_prices
+    from torpor.sim import report, runner
+    from torpor.sim.engine import Timings
+    from torpor.sim.traces import TokenModel, load_trace
+
+    tokens = TokenModel.parse(token_model) if token_model else TokenModel()
+    requests = load_trace(trace, trace_format, tokens)
+    raw, source = runner.load_raw_spec(spec)
+    measured = runner.load_timings(timings, Timings()) if timings else Timings()
+    flags = {k: v for k, v in (("cold_start_s", cold_start_s), ("thaw_s", thaw_s)) if v is not None}
+    try:
+        measured = Timings(**{**vars(measured), **flags})
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    runs = runner.run_all(requests, raw, source, sets=sets or [], compare=compare or [],
+                          timings=measured, prices=load_prices(prices), duration_s=duration_s,
+                          seed=seed, timeline=plot is not None,
+                          provision=runner.load_provision(provision) if provision else None)
+    if plot is not None:
+        report.plot(runs, plot)
+    if as_json:
+        sys.stdout.write(report.print_json(runs, requests, measured))
+        return
+    report.print_table(out, runs, requests, measured)
+    if plot is not None:
+        out.print(f"wrote {plot}")
 
 
 @app.command()

@@ -23,16 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Protocol
 
 from torpor.clock import Clock
+from torpor.error_shape import error_json
 from torpor.errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from torpor.gateway.route import Endpoint, FunctionRoute, Lease
 from torpor.gateway.upstream import (
     ConnectFailed,
-    UpstreamClient,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimedOut,
@@ -56,16 +56,73 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):016x}"
 
 
+def has_dot_segment(path: bytes) -> bool:
+    """True when a segment of ``path`` is ``.`` or ``..``, also percent-encoded: such a path is
+    refused, never forwarded (an instance must not see ``/../../etc/passwd``)."""
+    return any(segment.lower().replace(b"%2e", b".") in (b".", b"..") for segment in path.split(b"/"))
+
+
 class BrokenStream(Exception):
     """The instance broke off a response whose head was already sent to the client."""
 
 
+class RequestObserver(Protocol):
+    """Told about every finished request (metrics, error logs with the request id)."""
+
+    def observe(self, function: str, start: str, status: int, seconds: float, request_id: bytes,
+                instance: bytes) -> None: ...
+
+
+class _Watched:
+    """Wraps ``send`` to note the status, start kind, instance and request id of the response
+    (kept as bytes: only a logged error decodes them)."""
+
+    __slots__ = ("instance", "request_id", "send", "start", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.start = b"none"
+        self.instance = b""
+        self.request_id = b""
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            for key, value in message["headers"]:
+                if key in _WATCHED:
+                    setattr(self, _WATCHED[key], value)
+        await self.send(message)
+
+
+_WATCHED = {b"x-torpor-start": "start", b"x-torpor-instance": "instance",
+            b"x-torpor-request-id": "request_id"}
+_START_NAMES = {b"cold": "cold", b"warm": "warm", b"thawed": "thawed", b"none": "none"}
+
+
 class Gateway:
-    def __init__(self, routes: Mapping[str, FunctionRoute], clock: Clock) -> None:
+    def __init__(self, routes: Mapping[str, FunctionRoute], clock: Clock,
+                 observer: RequestObserver | None = None) -> None:
         self.routes = routes
         self.clock = clock
+        self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        observer = self.observer
+        if observer is None:
+            await self._handle(scope, receive, send)
+            return
+        watched = _Watched(send)
+        began = self.clock.now()
+        try:
+            await self._handle(scope, receive, watched)
+        finally:
+            name = scope["path"][4:].partition("/")[0]
+            if name in self.routes:  # unknown names would grow the metrics without bound
+                observer.observe(name, _START_NAMES.get(watched.start, "none"), watched.status or 499,
+                                 self.clock.now() - began, watched.request_id, watched.instance)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         name, _, _ = path[4:].partition("/")  # strip "/fn/"
         request_id = None
@@ -88,17 +145,21 @@ class Gateway:
             message = f"request body exceeds {MAX_BODY_BYTES} bytes"
             await _error(send, 413, message, "body_too_large", name, request_id)
             return
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        target = b"/" + raw_path[4:].partition(b"/")[2]
+        if (b"/." in target or b"%" in target) and has_dot_segment(target):
+            await _error(send, 400, "the path has a '.' or '..' segment", "bad_path", name,
+                         request_id)
+            return
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            target += b"?" + query
         arrived_at = self.clock.now()
         try:
             lease = await route.acquire()
         except GatewayError as exc:
             await _gateway_error(send, exc, name, request_id)
             return
-        raw_path: bytes = scope.get("raw_path") or path.encode()
-        target = b"/" + raw_path[4:].partition(b"/")[2]
-        query: bytes = scope.get("query_string", b"")
-        if query:
-            target += b"?" + query
         await self._forward(route, lease, scope["method"], target, b"".join(lines), body,
                             receive, send, request_id, arrived_at)
 
@@ -116,17 +177,18 @@ class Gateway:
         arrived_at: float,
         retried: bool = False,
     ) -> None:
-        """Send, stream the answer back; ``lease`` is released in any case."""
+        """Send, stream the answer back; ``lease`` is released in any case (after a timeout, only
+        once the instance has really finished the request, so no one is sent to a busy instance)."""
+        release_later: asyncio.Future[None] | None = None
         try:
             endpoint = lease.endpoint
-            client = endpoint.client
-            assert isinstance(client, UpstreamClient)
             try:
-                response = await client.request(method, target, header_lines, body, route.timeout_s)
+                response = await endpoint.client.request(method, target, header_lines, body,
+                                                         route.timeout_s)
             except ConnectFailed as exc:
                 # Nothing reached that instance (it died between choice and send): one more try
                 # elsewhere. A request an instance did receive is never replayed.
-                endpoint.accepting = False
+                endpoint.open = False
                 if retried:
                     await _upstream_failed(send, route.name, endpoint, exc, request_id)
                     return
@@ -139,32 +201,39 @@ class Gateway:
                 await self._forward(route, replacement, method, target, header_lines, body,
                                     receive, send, request_id, arrived_at, retried=True)
                 return
-            except UpstreamTimedOut:
+            except UpstreamTimedOut as exc:
+                release_later = exc.settled
                 message = (f"function {route.name!r} did not answer within "
                            f"timeout_s={route.timeout_s:g}s on instance {endpoint.instance_id}")
-                await _gateway_error(send, UpstreamTimeout(message), route.name, request_id)
+                await _gateway_error(send, UpstreamTimeout(message), route.name, request_id,
+                                     self._instance_headers(endpoint, arrived_at))
                 return
             except UpstreamError as exc:
                 await _upstream_failed(send, route.name, endpoint, exc, request_id)
                 return
             await self._respond(response, endpoint, receive, send, request_id, arrived_at)
         finally:
-            lease.release()
+            if release_later is None or release_later.done():
+                lease.release()
+            else:
+                release_later.add_done_callback(lambda _: lease.release())
 
-    async def _respond(self, response: UpstreamResponse, endpoint: Endpoint, receive: Receive,
-                       send: Send, request_id: str, arrived_at: float) -> None:
+    def _instance_headers(self, endpoint: Endpoint, arrived_at: float) -> list[tuple[bytes, bytes]]:
         if endpoint.ready_at > arrived_at:
             start = b"cold"
         elif endpoint.thawed_at > arrived_at:
             start = b"thawed"
         else:
             start = b"warm"
+        return [(b"x-torpor-instance", endpoint.instance_id.encode()), (b"x-torpor-start", start)]
+
+    async def _respond(self, response: UpstreamResponse, endpoint: Endpoint, receive: Receive,
+                       send: Send, request_id: str, arrived_at: float) -> None:
         if endpoint.first_response_at is None:
             endpoint.first_response_at = self.clock.now()
         headers = [(k, v) for k, v in response.headers if k not in _DROP_FROM_UPSTREAM]
         headers.append((b"x-torpor-request-id", request_id.encode("latin-1")))
-        headers.append((b"x-torpor-instance", endpoint.instance_id.encode()))
-        headers.append((b"x-torpor-start", start))
+        headers += self._instance_headers(endpoint, arrived_at)
         if response.complete:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             await send({"type": "http.response.body", "body": response.body()})
@@ -211,11 +280,13 @@ async def _upstream_failed(
 ) -> None:
     detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
     message = f"instance {endpoint.instance_id} of function {name!r} failed mid-request{detail}"
-    await _gateway_error(send, UpstreamFailed(message), name, request_id)
+    await _gateway_error(send, UpstreamFailed(message), name, request_id,
+                         [(b"x-torpor-instance", endpoint.instance_id.encode())])
 
 
-async def _gateway_error(send: Send, exc: GatewayError, name: str, request_id: str) -> None:
-    extra = []
+async def _gateway_error(send: Send, exc: GatewayError, name: str, request_id: str,
+                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    extra = list(extra or [])
     if exc.retry_after_s is not None:
         extra.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     await _error(send, exc.status, exc.message, exc.reason, name, request_id, extra)
@@ -230,9 +301,7 @@ async def _error(
     request_id: str,
     extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body = json.dumps(
-        {"error": message, "reason": reason, "function": name, "request_id": request_id}
-    ).encode()
+    body = error_json(message, reason, name, request_id)
     headers = [
         (b"content-type", b"application/json"),
         (b"x-torpor-request-id", request_id.encode("latin-1")),

@@ -1,8 +1,10 @@
 """One function's routing table: its endpoints, its bounded queue, and load accounting.
 
 ``acquire`` returns a :class:`Lease` for an endpoint with a free slot, waiting in FIFO order while none
-has one (the activator role); ``Lease.release`` (idempotent, always in a ``finally``) frees the slot and
-hands it straight to the oldest waiter. All of this runs on the event loop with no locks and no I/O.
+has one (the activator role; while the autoscaler takes the queue out of the path, a request goes to
+the least loaded endpoint and waits there, see :func:`choose_endpoint`); ``Lease.release``
+(idempotent, always in a ``finally``) frees the slot and hands it straight to the oldest waiter. All
+of this runs on the event loop with no locks and no I/O.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Protocol
 
 from torpor.clock import Clock
 from torpor.errors import GatewayError, QueueFull, QueueTimeout
+from torpor.gateway.request_stats import QUEUE_WAIT_BUCKETS_S, Histogram
 from torpor.gateway.routing_policies import RoutingPolicy
+from torpor.gateway.upstream import UpstreamResponse
 
 
 class LoadObserver(Protocol):
@@ -25,34 +29,72 @@ class LoadObserver(Protocol):
     def record_request(self, now: float) -> None: ...
 
 
-class Endpoint:
-    """A READY instance as the gateway sees it. ``client`` forwards requests to it."""
+class InstanceClient(Protocol):
+    """How the gateway and the reconciler talk to one instance, wherever it runs."""
 
-    __slots__ = ("accepting", "capacity", "client", "first_response_at", "frozen", "idle_since",
-                 "in_flight", "instance_id", "provisioned", "ready_at", "thawed_at", "thawing")
+    async def request(self, method: str, target: bytes, header_lines: bytes, body: bytes,
+                      timeout_s: float) -> UpstreamResponse: ...
+
+    async def control(self, path: str, timeout_s: float) -> tuple[int, str]: ...
+
+    async def close(self) -> None: ...
+
+
+class IdleFacts(Protocol):
+    """Idle mode's facts about an instance (kept by the lifecycle; the one source of freeze state)."""
+
+    freeze_requested_at: float | None  # routing stopped for a freeze; cleared when thawed
+    thaw_requested_at: float | None  # a thaw is under way
+
+
+class Endpoint:
+    """A READY instance as the gateway sees it. ``client`` forwards requests to it.
+
+    ``open`` is the gateway's own flag (False once removed or found unreachable); whether idle
+    mode holds the instance comes from its facts (``idle``), so ``accepting`` — may a request be
+    routed here — is derived, never set.
+    """
+
+    __slots__ = ("capacity", "client", "first_response_at", "idle", "idle_since", "in_flight",
+                 "instance_id", "open", "provisioned", "ready_at", "thawed_at")
 
     def __init__(
         self,
         instance_id: str,
         capacity: int,
-        client: object,
+        client: InstanceClient,
         *,
         ready_at: float,
         provisioned: bool = False,
+        idle: IdleFacts | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.capacity = capacity
         self.client = client
         self.ready_at = ready_at
         self.provisioned = provisioned
+        self.idle = idle
         self.in_flight = 0
-        self.accepting = True
+        self.open = True
         self.first_response_at: float | None = None
-        # Idle mode: a frozen endpoint takes no request (``accepting`` is False) until thawed.
-        self.frozen = False
-        self.thawing = False
         self.thawed_at = 0.0
         self.idle_since = ready_at  # when in_flight last dropped to 0
+
+    @property
+    def frozen(self) -> bool:
+        """Held by idle mode: freezing, frozen or thawing (takes no request until thawed)."""
+        idle = self.idle
+        return idle is not None and idle.freeze_requested_at is not None
+
+    @property
+    def thawing(self) -> bool:
+        idle = self.idle
+        return idle is not None and idle.thaw_requested_at is not None
+
+    @property
+    def accepting(self) -> bool:
+        idle = self.idle
+        return self.open and (idle is None or idle.freeze_requested_at is None)
 
 
 class Lease:
@@ -98,6 +140,7 @@ class FunctionRoute:
         self.in_flight = 0
         self.last_request_at: float | None = None
         self.requests = 0  # received, for /metrics
+        self.queue_wait = Histogram(QUEUE_WAIT_BUCKETS_S)  # requests that had to wait, for /metrics
         # Set while the function cannot start an instance (failed cold start, in backoff):
         # new requests fail fast with it instead of waiting for a queue timeout.
         self.failure: GatewayError | None = None
@@ -120,9 +163,7 @@ class FunctionRoute:
         self.requests += 1
         if self.observer is not None:
             self.observer.record_request(now)
-        endpoint = self.policy.choose(self.endpoints)
-        if endpoint is None and not self.activator_in_path:
-            endpoint = _least_loaded(self.endpoints)
+        endpoint = choose_endpoint(self.policy, self.endpoints, self.activator_in_path)
         if endpoint is not None:
             self._take(endpoint)
             return Lease(self, endpoint)
@@ -144,11 +185,14 @@ class FunctionRoute:
         self._changed()
         self._thaw_for_waiters()
         self.on_demand()
+        queued_at = self.clock.now()
         try:
             await asyncio.wait((waiter,), timeout=self.queue_timeout_s)
         except BaseException:
             self._abandon(waiter)
             raise
+        finally:
+            self.queue_wait.observe(self.clock.now() - queued_at)
         if not waiter.done():
             self._abandon(waiter)
             raise QueueTimeout(
@@ -176,9 +220,8 @@ class FunctionRoute:
             if thawing >= len(self._waiters):
                 return
             if endpoint.frozen and not endpoint.thawing:
-                endpoint.thawing = True
                 thawing += endpoint.capacity
-                self.thaw(endpoint)
+                self.thaw(endpoint)  # records the thaw request in the instance's facts
 
     def _take(self, endpoint: Endpoint) -> None:
         endpoint.in_flight += 1
@@ -219,7 +262,7 @@ class FunctionRoute:
         self.dispatch()
 
     def remove_endpoint(self, endpoint: Endpoint) -> None:
-        endpoint.accepting = False
+        endpoint.open = False
         if endpoint in self.endpoints:
             self.endpoints.remove(endpoint)
 
@@ -232,7 +275,14 @@ class FunctionRoute:
         self._changed()
 
 
-def _least_loaded(endpoints: list[Endpoint]) -> Endpoint | None:
-    """The accepting endpoint with the fewest requests in flight, full or not."""
-    accepting = [e for e in endpoints if e.accepting]
-    return min(accepting, key=lambda e: e.in_flight) if accepting else None
+def choose_endpoint(policy: RoutingPolicy, endpoints: list[Endpoint],
+                    activator_in_path: bool) -> Endpoint | None:
+    """Where a new request goes: an endpoint with a free slot by the routing policy; with none free
+    and the gateway queue out of the path (Knative's serve mode), the accepting endpoint with the
+    fewest requests in flight, full or not, where it waits; else None (it queues here). The
+    simulator routes with this too."""
+    endpoint = policy.choose(endpoints)
+    if endpoint is None and not activator_in_path:
+        accepting = [e for e in endpoints if e.accepting]
+        endpoint = min(accepting, key=lambda e: e.in_flight) if accepting else None
+    return endpoint

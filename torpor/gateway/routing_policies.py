@@ -20,7 +20,9 @@ class Candidate(Protocol):
     in_flight: int
     capacity: int
     provisioned: bool
-    accepting: bool
+
+    @property
+    def accepting(self) -> bool: ...
 
 
 C = TypeVar("C", bound=Candidate)

@@ -1,4 +1,4 @@
-"""Kept-alive HTTP/1.1 connections from the gateway to one instance (Unix socket or loopback TCP).
+"""Kept-alive HTTP/1.1 connections from the gateway to one instance (Unix socket or TCP).
 
 The data plane speaks to instances through :meth:`UpstreamClient.request`: a pool of idle
 connections, one ``write()`` per request, responses parsed by httptools straight into an
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
 
 import aiohttp
 import httptools
+
+from torpor.address import Address
 
 READ_HIGH_WATER_BYTES = 1024 * 1024  # stop reading an instance this far ahead of a slow client
 _SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Content-Type"})
@@ -41,7 +42,16 @@ class UpstreamBroken(UpstreamError):
 
 
 class UpstreamTimedOut(UpstreamError):
-    """The instance did not answer (or send the next chunk) in time."""
+    """The instance did not answer (or send the next chunk) in time.
+
+    ``settled`` (set when no response head came in time) is done once the instance has really
+    finished that request (its late response arrived and was dropped, or the connection broke): until
+    then the instance is still busy with it, so its slot stays taken.
+    """
+
+    def __init__(self, message: str, settled: asyncio.Future[None] | None = None) -> None:
+        super().__init__(message)
+        self.settled = settled
 
 
 class UpstreamResponse:
@@ -144,6 +154,7 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timeout_s = 0.0
         self.head_only = False
+        self.abandoned: asyncio.Future[None] | None = None  # a timed-out request still running
         self._headers: list[tuple[bytes, bytes]] = []
 
     def send(self, data: bytes, timeout_s: float, head_only: bool) -> asyncio.Future[UpstreamResponse]:
@@ -166,6 +177,7 @@ class _Connection(asyncio.Protocol):
         self.client._forget(self)
         detail = f": {exc}" if exc is not None else ""
         self._fail(UpstreamBroken(f"the instance closed the connection{detail}"))
+        self._settle()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -179,6 +191,7 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.client._forget(self)
             self.transport.close()
+            self._settle()
 
     def pause_reading(self) -> None:
         if not self.reading_paused and not self.closed:
@@ -201,9 +214,16 @@ class _Connection(asyncio.Protocol):
             self.response._fail(error)
 
     def _head_timed_out(self) -> None:
+        # The instance still works on the request: keep the connection open and wait for its late
+        # answer (dropped), so the caller can hold the instance's slot until it is really free.
         self.timer = None
-        self._fail(UpstreamTimedOut(f"no response within {self.timeout_s:g}s"))
-        self.close()
+        self.abandoned = self.loop.create_future()
+        self._fail(UpstreamTimedOut(f"no response within {self.timeout_s:g}s", self.abandoned))
+
+    def _settle(self) -> None:
+        abandoned, self.abandoned = self.abandoned, None
+        if abandoned is not None and not abandoned.done():
+            abandoned.set_result(None)
 
     # parser callbacks ------------------------------------------------------------------------------
 
@@ -228,7 +248,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def on_body(self, body: bytes) -> None:
-        if self.response is not None:
+        if self.response is not None and self.abandoned is None:
             self.response._feed(body)
 
     def on_message_complete(self) -> None:
@@ -239,6 +259,7 @@ class _Connection(asyncio.Protocol):
         if self.parser.should_keep_alive() and not self.closed:
             self.resume_reading()
             self.client._idle.append(self)
+            self._settle()
         else:
             self.close()
 
@@ -246,17 +267,10 @@ class _Connection(asyncio.Protocol):
 class UpstreamClient:
     """Pooled keep-alive connections to one instance; ``base`` is the URL prefix for control calls."""
 
-    def __init__(self, *, unix_socket: str | None = None, port: int | None = None) -> None:
-        if unix_socket is not None:
-            self.base = "http://instance"
-            self._host = b"instance"
-        elif port is not None:
-            self.base = f"http://127.0.0.1:{port}"
-            self._host = f"127.0.0.1:{port}".encode()
-        else:
-            raise ValueError("an upstream needs a unix_socket or a port")
-        self.unix_socket = unix_socket
-        self.port = port
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.base = address.base_url
+        self._host = address.authority.encode()
         self._idle: list[_Connection] = []
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -266,14 +280,28 @@ class UpstreamClient:
         """An aiohttp session for control calls (``/initialize``, hooks); not used on the hot path."""
         if self._session is None:
             connector: aiohttp.BaseConnector
-            if self.unix_socket is not None:
-                connector = aiohttp.UnixConnector(path=self.unix_socket, limit=0)
+            if self.address.unix_socket is not None:
+                connector = aiohttp.UnixConnector(path=self.address.unix_socket, limit=0)
             else:
                 connector = aiohttp.TCPConnector(limit=0, use_dns_cache=False)
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, skip_auto_headers=_SKIP_AUTO,
                 timeout=aiohttp.ClientTimeout(total=None))
         return self._session
+
+    async def control(self, path: str, timeout_s: float) -> tuple[int, str]:
+        """``POST path`` with an empty body (``/initialize``, idle-mode hooks): status and body text.
+
+        Raises ``TimeoutError`` past ``timeout_s`` and :class:`ConnectFailed` when the instance
+        cannot be reached or breaks the connection.
+        """
+        try:
+            async with self.session.post(
+                self.base + path, data=b"", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                return response.status, await response.text(errors="replace")
+        except aiohttp.ClientError as exc:
+            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
 
     async def request(
         self, method: str, target: bytes, header_lines: bytes, body: bytes, timeout_s: float
@@ -301,13 +329,14 @@ class UpstreamClient:
             raise ConnectFailed("the instance is gone")
         loop = asyncio.get_running_loop()
         try:
-            if self.unix_socket is not None:
+            address = self.address
+            if address.unix_socket is not None:
                 _, conn = await loop.create_unix_connection(lambda: _Connection(self, loop),
-                                                            self.unix_socket)
+                                                            address.unix_socket)
             else:
-                assert self.port is not None
+                assert address.host is not None and address.port is not None
                 _, conn = await loop.create_connection(lambda: _Connection(self, loop),
-                                                       "127.0.0.1", self.port)
+                                                       address.host, address.port)
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to the instance: {exc}") from None
         return conn
@@ -327,5 +356,4 @@ class UpstreamClient:
             await self._session.close()
 
     def __repr__(self) -> str:
-        where: Any = self.unix_socket if self.unix_socket is not None else self.port
-        return f"UpstreamClient({where!r})"
+        return f"UpstreamClient({str(self.address)!r})"

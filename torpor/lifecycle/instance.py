@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torpor.autoscaling.autoscaler import AutoscalerState, ScaleDecision
 from torpor.autoscaling.kpa import KpaConfig
 from torpor.autoscaling.metrics import ConcurrencyRecorder
 from torpor.autoscaling.scaling_policies import ProvisionConfig
-from torpor.backend.local import InstanceProcess
+from torpor.backends import CodeRef, RevisionPlan, StartedInstance
 from torpor.gateway.route import Endpoint, FunctionRoute
 from torpor.lifecycle.state import LIVE_STATES, InstanceFacts, InstanceState, derive_state
+from torpor.metering.billing import InstanceInfo
 from torpor.spec import FunctionSpec
 
 
@@ -22,14 +22,23 @@ class Instance:
     function: str
     revision: int
     facts: InstanceFacts
-    stdout_path: Path
-    stderr_path: Path
-    address: str = ""
     provisioned: bool = False
-    handle: InstanceProcess | None = None
+    started: StartedInstance | None = None  # what the backend said once it listened
     endpoint: Endpoint | None = None
-    forked: bool = False  # forked from its revision's template rather than spawned
     timings: dict[str, float] = field(default_factory=dict)  # reported by the runtime
+
+    @property
+    def forked(self) -> bool:
+        """Forked from its revision's template rather than spawned."""
+        return self.started is not None and self.started.forked
+
+    @property
+    def node(self) -> str | None:
+        return self.started.node if self.started is not None else None
+
+    @property
+    def pool(self) -> str | None:
+        return self.started.pool if self.started is not None else None
 
     @property
     def in_flight(self) -> int:
@@ -41,12 +50,10 @@ class Instance:
 
     def idle_transition(self) -> str | None:
         """Idle mode's step in progress: ``freezing`` or ``thawing`` (None otherwise)."""
-        endpoint = self.endpoint
-        if endpoint is None:
-            return None
-        if endpoint.thawing:
+        facts = self.facts
+        if facts.thaw_requested_at is not None:
             return "thawing"
-        if endpoint.frozen and self.facts.frozen_at is None:
+        if facts.freeze_requested_at is not None and facts.frozen_at is None:
             return "freezing"
         return None
 
@@ -73,15 +80,29 @@ class Instance:
                 breakdown[key] = round(self.timings[key], 6)
         return breakdown
 
+    def ledger_record(self, spec: FunctionSpec) -> InstanceInfo:
+        """What the ledger records with each of this instance's state intervals."""
+        resources = spec.resources
+        on_gpu = resources.gpus > 0 or resources.gpu_memory_mb > 0
+        return InstanceInfo(
+            instance_id=self.id, function=self.function, revision=str(self.revision),
+            pool=self.pool or "local", device="gpu" if on_gpu else "cpu",
+            gpu_memory_mb=resources.gpu_memory_mb, cpus=resources.cpus,
+            memory_mb=resources.memory_mb, node=self.node or "local",
+        )
+
     def record(self) -> dict[str, Any]:
         """The row kept in the store."""
         f = self.facts
+        detail = self.started.detail if self.started is not None else {}
         return {
             "id": self.id,
             "function": self.function,
             "revision": self.revision,
-            "pid": self.handle.pid if self.handle else None,
-            "address": self.address,
+            "pid": detail.get("pid"),
+            "address": str(self.started.address) if self.started is not None else "",
+            "node": self.node,
+            "pool": self.pool,
             "started_at": f.started_at,
             "listening_at": f.listening_at,
             "ready_at": f.ready_at,
@@ -93,14 +114,15 @@ class Instance:
         }
 
     def to_api(self) -> dict[str, Any]:
+        detail = self.started.detail if self.started is not None else {}
         return {
             **self.record(),
             "in_flight": self.in_flight,
             "provisioned": self.provisioned,
             "idle": self.idle_transition(),
             "cold_start": self.cold_start(),
-            "stdout_log": str(self.stdout_path),
-            "stderr_log": str(self.stderr_path),
+            "stdout_log": detail.get("stdout_log"),
+            "stderr_log": detail.get("stderr_log"),
         }
 
 
@@ -110,12 +132,12 @@ class FunctionRuntime:
 
     spec: FunctionSpec
     revision: int
-    base_dir: Path
+    code: CodeRef  # the uploaded code this revision runs
     source: str
     route: FunctionRoute
     created_at: float
     updated_at: float
-    model_path: Path | None = None  # model.path's copy in the model cache
+    model: CodeRef | None = None  # model.path's copy in the model cache
     instances: dict[str, Instance] = field(default_factory=dict)
     provision: ProvisionConfig = field(default_factory=ProvisionConfig)
     recorder: ConcurrencyRecorder = field(default_factory=ConcurrencyRecorder)
@@ -130,6 +152,11 @@ class FunctionRuntime:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def revision_plan(self) -> RevisionPlan:
+        return RevisionPlan(function=self.name, revision=self.revision, spec=self.spec,
+                            code=self.code, model=self.model)
 
     @property
     def kpa_config(self) -> KpaConfig:

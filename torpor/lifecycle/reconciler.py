@@ -1,27 +1,25 @@
-"""The reconciler: the only code with side effects on instances.
+"""The reconciler: the only code with side effects on instances. It decides nothing itself.
 
-It keeps each function's live instances at the count the autoscaler decides, starts instances (cold
-start with exponential backoff after failures), drains and stops surplus or outdated ones, notices
-crashes at once, and records every fact in the store off the event loop.
+Each tick (and at once when poked: a request waits, an instance exited, a spec changed) it asks the
+autoscaler for a decision and the planner (``planner.py``, pure) for a plan, then carries the plan
+out through the :class:`~torpor.backends.InstanceBackend`: cold starts (with exponential backoff
+after failures), drains, freezes. It notices exits at once and records every fact in the store off
+the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from torpor.autoscaling import autoscaler
 from torpor.autoscaling.keepalive import KeepAliveConfig, mean_cold_start
 from torpor.autoscaling.scaling_policies import PolicyState, ProvisionConfig
-from torpor.backend.freezer import Freezer, SignalFreezer
-from torpor.backend.local import LocalBackend, tail
+from torpor.backends import BackendError, CodeRef, InstanceBackend, InstancePlan, StartFailed
 from torpor.clock import Clock
 from torpor.constants import (
     BACKOFF_BASE_S,
@@ -35,11 +33,12 @@ from torpor.errors import ColdStartFailed
 from torpor.gateway.route import Endpoint, FunctionRoute
 from torpor.gateway.routing_policies import RoutingPolicy
 from torpor.gateway.upstream import UpstreamClient
-from torpor.lifecycle import launcher
+from torpor.lifecycle import planner
 from torpor.lifecycle.idle import IdleMode
+from torpor.lifecycle.initialize import initialize
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.state import InstanceFacts, InstanceState
-from torpor.lifecycle.templates import Templates
+from torpor.lifecycle.template_idle import DEFAULT_RETIRE_IDLE_S, should_retire
 from torpor.metering.ledger import Ledger
 from torpor.spec import FunctionSpec
 from torpor.store import Store
@@ -50,36 +49,34 @@ _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FRO
 
 
 class Reconciler:
-    def __init__(self, store: Store, clock: Clock, data_dir: Path, backend: LocalBackend,
-                 templates: bool = False, freezer: Freezer | None = None) -> None:
+    def __init__(self, store: Store, clock: Clock, backend: InstanceBackend) -> None:
         self.store = store
         self.clock = clock
-        self.data_dir = data_dir
         self.backend = backend
         self.functions: dict[str, FunctionRuntime] = {}
         self.routes: dict[str, FunctionRoute] = {}  # what the gateway reads
-        self.run_dir = _socket_dir(data_dir)
-        self.templates = Templates(backend, data_dir, self.run_dir) if templates else None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.on_ready: Callable[[Instance], None] = lambda instance: None
         self.ledger = Ledger(store, clock)
-        self.idle = IdleMode(freezer or SignalFreezer(), clock, self.ledger, self._background)
+        self.idle = IdleMode(backend, clock, self.ledger, self._background)
         self._last_heartbeat = 0.0
+        self.template_retire_idle_s = DEFAULT_RETIRE_IDLE_S  # the server config's templates:
+        self.retired_templates: dict[str, float] = {}  # function → when its template was retired
 
     # deploy / delete ---------------------------------------------------------------------------
 
-    def apply(self, spec: FunctionSpec, revision: int, base_dir: Path, source: str,
-              created_at: float, updated_at: float,
-              provision: ProvisionConfig | None = None,
-              model_path: Path | None = None) -> FunctionRuntime:
+    def apply(self, spec: FunctionSpec, revision: int, code: CodeRef, source: str,
+              created_at: float, updated_at: float, provision: ProvisionConfig | None = None,
+              model: CodeRef | None = None) -> FunctionRuntime:
         """Install (or replace) a function's spec. Old instances keep serving until replaced.
 
         ``provision`` is a provisioning config set through the API; without one the spec's
         ``scaling.provisioned`` is the static target.
         """
+        provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
         existing = self.functions.get(spec.name)
         if existing is not None:
             route = existing.route
@@ -88,13 +85,12 @@ class Reconciler:
             route.timeout_s = spec.timeout_s
             route.policy = RoutingPolicy.make(spec.routing.policy)
             route.failure = None
-            existing.spec, existing.revision, existing.base_dir = spec, revision, base_dir
-            existing.source, existing.updated_at = source, updated_at
-            existing.model_path = model_path
+            existing.spec, existing.revision, existing.code = spec, revision, code
+            existing.source, existing.updated_at, existing.model = source, updated_at, model
             existing.failures, existing.backoff_until, existing.last_error = 0, 0.0, None
-            existing.provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
+            existing.provision = provision
             existing.next_decision_at = 0.0
-            self._prepare_template(existing)
+            self.backend.prepare(existing.revision_plan)
             self.poke()
             return existing
         route = FunctionRoute(
@@ -106,37 +102,22 @@ class Reconciler:
             policy=RoutingPolicy.make(spec.routing.policy),
             on_demand=self.poke,
         )
-        fn = FunctionRuntime(spec=spec, revision=revision, base_dir=base_dir, source=source,
-                             route=route, created_at=created_at, updated_at=updated_at,
-                             provision=provision or ProvisionConfig(target=spec.scaling.provisioned),
-                             model_path=model_path)
+        fn = FunctionRuntime(spec=spec, revision=revision, code=code, source=source, route=route,
+                             created_at=created_at, updated_at=updated_at, provision=provision,
+                             model=model)
         route.observer = fn.recorder
         route.thaw = lambda endpoint: self.idle.thaw(fn, endpoint)
         self.functions[spec.name] = fn
         self.routes[spec.name] = route
-        self._prepare_template(fn)
+        self.backend.prepare(fn.revision_plan)
         self.poke()
         return fn
-
-    def uses_template(self, fn: FunctionRuntime) -> bool:
-        runtime = fn.spec.runtime
-        return self.templates is not None and runtime.handler is not None and runtime.templates
-
-    def _prepare_template(self, fn: FunctionRuntime) -> None:
-        """Build the revision's template at deploy, so the first cold start only forks."""
-        if self.templates is None:
-            return
-        if self.uses_template(fn):
-            self.templates.ensure(fn.spec, fn.revision, fn.base_dir, fn.model_path)
-        else:
-            self.templates.retire(fn.name)
 
     async def remove(self, name: str) -> None:
         """Stop routing to a function, answer its queue, drain and stop its instances."""
         fn = self.functions.pop(name)
         self.routes.pop(name, None)
-        if self.templates is not None:
-            self.templates.retire(name)
+        self.backend.retire(name)
         fn.route.fail_waiters(ColdStartFailed(f"function {name!r} was deleted"))
         await asyncio.gather(*(self._drain(fn, i, "function deleted") for i in fn.live(
             current_only=False)))
@@ -173,30 +154,61 @@ class Reconciler:
 
     def reconcile(self, fn: FunctionRuntime) -> None:
         now = self.clock.now()
-        live = fn.live()
         # Decide every tick_s, and at once while requests wait (e.g. a request at zero instances).
         if now >= fn.next_decision_at or fn.route.queued > 0:
-            self._decide(fn, live, now)
-        desired = fn.decision.desired
-        self._mark_provisioned(fn, live, fn.decision.provisioned)
-        if len(live) < desired:
-            if now < fn.backoff_until:
-                return
-            provisioned = sum(1 for i in live if i.provisioned)
-            for n in range(desired - len(live)):
-                self._spawn(fn, provisioned=provisioned + n < fn.decision.provisioned)
-        elif len(live) > desired:
-            idle = [i for i in live if i.state in (InstanceState.READY, InstanceState.FROZEN)]
-            idle.sort(key=lambda i: (i.provisioned, -(i.facts.ready_at or 0)))
-            for instance in idle[: len(live) - desired]:
-                self._drain_soon(fn, instance, "scale in")
-        self.idle.freeze_idle(fn, now)
-        # Instances of an older revision go once the current one serves (or nothing is needed).
-        serving = any(i.state in (InstanceState.READY, InstanceState.BUSY) for i in live)
-        if serving or desired == 0:
-            for instance in fn.live(current_only=False):
-                if instance.revision != fn.revision:
-                    self._drain_soon(fn, instance, f"replaced by revision {fn.revision}")
+            self._decide(fn, fn.live(), now)
+        plan = planner.plan(self.view(fn, now), fn.decision, now)
+        self.carry_out(fn, plan)
+        self._retire_idle_template(fn, now)
+
+    def _retire_idle_template(self, fn: FunctionRuntime, now: float) -> None:
+        """What the backend holds between instances (a template and its spare) is memory held for
+        nothing while nobody uses the function: retire it; the next cold start builds it again."""
+        if self.backend.function_info(fn.name) is None:
+            return
+        last_used_at = max(fn.route.last_request_at or 0.0, fn.updated_at,
+                           max((i.facts.exited_at or 0.0 for i in fn.instances.values()), default=0.0))
+        if should_retire(live_instances=len(fn.live(current_only=False)), queued=fn.route.queued,
+                         last_used_at=last_used_at, now=now,
+                         retire_idle_s=self.template_retire_idle_s):
+            self.backend.retire(fn.name)
+            self.retired_templates[fn.name] = now
+            self._event(fn.name, "template", f"template retired: no instance and no request for "
+                        f"{self.template_retire_idle_s:g}s; the next cold start rebuilds it")
+
+    def view(self, fn: FunctionRuntime, now: float) -> planner.FunctionView:
+        """A snapshot of the function's live instances, as plain data for the planner."""
+        priority = self.backend.pool_priorities
+        instances = tuple(
+            planner.InstanceView(
+                id=i.id, revision=i.revision, state=i.state, started_at=i.facts.started_at,
+                ready_at=i.facts.ready_at, in_flight=i.in_flight,
+                idle_since=i.endpoint.idle_since if i.endpoint is not None else None,
+                idle_transition=i.idle_transition() is not None or self.idle.in_transition(i),
+                pool_priority=priority.get(i.pool or "", 0),
+            )
+            for i in fn.live(current_only=False)
+        )
+        scaling = fn.spec.scaling
+        return planner.FunctionView(revision=fn.revision, instances=instances,
+                                    idle_mode=scaling.idle_mode, idle_after_s=scaling.idle_after_s,
+                                    in_backoff=now < fn.backoff_until)
+
+    def carry_out(self, fn: FunctionRuntime, plan: planner.Plan) -> None:
+        for instance in fn.live():
+            instance.provisioned = instance.id in plan.provisioned
+            if instance.endpoint is not None:
+                instance.endpoint.provisioned = instance.provisioned
+        for start in plan.start:
+            self._spawn(fn, start)
+        for drain in plan.drain:
+            victim = fn.instances.get(drain.instance_id)
+            if victim is not None:
+                self._drain_soon(fn, victim, drain.why)
+        for instance_id in plan.freeze:
+            idle = fn.instances.get(instance_id)
+            if idle is not None:
+                self.idle.freeze(fn, idle)
 
     def _decide(self, fn: FunctionRuntime, live: list[Instance], now: float) -> None:
         ready = sum(1 for i in live if i.state in _SERVING)
@@ -215,46 +227,45 @@ class Reconciler:
         fn.decision = decision
         fn.route.activator_in_path = decision.activator_in_path
 
-    @staticmethod
-    def _mark_provisioned(fn: FunctionRuntime, live: list[Instance], count: int) -> None:
-        """The oldest ``count`` live instances are the provisioned ones (routed to first)."""
-        for n, instance in enumerate(sorted(live, key=lambda i: i.facts.started_at)):
-            instance.provisioned = n < count
-            if instance.endpoint is not None:
-                instance.endpoint.provisioned = instance.provisioned
-
     # starting ----------------------------------------------------------------------------------
 
-    def _spawn(self, fn: FunctionRuntime, provisioned: bool = False) -> None:
+    def _spawn(self, fn: FunctionRuntime, start: planner.Start) -> None:
         instance_id = f"{fn.name}-{fn.revision}-{secrets.token_hex(3)}"
-        logs = self.data_dir / "logs" / fn.name
         instance = Instance(
             id=instance_id, function=fn.name, revision=fn.revision,
             facts=InstanceFacts(started_at=self.clock.now()),
-            stdout_path=logs / f"{instance_id}.stdout.log",
-            stderr_path=logs / f"{instance_id}.stderr.log",
-            provisioned=provisioned,
+            provisioned=start.provisioned,
         )
         fn.instances[instance_id] = instance
-        self.ledger.transition(instance, fn.spec, InstanceState.STARTING)
+        self.ledger.transition(instance.ledger_record(fn.spec), InstanceState.STARTING)
         fn.route.failure = None
-        self._background(self._start(fn, instance), f"start {instance_id}")
+        plan = InstancePlan(instance_id, fn.revision_plan, pools=start.pools)
+        self._background(self._start(fn, instance, plan), f"start {instance_id}")
 
-    async def _start(self, fn: FunctionRuntime, instance: Instance) -> None:
+    async def _start(self, fn: FunctionRuntime, instance: Instance, plan: InstancePlan) -> None:
         spec, revision = fn.spec, fn.revision
-        socket_path = str(self.run_dir / f"{instance.id}.sock")
         self._save(instance)
         try:
-            client = await launcher.start(
-                self.backend, self.clock, spec, fn.base_dir, instance, socket_path,
-                self.templates if self.uses_template(fn) else None, fn.model_path,
-                on_process=lambda: self.idle.attach(fn, instance),
-            )
-        except (launcher.StartFailed, OSError) as exc:
-            await self._start_failed(fn, instance, str(exc), getattr(exc, "stderr_path", None))
+            instance.started = await self.backend.start(plan)
+        except StartFailed as exc:
+            await self._start_failed(fn, instance, str(exc), exc.log_tail)
             return
-        if instance.handle is not None:
-            self._background(self._watch(fn, instance), f"watch {instance.id}")
+        except (BackendError, OSError) as exc:
+            await self._start_failed(fn, instance, str(exc), "")
+            return
+        instance.facts.listening_at = self.clock.now()
+        client = UpstreamClient(instance.started.address)
+        try:
+            instance.timings = await initialize(client, command=spec.runtime.command is not None,
+                                                timeout_s=spec.initialize_timeout_s)
+        except StartFailed as exc:
+            await client.close()
+            await self._start_failed(fn, instance, str(exc), self.backend.log_tail(instance.id))
+            return
+        except BaseException:
+            await client.close()
+            raise
+        self._background(self._watch(fn, instance), f"watch {instance.id}")
         if instance.facts.draining_at is not None or fn.revision != revision or self._stopping:
             await client.close()
             await self._drain(fn, instance, "no longer needed")
@@ -262,10 +273,10 @@ class Reconciler:
         instance.facts.ready_at = self.clock.now()
         instance.endpoint = Endpoint(instance.id, spec.concurrency, client,
                                      ready_at=instance.facts.ready_at,
-                                     provisioned=instance.provisioned)
+                                     provisioned=instance.provisioned, idle=instance.facts)
         fn.failures, fn.backoff_until, fn.last_error = 0, 0.0, None
         fn.route.add_endpoint(instance.endpoint)
-        self.ledger.transition(instance, spec, InstanceState.READY)
+        self.ledger.transition(instance.ledger_record(spec), InstanceState.READY)
         self._save(instance)
         self.on_ready(instance)
         total = instance.cold_start()["total_s"]
@@ -274,17 +285,15 @@ class Reconciler:
         self._event(fn.name, "started", f"instance {instance.id} ready in {total:.3f}s")
 
     async def _start_failed(self, fn: FunctionRuntime, instance: Instance, reason: str,
-                            stderr_path: Path | None = None) -> None:
-        if instance.handle is not None:
-            await self.backend.stop(instance.handle, STOP_GRACE_S)
-        stderr = tail(stderr_path or instance.stderr_path)
+                            log_tail: str) -> None:
+        exit_ = await self.backend.stop(instance.id, STOP_GRACE_S)
         message = f"instance {instance.id} of function {fn.name!r} failed to start: {reason}"
-        if stderr:
-            message += f"\n--- last lines of its stderr ---\n{stderr}"
+        if log_tail:
+            message += f"\n--- last lines of its stderr ---\n{log_tail}"
         instance.facts.failure = reason
         instance.facts.exited_at = self.clock.now()
-        instance.facts.exit_code = instance.handle.returncode if instance.handle else None
-        self.ledger.transition(instance, fn.spec, None)
+        instance.facts.exit_code = exit_.code
+        self.ledger.transition(instance.ledger_record(fn.spec), None)
         self._save(instance)
         if fn.revision != instance.revision or self.functions.get(fn.name) is not fn:
             return
@@ -311,26 +320,30 @@ class Reconciler:
     # exits and stopping ------------------------------------------------------------------------
 
     async def _watch(self, fn: FunctionRuntime, instance: Instance) -> None:
-        assert instance.handle is not None
-        code = await instance.handle.wait()
-        instance.facts.exited_at = self.clock.now()
-        instance.facts.exit_code = code
-        self.ledger.transition(instance, fn.spec, None)
-        self.idle.release(instance)
+        try:
+            exit_ = await self.backend.wait(instance.id)
+        except BackendError:
+            return  # already stopped and forgotten by the backend (a drain got there first)
+        facts = instance.facts
+        if facts.exited_at is None:
+            facts.exited_at = self.clock.now()
+        facts.exit_code = exit_.code
+        if exit_.reason is not None and facts.failure is None:
+            facts.failure = exit_.reason  # e.g. "node <id> lost": the instance failed
+        self.ledger.transition(instance.ledger_record(fn.spec), None)
         endpoint = instance.endpoint
         if endpoint is not None:
             fn.route.remove_endpoint(endpoint)
-        if instance.facts.draining_at is None and not self._stopping:
-            self._event(fn.name, "crashed", f"instance {instance.id} exited with code {code}")
-            stderr = tail(instance.stderr_path, max_lines=5)
-            log.warning("instance %s exited with code %s\n%s", instance.id, code, stderr)
+        if facts.draining_at is None and not self._stopping:
+            how = exit_.reason or f"exited with code {exit_.code}"
+            self._event(fn.name, "crashed", f"instance {instance.id} {how}")
+            stderr = self.backend.log_tail(instance.id, max_lines=5)
+            log.warning("instance %s %s\n%s", instance.id, how, stderr)
         self._save(instance)
         if endpoint is not None:
             while endpoint.in_flight > 0:  # let the gateway answer its requests first (502)
-                await asyncio.sleep(DRAIN_POLL_S)
-            client = endpoint.client
-            assert isinstance(client, UpstreamClient)
-            await client.close()
+                await self.clock.sleep(DRAIN_POLL_S)
+            await endpoint.client.close()
         fn.instances.pop(instance.id, None)
         self.poke()
 
@@ -339,21 +352,22 @@ class Reconciler:
             self._background(self._drain(fn, instance, why), f"drain {instance.id}")
 
     async def _drain(self, fn: FunctionRuntime, instance: Instance, why: str) -> None:
-        """No new requests; stop the process once its in-flight requests are answered."""
-        if instance.facts.draining_at is None:
-            instance.facts.draining_at = self.clock.now()
-            if instance.facts.exited_at is None:
-                self.ledger.transition(instance, fn.spec, InstanceState.DRAINING)
-            self._event(fn.name, "stopping", f"instance {instance.id}: {why}")
+        """No new requests; stop the instance once its in-flight requests are answered."""
+        facts = instance.facts
+        if facts.draining_at is None:
+            facts.draining_at = self.clock.now()
+            if facts.exited_at is None:
+                self.ledger.transition(instance.ledger_record(fn.spec), InstanceState.DRAINING)
+                self._event(fn.name, "stopping", f"instance {instance.id}: {why}")
         if instance.endpoint is not None:
             fn.route.remove_endpoint(instance.endpoint)
             deadline = self.clock.now() + fn.spec.timeout_s
             while instance.endpoint.in_flight > 0 and self.clock.now() < deadline:
-                await asyncio.sleep(DRAIN_POLL_S)
+                await self.clock.sleep(DRAIN_POLL_S)
         self._save(instance)
-        if instance.handle is not None and instance.handle.returncode is None:
-            await self.idle.thaw_before_stop(instance)
-            await self.backend.stop(instance.handle, STOP_GRACE_S)
+        if instance.started is not None and facts.exited_at is None:
+            await self.idle.settle(instance)
+            await self.backend.stop(instance.id, STOP_GRACE_S)
 
     # shutdown ----------------------------------------------------------------------------------
 
@@ -367,18 +381,16 @@ class Reconciler:
             fn.route.fail_waiters(ColdStartFailed(f"torpor is shutting down; {fn.name!r} stopped"))
         everything = [(fn, i) for fn in self.functions.values() for i in fn.instances.values()]
         await asyncio.gather(*(self._drain(fn, i, "server shutdown") for fn, i in everything
-                               if i.handle is not None), return_exceptions=True)
-        if self.templates is not None:
-            await self.templates.shutdown()
+                               if i.started is not None and i.facts.exited_at is None),
+                             return_exceptions=True)
+        await self.backend.shutdown()
         for task in list(self._tasks):
             if not task.done():
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for _, instance in everything:
             if instance.endpoint is not None:
-                client = instance.endpoint.client
-                assert isinstance(client, UpstreamClient)
-                await client.close()
+                await instance.endpoint.client.close()
             if instance.facts.exited_at is None:
                 instance.facts.exited_at = self.clock.now()
                 if instance.facts.draining_at is None:
@@ -405,14 +417,3 @@ class Reconciler:
     def _event(self, function: str, kind: str, message: str) -> None:
         log.info("%s: %s", function, message)
         self.store.submit(self.store.add_event, function, self.clock.now(), kind, message)
-
-
-def _socket_dir(data_dir: Path) -> Path:
-    """Unix socket paths are limited to ~107 bytes; deep data dirs get a short twin in /tmp."""
-    run_dir = data_dir / "run"
-    if len(str(run_dir)) > 60:
-        digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
-        run_dir = Path(tempfile.gettempdir()) / f"torpor-{digest}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-

@@ -8,17 +8,10 @@ the state users see. See DESIGN.md's lifecycle picture.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
+from torpor.states import InstanceState
 
-class InstanceState(StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    BUSY = "busy"
-    FROZEN = "frozen"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-    FAILED = "failed"
+__all__ = ["LIVE_STATES", "InstanceFacts", "InstanceState", "derive_state"]
 
 
 LIVE_STATES = frozenset(
@@ -33,7 +26,9 @@ class InstanceFacts:
     started_at: float
     listening_at: float | None = None  # its HTTP server accepted a connection
     ready_at: float | None = None  # /initialize succeeded: it may take traffic
+    freeze_requested_at: float | None = None  # idle mode took it out of routing to freeze it
     frozen_at: float | None = None  # set while frozen, cleared on thaw
+    thaw_requested_at: float | None = None  # a waiting request asked for a thaw
     draining_at: float | None = None  # torpor asked it to stop (scale-in, redeploy, delete)
     exited_at: float | None = None
     exit_code: int | None = None

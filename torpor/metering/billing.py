@@ -4,7 +4,8 @@ Every instance state interval lands in the append-only ledger (DESIGN.md, Meteri
 sum, per function, of those intervals clipped to a window ``[since, until)``, priced with a
 :class:`~torpor.metering.prices.PriceTable`. Seed 000's idle mode is the model: a provisioned instance
 whose windows T0..T4 alternate idle and active costs ``(T0 + T2 + T4) × idle price + (T1 + T3) × active
-price``. Next to the cost each line shows what always-on hardware would have cost (seed 001).
+price``. Next to the cost each line shows what always-on hardware would have cost (seed 001), over
+the part of the window in which the function existed (``lifetimes``), never before it was deployed.
 
 Arithmetic is :class:`~decimal.Decimal` throughout, with times taken at their shortest decimal form
 (``repr``) to the microsecond, so seed 001's ``3,600 × 4 × 0.000018`` is exactly ``0.2592`` and cutting
@@ -16,13 +17,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any, Literal
 
-from torpor.lifecycle.state import InstanceState
 from torpor.metering.prices import MB_PER_GB, PriceTable
+from torpor.states import InstanceState
 
 Usage = Literal["active", "idle"]
 
@@ -71,6 +72,7 @@ class InstanceInfo:
     gpu_memory_mb: int
     cpus: float
     memory_mb: int
+    node: str = "local"
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class LedgerInterval:
     state: InstanceState
     start: float
     end: float | None = None
+    node: str = "local"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", InstanceState(self.state))
@@ -130,6 +133,10 @@ class BillLine:
     cost: Decimal  # gpu_cost + cpu_cost + memory_cost
     saving: Decimal  # always_on_cost - cost
     saving_pct: Decimal | None  # saving / always_on_cost × 100, to 0.01; None when always-on is free
+    always_on_seconds: Decimal = _ZERO  # the part of the window the always-on fleet covers
+    # what always-on means for this line: "gpu" (a dedicated GPU server per GPU instance at
+    # always_on_gpu_per_hour) or "cpu" (the peak instances kept active at the CPU and memory prices)
+    always_on_basis: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -163,11 +170,15 @@ def bill(
     since: float,
     until: float,
     function: str | None = None,
+    lifetimes: Mapping[str, tuple[float, float | None]] | None = None,
 ) -> Bill:
     """Price the part of each interval inside ``[since, until)``; open intervals run to ``until``.
 
     ``function`` keeps only that function's intervals. With ``rounding: minute`` each instance's active
     and idle seconds inside the window are rounded up to whole minutes, once per bill.
+    ``lifetimes`` (function → deployed at, deleted at or None) limits each always-on comparison to
+    the time the function existed; a function missing from it is taken to exist from its first
+    interval to its last one (to ``until`` while one is open). Without it, the whole window counts.
     """
     if until < since:
         raise ValueError(f"until ({until}) is before since ({since})")
@@ -182,8 +193,11 @@ def bill(
             start = max(exact_seconds(interval.start), lo)
             if end > start:
                 by_function[interval.function].append(_Clipped(interval, start, end))
+        spans = {name: _existed(name, lifetimes, parts, lo, hi) if lifetimes is not None else hi - lo
+                 for name, parts in by_function.items()}
         lines = tuple(
-            _price_line(name, clipped, prices, hi - lo) for name, clipped in sorted(by_function.items())
+            _price_line(name, clipped, prices, spans[name])
+            for name, clipped in sorted(by_function.items())
         )
         cost = sum((line.cost for line in lines), _ZERO)
         always_on = sum((line.always_on_cost for line in lines), _ZERO)
@@ -198,6 +212,20 @@ def bill(
             saving=always_on - cost,
             saving_pct=_pct(always_on - cost, always_on),
         )
+
+
+def _existed(name: str, lifetimes: Mapping[str, tuple[float, float | None]],
+             clipped: list[_Clipped], lo: Decimal, hi: Decimal) -> Decimal:
+    """Seconds of ``[lo, hi)`` in which the function existed."""
+    if name in lifetimes:
+        born_at, gone_at = lifetimes[name]
+        born = exact_seconds(born_at)
+        gone = hi if gone_at is None else exact_seconds(gone_at)
+    else:
+        born = min(exact_seconds(part.interval.start) for part in clipped)
+        ends = [part.interval.end for part in clipped]
+        gone = hi if None in ends else max(exact_seconds(end) for end in ends if end is not None)
+    return max(min(gone, hi) - max(born, lo), _ZERO)
 
 
 def intervals_from_timeline(
@@ -269,6 +297,7 @@ def _price_line(name: str, clipped: list[_Clipped], prices: PriceTable, window_s
             meters[usage].add(max(parts, key=lambda part: part.end).interval, padding)
     active, idle = meters["active"], meters["idle"]
     peak, always_on = _always_on(clipped, prices, window_s)
+    on_gpu = any(part.interval.gpu_memory_mb > 0 for part in clipped)
     gpu_cost = active.gpu_gb_s * prices.gpu_active_per_gb_s + idle.gpu_gb_s * prices.gpu_idle_per_gb_s
     cpu_cost = active.vcpu_s * prices.cpu_per_vcpu_s + idle.vcpu_s * prices.cpu_idle_per_vcpu_s
     memory_cost = active.memory_gb_s * prices.memory_per_gb_s + idle.memory_gb_s * prices.memory_idle_per_gb_s
@@ -294,6 +323,8 @@ def _price_line(name: str, clipped: list[_Clipped], prices: PriceTable, window_s
         cost=cost,
         saving=always_on - cost,
         saving_pct=_pct(always_on - cost, always_on),
+        always_on_seconds=window_s,
+        always_on_basis="gpu" if on_gpu else "cpu",
     )
 
 

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torpor.errors import SpecError
+from torpor.safe_yaml import read_yaml
 
 PRICES_SECTION = "prices"
 MB_PER_GB = 1024
@@ -93,7 +94,7 @@ def load_prices(path: Path | None) -> PriceTable:
         return PriceTable()
     source = str(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path)
     except FileNotFoundError:
         raise SpecError(source, ["file not found"]) from None
     except IsADirectoryError:

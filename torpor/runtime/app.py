@@ -10,8 +10,10 @@ awaited. A ``predict`` that yields streams (:mod:`torpor.runtime.streaming`); a 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
+import os
 import sys
 import time
 import traceback
@@ -21,7 +23,7 @@ from typing import Any
 from torpor.runtime.batching import Batcher, BatchFailed
 from torpor.runtime.codec import BadPayload, decode_body, encode_result, error_body
 from torpor.runtime.streaming import is_stream, stream
-from torpor.sdk import Model, Response
+from torpor.sdk import Model, Response, _request_id
 from torpor.types import Receive, Scope, Send
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -32,6 +34,7 @@ class ModelApp:
         self, model: Model, concurrency: int = 1, timings: dict[str, float] | None = None
     ) -> None:
         self.model = model
+        self.function = os.environ.get("TORPOR_FUNCTION")  # named in every error body
         self.timings = timings if timings is not None else {}
         self._async = inspect.iscoroutinefunction(model.predict)
         self._pool = (
@@ -64,16 +67,25 @@ class ModelApp:
         elif path == "/healthz":
             await _reply(send, 200, _JSON_HEADERS, b'{"status":"ok"}')
         else:
-            body = error_body(f"no route {method} {path} in the torpor runtime", "not_found")
+            body = error_body(f"no route {method} {path} in the torpor runtime", "not_found",
+                              self.function)
             await _reply(send, 404, _JSON_HEADERS, body)
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await _read_body(receive)
-        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        content_type = b""
+        request_id = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"x-torpor-request-id":
+                request_id = value.decode("latin-1")
+        _request_id.set(request_id)  # torpor.request_id() while this request is handled
         try:
             payload = decode_body(body, content_type)
         except BadPayload as exc:
-            await _reply(send, 400, _JSON_HEADERS, error_body(str(exc), "bad_request"))
+            await _reply(send, 400, _JSON_HEADERS,
+                         error_body(str(exc), "bad_request", self.function, request_id))
             return
         name = type(self.model).__name__
         try:
@@ -82,21 +94,25 @@ class ModelApp:
             else:
                 result = await self._predict(payload)
         except BatchFailed as exc:
-            await _reply(send, 500, _JSON_HEADERS, error_body(str(exc), "handler_error"))
+            await _reply(send, 500, _JSON_HEADERS,
+                         error_body(str(exc), "handler_error", self.function, request_id))
             return
         except Exception as exc:
+            print(f"torpor: request_id={_request_id.get()} {name}.predict raised:", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
             message = f"{name}.predict raised {type(exc).__name__}: {exc}"
-            await _reply(send, 500, _JSON_HEADERS, error_body(message, "handler_error"))
+            await _reply(send, 500, _JSON_HEADERS,
+                         error_body(message, "handler_error", self.function, request_id))
             return
         if is_stream(result) or (isinstance(result, Response) and is_stream(result.body)):
-            await self._stream(result, receive, send)
+            await self._stream(result, receive, send, request_id)
             return
         try:
             status, headers, out = encode_result(result)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             message = f"{name}.predict returned a value torpor cannot encode as JSON: {exc}"
-            await _reply(send, 500, _JSON_HEADERS, error_body(message, "handler_error"))
+            await _reply(send, 500, _JSON_HEADERS,
+                         error_body(message, "handler_error", self.function, request_id))
             return
         await _reply(send, status, headers, out)
 
@@ -105,11 +121,13 @@ class ModelApp:
             return await self.model.predict(payload)
         if self._pool is None:
             return self.model.predict(payload)
+        context = contextvars.copy_context()  # torpor.request_id() in the pool's thread too
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self.model.predict, payload
+            self._pool, context.run, self.model.predict, payload
         )
 
-    async def _stream(self, result: Any, receive: Receive, send: Send) -> None:
+    async def _stream(self, result: Any, receive: Receive, send: Send,
+                      request_id: str | None = None) -> None:
         status, headers, content_type = 200, [], None
         if isinstance(result, Response):
             status = result.status
@@ -121,7 +139,8 @@ class ModelApp:
                     headers.append((key.lower().encode(), str(value).encode()))
             result = result.body
         await stream(result, receive, send, status=status, headers=headers, content_type=content_type,
-                     pool=self._pool, name=type(self.model).__name__)
+                     pool=self._pool, name=type(self.model).__name__,
+                     error_context=(self.function, request_id))
 
     async def _initialize(self, send: Send) -> None:
         async with self._init_lock:
@@ -136,7 +155,8 @@ class ModelApp:
                 except Exception as exc:
                     traceback.print_exc(file=sys.stderr)
                     message = f"{type(self.model).__name__}.warmup raised {type(exc).__name__}: {exc}"
-                    await _reply(send, 500, _JSON_HEADERS, error_body(message, "warmup_failed"))
+                    await _reply(send, 500, _JSON_HEADERS,
+                                 error_body(message, "warmup_failed", self.function))
                     return
                 self._initialized = True
                 self.timings["warmup_s"] = time.perf_counter() - started
@@ -155,7 +175,8 @@ class ModelApp:
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             message = f"{type(self.model).__name__}.on_{which} raised {type(exc).__name__}: {exc}"
-            await _reply(send, 500, _JSON_HEADERS, error_body(message, f"{which}_failed"))
+            await _reply(send, 500, _JSON_HEADERS,
+                         error_body(message, f"{which}_failed", self.function))
             return
         body = json.dumps({f"on_{which}_s": time.perf_counter() - started}).encode()
         await _reply(send, 200, _JSON_HEADERS, body)

@@ -20,6 +20,7 @@ from torpor.sdk import Model
 EXIT_IMPORT = 3
 EXIT_SETUP = 4
 EXIT_ORPHANED = 5  # the server is gone
+TCP_PREFIX = "tcp:"  # ``--socket tcp:HOST:PORT`` listens on a TCP port instead of a Unix socket
 
 
 def parse_args(prog: str, socket_flag: str, argv: list[str] | None) -> argparse.Namespace:
@@ -95,6 +96,10 @@ def setup_and_serve(model: Model, socket_path: str, concurrency: int, timings: d
         sys.exit(EXIT_SETUP)
     timings["setup_s"] = time.perf_counter() - started
 
-    from torpor.runtime.serve import serve_unix
+    from torpor.runtime.serve import serve_tcp, serve_unix
 
-    serve_unix(model, socket_path, concurrency, timings)
+    if socket_path.startswith(TCP_PREFIX):  # an instance on a Ray node: the gateway dials its IP
+        host, _, port = socket_path[len(TCP_PREFIX):].rpartition(":")
+        serve_tcp(model, int(port), concurrency, timings, host=host)
+    else:
+        serve_unix(model, socket_path, concurrency, timings)

@@ -38,7 +38,7 @@ def encode_chunk(item: Any) -> bytes:
         return bytes(item)
     if isinstance(item, str):
         return item.encode()
-    return json.dumps(item, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(item, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
 def _content_type(item: Any) -> bytes:
@@ -59,6 +59,7 @@ async def stream(
     content_type: bytes | None,
     pool: Executor | None,
     name: str,
+    error_context: tuple[str | None, str | None] = (None, None),
 ) -> None:
     """Send ``items`` as a chunked response; stop and close them when the client disconnects."""
     loop = asyncio.get_running_loop()
@@ -76,6 +77,7 @@ async def stream(
                 return  # the client went away while the handler worked on its next item
             try:
                 item = step.result()
+                chunk = b"" if item is _END else encode_chunk(item)
             except Exception as exc:
                 if started:
                     raise  # the response is under way: the server breaks the connection off
@@ -83,7 +85,8 @@ async def stream(
                 message = f"{name}.predict raised {type(exc).__name__}: {exc}"
                 await send({"type": "http.response.start", "status": 500,
                             "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": error_body(message, "handler_error")})
+                await send({"type": "http.response.body",
+                            "body": error_body(message, "handler_error", *error_context)})
                 return
             step = None
             if item is _END:
@@ -93,7 +96,7 @@ async def stream(
                 ctype = content_type or _content_type(item)
                 await send({"type": "http.response.start", "status": status,
                             "headers": [(b"content-type", ctype), *headers]})
-            await send({"type": "http.response.body", "body": encode_chunk(item), "more_body": True})
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if gone.done():
                 return
         if not started:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select, text, update
 
 from torpor.store import tables
 
@@ -33,6 +33,7 @@ class FunctionRecord:
     created_at: float
     updated_at: float
     model_digest: str | None = None
+    code_digest: str | None = None
 
 
 class Store:
@@ -41,6 +42,7 @@ class Store:
         self.engine: Engine = create_engine(f"sqlite:///{path}", future=True)
         event.listen(self.engine, "connect", _sqlite_pragmas)
         tables.metadata.create_all(self.engine)
+        migrate(self.engine)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torpor-store")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -76,14 +78,14 @@ class Store:
 
     def put_function(
         self, name: str, spec: dict[str, Any], base_dir: str, source: str, now: float,
-        model_digest: str | None = None,
+        model_digest: str | None = None, code_digest: str | None = None,
     ) -> FunctionRecord:
         """Insert or replace a function; the revision goes up by one on every deploy."""
         t = tables.functions
         with self.engine.begin() as conn:
             row = conn.execute(select(t.c.revision, t.c.created_at).where(t.c.name == name)).first()
             values = {"spec_json": json.dumps(spec), "base_dir": base_dir, "source": source,
-                      "model_digest": model_digest}
+                      "model_digest": model_digest, "code_digest": code_digest}
             if row is None:
                 conn.execute(
                     insert(t).values(name=name, revision=1, created_at=now, updated_at=now, **values)
@@ -226,7 +228,25 @@ def _function_record(row: Any) -> FunctionRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         model_digest=row["model_digest"],
+        code_digest=row["code_digest"],
     )
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Add the columns a newer schema has and an older database lacks; returns what was added."""
+    added = []
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in tables.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                    added.append(f"{table.name}.{column.name}")
+    if added:
+        log.info("store: added columns %s", ", ".join(added))
+    return added
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

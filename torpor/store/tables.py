@@ -1,8 +1,12 @@
-"""Schema. Created on start; timestamps are epoch seconds (floats)."""
+"""Schema. Created on start; timestamps are epoch seconds (floats).
+
+A column added later must be nullable (or have a server default): :func:`torpor.store.store.migrate`
+adds the missing columns to a data directory written by an older torpor.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -15,6 +19,7 @@ functions = Table(
     Column("base_dir", Text, nullable=False),
     Column("source", Text, nullable=False),
     Column("model_digest", String(64)),  # model.path's content in the model cache
+    Column("code_digest", String(64)),  # the uploaded code (DATA_DIR/code/<digest>)
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
@@ -27,6 +32,8 @@ instances = Table(
     Column("revision", Integer, nullable=False),
     Column("pid", Integer),
     Column("address", Text),
+    Column("node", String(100)),
+    Column("pool", String(63)),
     Column("started_at", Float, nullable=False),
     Column("listening_at", Float),
     Column("ready_at", Float),
@@ -56,6 +63,7 @@ ledger = Table(
     Column("function", String(63), nullable=False, index=True),
     Column("revision", Integer, nullable=False),
     Column("pool", String(63), nullable=False),
+    Column("node", String(100)),
     Column("device", String(63), nullable=False),
     Column("gpu_memory_mb", Integer, nullable=False),
     Column("cpus", Float, nullable=False),
@@ -79,4 +87,16 @@ provision_configs = Table(
     Column("function", String(63), primary_key=True),
     Column("config_json", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# The console's history (torpor.store.history): one row per function per sample, compacted.
+samples = Table(
+    "samples",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("function", String(63), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("resolution_s", Float, nullable=False),
+    Column("data_json", Text, nullable=False),
+    Index("samples_function_at", "function", "at"),
 )

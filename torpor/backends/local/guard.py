@@ -1,4 +1,4 @@
-"""``python -m torpor.lifecycle.guard``: makes sure nothing outlives a torpor server that died.
+"""``python -m torpor.backends.local.guard``: makes sure nothing outlives a torpor server that died.
 
 A server stopped by SIGTERM stops its instances itself. One killed with SIGKILL cannot, and two kinds
 of instance would then survive it: a frozen one (a cgroup-v1-frozen process receives no signal, not
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from torpor.backend.freezer import remove_groups
+from torpor.backends.local.freezer import remove_groups
 
 EXIT_WAIT_S = 5.0
 
@@ -86,7 +86,7 @@ def clean_up(server_pid: int, cgroup_base: Path | None) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torpor.lifecycle.guard")
+    parser = argparse.ArgumentParser(prog="python -m torpor.backends.local.guard")
     parser.add_argument("--server-pid", type=int, required=True)
     parser.add_argument("--cgroup-base", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -1,22 +1,29 @@
 """Per-revision templates: start one, fork instances from it, rebuild it if it dies, retire it when
-its revision is replaced. See ``torpor.runtime.template`` for the process itself."""
+its revision is replaced. See ``torpor.runtime.template`` for the process itself.
+
+A failure here raises :class:`~torpor.backends.StartFailed` whose log tail is the template's stderr
+(an import error in the user's module shows there, not in the instance's log).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torpor.backend.forked import ForkedHandle
-from torpor.backend.local import LaunchPlan, LocalBackend, ProcessHandle
+from torpor.address import Address
+from torpor.backends import StartFailed
+from torpor.backends.local import processes
+from torpor.backends.local.forked import ForkedHandle
+from torpor.backends.local.launch import function_env, wait_listening
+from torpor.backends.local.processes import LaunchPlan, ProcessHandle, tail
+from torpor.clock import Clock
 from torpor.constants import STOP_GRACE_S
-from torpor.lifecycle.launcher import StartFailed, wait_listening
 from torpor.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
@@ -49,30 +56,9 @@ class Template:
                 "forks": self.forks, "stderr_log": str(self.stderr_path)}
 
 
-_THREAD_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def function_env(spec: FunctionSpec, revision: int, model_path: Path | None = None) -> dict[str, str]:
-    """The environment of a function's processes (template, forked or spawned instances).
-
-    Native thread pools (OpenMP, OpenBLAS, MKL) are sized to ``resources.cpus`` unless the spec's
-    env says otherwise: they would otherwise size themselves to every core of the machine, and
-    with one CPU numpy's import starts no thread in a template. ``TORPOR_MODEL_PATH`` is the cached
-    copy of ``model.path`` (instances never read the user's folder).
-    """
-    pools = str(max(1, int(spec.resources.cpus)))
-    env = {**os.environ, **dict.fromkeys(_THREAD_POOL_VARS, pools)}
-    env = {**env, **spec.env, "TORPOR_FUNCTION": spec.name,
-           "TORPOR_REVISION": str(revision), "PYTHONUNBUFFERED": "1",
-           "TORPOR_SERVER_PID": str(os.getpid())}
-    if model_path is not None:
-        env["TORPOR_MODEL_PATH"] = str(model_path)
-    return env
-
-
 class Templates:
-    def __init__(self, backend: LocalBackend, data_dir: Path, run_dir: Path) -> None:
-        self.backend = backend
+    def __init__(self, data_dir: Path, run_dir: Path, clock: Clock) -> None:
+        self.clock = clock
         self.data_dir = data_dir
         self.run_dir = run_dir
         self.by_function: dict[str, Template] = {}
@@ -111,14 +97,14 @@ class Templates:
             stdout_path=template.stdout_path, stderr_path=template.stderr_path,
         )
         try:
-            template.handle = await self.backend.launch(plan)
-            await wait_listening(template.handle, socket_path=template.control, port=None,
-                                 timeout_s=spec.initialize_timeout_s)
+            template.handle = await processes.spawn(plan)
+            await wait_listening(template.handle, Address.unix(template.control), self.clock,
+                                 spec.initialize_timeout_s)
         except (StartFailed, OSError) as exc:
             if template.handle is not None:
-                await self.backend.stop(template.handle, STOP_GRACE_S)
+                await processes.stop(template.handle, STOP_GRACE_S)
             template.ready.set_exception(
-                StartFailed(f"template: {exc}", stderr_path=template.stderr_path))
+                StartFailed(f"template: {exc}", log_tail=tail(template.stderr_path)))
             template.ready.exception()  # retrieved here; waiters get it through ready()
             return
         template.ready.set_result(None)
@@ -130,7 +116,7 @@ class Templates:
         template.crashes += 1
         log.warning("template of %s revision %d exited with code %s; rebuilding in %gs",
                     template.function, template.revision, code, delay_s)
-        await asyncio.sleep(delay_s)
+        await self.clock.sleep(delay_s)
         if self.by_function.get(template.function) is template:
             self.ensure(spec, template.revision, base_dir, model_path)
 
@@ -147,10 +133,10 @@ class Templates:
             writer.close()
         except (OSError, ValueError, TimeoutError) as exc:
             raise StartFailed(f"template of {template.function} did not fork: {exc}",
-                              stderr_path=template.stderr_path) from None
+                              log_tail=tail(template.stderr_path)) from None
         if "pid" not in reply:
             raise StartFailed(f"template of {template.function} could not fork: "
-                              f"{reply.get('error', 'no answer')}", stderr_path=template.stderr_path)
+                              f"{reply.get('error', 'no answer')}", log_tail=tail(template.stderr_path))
         template.forks += 1
         if template.forks == 1 and reply.get("threads", 1) > 1:
             log.warning("template of %s had %d threads when it first forked: threads do not "
@@ -167,7 +153,7 @@ class Templates:
                 self._background(self._stop(template.handle))
 
     async def _stop(self, handle: ProcessHandle) -> None:
-        await self.backend.stop(handle, STOP_GRACE_S)
+        await processes.stop(handle, STOP_GRACE_S)
 
     async def shutdown(self) -> None:
         for name in list(self.by_function):

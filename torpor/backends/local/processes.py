@@ -1,4 +1,4 @@
-"""Instances as local processes.
+"""Spawning and stopping local processes (instances and templates).
 
 Each instance runs in its own session (process group), so stopping it also stops whatever its command
 started; on Linux it also gets ``PR_SET_PDEATHSIG`` so it dies with the server even if the server is
@@ -30,7 +30,7 @@ class LaunchPlan:
 
 
 class InstanceProcess(Protocol):
-    """What the reconciler needs of an instance's process, spawned or forked."""
+    """A process of ours, spawned or forked."""
 
     pid: int
 
@@ -61,32 +61,33 @@ class ProcessHandle:
             pass
 
 
-class LocalBackend:
-    async def launch(self, plan: LaunchPlan) -> ProcessHandle:
-        plan.stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(plan.stdout_path, "ab") as out, open(plan.stderr_path, "ab") as err:
-            process = await asyncio.create_subprocess_exec(
-                *plan.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=plan.cwd,
-                env=plan.env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        return ProcessHandle(process)
+async def spawn(plan: LaunchPlan) -> ProcessHandle:
+    """Start ``plan`` in its own session, dying with the server (PDEATHSIG) on Linux."""
+    plan.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(plan.stdout_path, "ab") as out, open(plan.stderr_path, "ab") as err:
+        process = await asyncio.create_subprocess_exec(
+            *plan.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=plan.cwd,
+            env=plan.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    return ProcessHandle(process)
 
-    async def stop(self, handle: InstanceProcess, grace_s: float) -> int:
-        """SIGTERM the instance's process group, SIGKILL it after ``grace_s``."""
-        if handle.returncode is None:
-            handle.signal_group(signal.SIGTERM)
-            try:
-                return await asyncio.wait_for(handle.wait(), grace_s)
-            except TimeoutError:
-                pass
-        handle.signal_group(signal.SIGKILL)
-        return await handle.wait()
+
+async def stop(handle: InstanceProcess, grace_s: float) -> int:
+    """SIGTERM the process group, SIGKILL it after ``grace_s``; the exit code."""
+    if handle.returncode is None:
+        handle.signal_group(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(handle.wait(), grace_s)
+        except TimeoutError:
+            pass
+    handle.signal_group(signal.SIGKILL)
+    return await handle.wait()
 
 
 def _die_with_parent() -> None:

@@ -1,1 +1,0 @@
-"""Where instance processes run: local processes by default (a Ray backend comes later)."""

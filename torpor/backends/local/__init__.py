@@ -1,0 +1,268 @@
+"""The local backend: instances as processes on this machine.
+
+- A Python handler's instance is forked from its revision's template (``templates.py``) when the
+  machine allows it (Linux with pidfds; the server becomes a child subreaper), else spawned.
+- It listens on a Unix socket in ``run_dir``; a command function gets a loopback TCP port as ``PORT``.
+- Idle mode freezes it with the best freezer there is (``freezer.py``: cgroup v2, v1, or SIGSTOP).
+- Its stdout and stderr go to ``DATA_DIR/logs/<function>/<instance>.{stdout,stderr}.log``.
+- A guard process (``guard.py``) stops everything the server leaves if the server is SIGKILLed.
+
+Nothing above this package sees a pid, a socket path or a log file: only the
+:class:`~torpor.backends.InstanceBackend` calls and an :class:`~torpor.address.Address`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torpor.address import Address
+from torpor.backends import (
+    Exit,
+    InstancePlan,
+    NodeInfo,
+    RevisionPlan,
+    StartedInstance,
+    StartFailed,
+    UnknownInstance,
+)
+from torpor.backends.local import processes
+from torpor.backends.local.forked import enable_subreaper, forking_supported
+from torpor.backends.local.freezer import Freezer, make_freezer
+from torpor.backends.local.launch import free_port, launch_plan, listen_arg, wait_listening
+from torpor.backends.local.memory import process_memory_bytes
+from torpor.backends.local.processes import InstanceProcess, tail
+from torpor.backends.local.templates import Templates
+from torpor.clock import Clock
+from torpor.datadir import remove_socket, remove_sockets
+
+log = logging.getLogger(__name__)
+
+NODE = "local"
+POOL = "local"
+_REMEMBERED_LOGS = 4096  # stderr paths kept for log_tail after an instance is gone
+
+
+@dataclass
+class _Process:
+    handle: InstanceProcess
+    frozen: bool = False
+    attached: bool = False  # under the freezer's cgroup
+
+
+def uses_template(plan: RevisionPlan) -> bool:
+    runtime = plan.spec.runtime
+    return runtime.handler is not None and runtime.templates
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, data_dir: Path, clock: Clock, *, templates: bool | None = None,
+                 freezer: Freezer | None = None, listen_host: str | None = None) -> None:
+        """``listen_host``: instances listen on this IP and a free TCP port instead of a Unix
+        socket (the Ray backend's node agent: the gateway is on another machine)."""
+        self.data_dir = data_dir
+        self.listen_host = listen_host
+        self.clock = clock
+        self.run_dir = socket_dir(data_dir)
+        remove_sockets(self.run_dir)  # a crashed server's or instance's: none is in use now
+        self.freezer = freezer or make_freezer(data_dir)
+        if templates is None:
+            templates = forking_supported() and enable_subreaper()
+        self.templates = Templates(data_dir, self.run_dir, clock) if templates else None
+        self._processes: dict[str, _Process] = {}
+        self._stderr: OrderedDict[str, Path] = OrderedDict()
+        self._ended: OrderedDict[str, Exit] = OrderedDict()  # for a wait() after stop()
+
+    # lifetime ----------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self._start_guard()
+
+    def _start_guard(self) -> None:
+        """A process of its own that stops whatever this server leaves if it is killed (SIGKILL)."""
+        if sys.platform != "linux" or not hasattr(os, "pidfd_open"):
+            return
+        args = [sys.executable, "-m", "torpor.backends.local.guard", "--server-pid", str(os.getpid())]
+        if self.freezer.base is not None:
+            args += ["--cgroup-base", str(self.freezer.base)]
+        log_path = self.data_dir / "logs" / "guard.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                             start_new_session=True)
+
+    async def shutdown(self) -> None:
+        if self.templates is not None:
+            await self.templates.shutdown()
+        self.freezer.close()
+        remove_sockets(self.run_dir)
+
+    # revisions ---------------------------------------------------------------------------------
+
+    def prepare(self, plan: RevisionPlan) -> None:
+        """Build the revision's template at deploy, so the first cold start only forks."""
+        if self.templates is None:
+            return
+        if uses_template(plan):
+            self.templates.ensure(plan.spec, plan.revision, plan.code.path, _model_path(plan))
+        else:
+            self.templates.retire(plan.function)
+
+    def retire(self, function: str) -> None:
+        if self.templates is not None:
+            self.templates.retire(function)
+
+    def function_info(self, function: str) -> dict[str, Any] | None:
+        template = self.templates.by_function.get(function) if self.templates is not None else None
+        if template is None:
+            return None
+        info: dict[str, Any] = template.to_api()
+        if template.handle is not None and template.alive:  # the template and its spare
+            info["memory_bytes"] = process_memory_bytes(template.handle.pid)
+        return info
+
+    # instances ---------------------------------------------------------------------------------
+
+    async def start(self, plan: InstancePlan) -> StartedInstance:
+        revision, spec, instance_id = plan.revision, plan.spec, plan.instance_id
+        logs = self.data_dir / "logs" / revision.function
+        stdout, stderr = logs / f"{instance_id}.stdout.log", logs / f"{instance_id}.stderr.log"
+        self._remember_log(instance_id, stderr)
+        host = self.listen_host or "127.0.0.1"
+        if spec.runtime.command is not None:
+            address = Address.tcp(host, spec.runtime.port or free_port(host))
+        elif self.listen_host is not None:
+            address = Address.tcp(host, free_port(host))
+        else:
+            address = Address.unix(str(self.run_dir / f"{instance_id}.sock"))
+        forked = self.templates is not None and uses_template(revision)
+        if forked:
+            assert self.templates is not None
+            template = self.templates.ensure(spec, revision.revision, revision.code.path,
+                                             _model_path(revision))
+            handle: InstanceProcess = await self.templates.fork(
+                template, instance_id=instance_id, socket_path=listen_arg(address),
+                stdout=stdout, stderr=stderr, timeout_s=spec.initialize_timeout_s)
+        else:
+            launch = launch_plan(spec, revision.revision, revision.code.path, instance_id,
+                                 address, (stdout, stderr), _model_path(revision))
+            try:
+                handle = await processes.spawn(launch)
+            except OSError as exc:
+                raise StartFailed(f"could not run {launch.argv[0]!r}: {exc}") from None
+        process = self._processes[instance_id] = _Process(handle)
+        if spec.scaling.idle_mode:
+            try:  # before it can start children, so a freeze stops them too
+                self.freezer.attach(instance_id, handle.pid)
+                process.attached = True
+            except OSError as exc:
+                log.warning("cannot attach %s to the freezer: %s", instance_id, exc)
+        try:
+            await wait_listening(handle, address, self.clock, spec.initialize_timeout_s)
+        except StartFailed as exc:
+            await self.stop(instance_id, 0.0)
+            raise StartFailed(str(exc), log_tail=tail(stderr)) from None
+        return StartedInstance(address=address, node=NODE, pool=POOL, forked=forked,
+                               detail={"pid": handle.pid, "stdout_log": str(stdout),
+                                       "stderr_log": str(stderr)})
+
+    def instance_ids(self) -> list[str]:
+        """The instances this backend runs now."""
+        return list(self._processes)
+
+    def _process(self, instance_id: str) -> _Process:
+        process = self._processes.get(instance_id)
+        if process is None:
+            raise UnknownInstance(f"no local instance {instance_id!r}")
+        return process
+
+    async def wait(self, instance_id: str) -> Exit:
+        process = self._processes.get(instance_id)
+        if process is None:
+            ended = self._ended.get(instance_id)
+            if ended is None:
+                raise UnknownInstance(f"no local instance {instance_id!r}")
+            return ended
+        code = await process.handle.wait()
+        self._forget(instance_id, Exit(code))
+        return Exit(code)
+
+    async def stop(self, instance_id: str, grace_s: float) -> Exit:
+        process = self._processes.get(instance_id)
+        if process is None:
+            return Exit(None)
+        if process.frozen:  # a frozen process cannot act on SIGTERM: thaw it first
+            await self.thaw(instance_id)
+        code = await processes.stop(process.handle, grace_s)
+        self._forget(instance_id, Exit(code))
+        return Exit(code)
+
+    def _forget(self, instance_id: str, exit_: Exit) -> None:
+        remove_socket(str(self.run_dir / f"{instance_id}.sock"))  # a crashed one's too
+        process = self._processes.pop(instance_id, None)
+        if process is not None and process.attached:
+            self.freezer.release(instance_id)
+        self._ended[instance_id] = exit_
+        while len(self._ended) > _REMEMBERED_LOGS:
+            self._ended.popitem(last=False)
+
+    async def freeze(self, instance_id: str) -> None:
+        process = self._process(instance_id)
+        await self.freezer.freeze(instance_id, process.handle.pid)
+        process.frozen = True
+
+    async def thaw(self, instance_id: str) -> None:
+        process = self._process(instance_id)
+        if process.frozen:
+            await self.freezer.thaw(instance_id, process.handle.pid)
+            process.frozen = False
+
+    def _remember_log(self, instance_id: str, path: Path) -> None:
+        self._stderr[instance_id] = path
+        while len(self._stderr) > _REMEMBERED_LOGS:
+            self._stderr.popitem(last=False)
+
+    def log_tail(self, instance_id: str, max_lines: int = 20) -> str:
+        path = self._stderr.get(instance_id)
+        return tail(path, max_lines=max_lines) if path is not None else ""
+
+    # facts -------------------------------------------------------------------------------------
+
+    @property
+    def pool_priorities(self) -> dict[str, int]:
+        return {POOL: 0}
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": self.name, "freezer": self.freezer.name,
+                "templates": self.templates is not None}
+
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(id=NODE, address=socket.gethostname(), pool=POOL,
+                         resources_total={"cpus": float(os.cpu_count() or 1)},
+                         resources_allocated={"instances": float(len(self._processes))})]
+
+
+def _model_path(plan: RevisionPlan) -> Path | None:
+    return plan.model.path if plan.model is not None else None
+
+
+def socket_dir(data_dir: Path) -> Path:
+    """Unix socket paths are limited to ~107 bytes; deep data dirs get a short twin in /tmp."""
+    run_dir = data_dir / "run"
+    if len(str(run_dir)) > 60:
+        digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
+        run_dir = Path(tempfile.gettempdir()) / f"torpor-{digest}"
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir.chmod(0o700)
+    return run_dir

@@ -1,0 +1,104 @@
+"""What a local instance runs, and waiting until it listens.
+
+A Python handler runs ``python -m torpor.runtime`` on a Unix socket; a command function is the
+user's command with ``PORT`` set. Either way the process gets the function's environment
+(:func:`function_env`) and logs into ``DATA_DIR/logs/<function>/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+from torpor.address import Address
+from torpor.backends import StartFailed
+from torpor.backends.local.processes import InstanceProcess, LaunchPlan
+from torpor.clock import Clock
+from torpor.runtime.instance import TCP_PREFIX
+from torpor.spec import FunctionSpec
+
+POLL_S = 0.001  # how often to try connecting while an instance starts (a cheap connect())
+
+_THREAD_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def listen_arg(address: Address) -> str:
+    """The runtime's ``--socket`` argument: a Unix socket path, or ``tcp:HOST:PORT``."""
+    if address.unix_socket is not None:
+        return address.unix_socket
+    return f"{TCP_PREFIX}{address.host}:{address.port}"
+
+
+def function_env(spec: FunctionSpec, revision: int, model_path: Path | None = None) -> dict[str, str]:
+    """The environment of a function's processes (template, forked or spawned instances).
+
+    Native thread pools (OpenMP, OpenBLAS, MKL) are sized to ``resources.cpus`` unless the spec's
+    env says otherwise: they would otherwise size themselves to every core of the machine, and
+    with one CPU numpy's import starts no thread in a template. ``TORPOR_MODEL_PATH`` is the cached
+    copy of ``model.path`` (instances never read the user's folder).
+    """
+    pools = str(max(1, int(spec.resources.cpus)))
+    env = {**os.environ, **dict.fromkeys(_THREAD_POOL_VARS, pools)}
+    env = {**env, **spec.env, "TORPOR_FUNCTION": spec.name,
+           "TORPOR_REVISION": str(revision), "PYTHONUNBUFFERED": "1",
+           "TORPOR_SERVER_PID": str(os.getpid())}
+    if model_path is not None:
+        env["TORPOR_MODEL_PATH"] = str(model_path)
+    return env
+
+
+def launch_plan(spec: FunctionSpec, revision: int, code_dir: Path, instance_id: str,
+                address: Address, logs: tuple[Path, Path],
+                model_path: Path | None = None) -> LaunchPlan:
+    """The process of one spawned instance listening at ``address``; ``logs``: stdout, stderr."""
+    env = {**function_env(spec, revision, model_path), "TORPOR_INSTANCE": instance_id}
+    if spec.runtime.handler is not None:
+        argv = [
+            sys.executable, "-m", "torpor.runtime",
+            "--handler", spec.runtime.handler,
+            "--dir", str(code_dir),
+            "--socket", listen_arg(address),
+            "--concurrency", str(spec.concurrency),
+        ]
+    else:
+        assert spec.runtime.command is not None and address.port is not None
+        port = str(address.port)
+        env["PORT"] = port
+        argv = [arg.replace("${PORT}", port).replace("$PORT", port) for arg in spec.runtime.command]
+    return LaunchPlan(argv=argv, cwd=str(code_dir), env=env,
+                      stdout_path=logs[0], stderr_path=logs[1])
+
+
+async def wait_listening(handle: InstanceProcess, address: Address, clock: Clock,
+                         timeout_s: float) -> None:
+    """Return once the process accepts connections at ``address``; fail if it exits or takes too
+    long (``timeout_s`` on ``clock``)."""
+    deadline = clock.now() + timeout_s
+    exited = asyncio.ensure_future(handle.wait())
+    try:
+        while True:
+            try:
+                if address.unix_socket is not None:
+                    _, writer = await asyncio.open_unix_connection(address.unix_socket)
+                else:
+                    _, writer = await asyncio.open_connection(address.host, address.port)
+                writer.close()
+                return
+            except OSError:
+                pass
+            done, _ = await asyncio.wait((exited,), timeout=POLL_S)
+            if done:
+                raise StartFailed(f"process exited with code {exited.result()} before listening")
+            if clock.now() > deadline:
+                raise StartFailed(f"did not accept connections within {timeout_s:g}s")
+    finally:
+        exited.cancel()

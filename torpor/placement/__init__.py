@@ -1,0 +1,1 @@
+"""Pure placement decisions: pools (priorities, restrictions, scale-in order)."""
