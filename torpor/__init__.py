@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from torpor.runtime.openai import OpenAIModel
+from torpor.runtime.openai_requests import GenerationParams, OpenAIError
 from torpor.sdk import Model, Response, request_id
+from torpor.tensors import Tensor
 
 __version__ = "0.1.0"
-__all__ = ["Model", "Response", "__version__", "request_id"]
+__all__ = ["GenerationParams", "Model", "OpenAIError", "OpenAIModel", "Response", "Tensor",
+           "__version__", "request_id"]

@@ -244,6 +244,19 @@ class ModelCache:
             _fsync_dir(directory)
 
 
+def cache_root_of(path: Path) -> Path | None:
+    """The cache root an entry's content path lies in (``<root>/objects/<digest>/content/...``), or None.
+
+    Lets an instance, given ``TORPOR_MODEL_PATH``, keep what it derives from the model (a converted
+    form) in the same cache.
+    """
+    for parent in path.parents:
+        entry = parent.parent
+        if parent.name == CONTENT and entry.parent.name == "objects" and _is_digest(entry.name):
+            return entry.parent.parent
+    return None
+
+
 def content_digest(source: Path, hash_threads: int | None = None) -> str:
     """The cache key ``put`` would give ``source``, without copying anything."""
     walk = _walk(source)

@@ -29,7 +29,14 @@ from torpor.lifecycle.reconciler import Reconciler
 from torpor.lifecycle.template_idle import load_template_settings
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
-from torpor.spec import FunctionSpec, load_spec_file, parse_spec, resolve_model_path
+from torpor.spec import (
+    FunctionSpec,
+    is_package_model,
+    load_spec_file,
+    package_model_problem,
+    parse_spec,
+    resolve_model_path,
+)
 from torpor.store import Store
 
 log = logging.getLogger(__name__)
@@ -169,7 +176,8 @@ class Platform:
         code = await asyncio.to_thread(self.code.put_dir, base_dir)
         model_code = None
         model_path = resolve_model_path(spec, base_dir)
-        if model_path is not None and not model_path.is_relative_to(base_dir):
+        if (model_path is not None and not is_package_model(spec)
+                and not model_path.is_relative_to(base_dir)):
             model_code = await asyncio.to_thread(self.code.put_dir, model_path)
         return await self.deploy(raw, code, str(path), model_code)
 
@@ -189,6 +197,11 @@ class Platform:
             if model_code is not None:
                 raise SpecError(source, ["model: a model was uploaded but the spec has no model.path"])
             return None
+        if is_package_model(spec):  # a file of a package installed here
+            problem = package_model_problem(spec)
+            if problem is not None:
+                raise SpecError(source, [problem])
+            return resolve_model_path(spec, code.path)
         if model_code is not None:
             return model_code.path
         path = resolve_model_path(spec, code.path)

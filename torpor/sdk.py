@@ -41,6 +41,11 @@ A batch can only form from requests that reach the instance together, so a batch
 Following one request: ``torpor.request_id()`` inside ``predict`` is the gateway's
 ``x-torpor-request-id`` (the client's ``x-request-id`` when it sent one); print it in log lines and
 ``torpor logs NAME`` finds them next to the gateway's.
+
+Protocols: subclass :class:`torpor.OpenAIModel` and write only ``generate(messages, params)`` (or
+``embed(texts)``) to answer OpenAI's ``/v1/chat/completions``, ``/v1/completions`` and
+``/v1/embeddings``; declare ``inputs``/``outputs`` (:class:`torpor.Tensor`) and write ``infer`` to
+answer the Open Inference Protocol's ``/v2/models/{name}/infer``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from torpor.tensors import Tensor
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("torpor_request_id",
                                                                          default=None)
@@ -98,6 +105,9 @@ class Model:
 
     max_batch_size: ClassVar[int] = 1
     batch_timeout_ms: ClassVar[float] = 10.0
+    # Open Inference Protocol: declared tensors turn on /v2/models/{name}/infer (see ``infer``)
+    inputs: ClassVar[tuple[Tensor, ...]] = ()
+    outputs: ClassVar[tuple[Tensor, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -126,6 +136,11 @@ class Model:
     def predict(self, payload: Any) -> Any:
         """Answer one request. May be ``async def``."""
         raise NotImplementedError(f"{type(self).__name__}.predict is not implemented")
+
+    def infer(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Open Inference Protocol: declared ``inputs`` in (numpy arrays; BYTES as arrays of ``str``),
+        one array (or nested list) per declared output out."""
+        raise NotImplementedError(f"{type(self).__name__}.infer is not implemented")
 
     def on_freeze(self) -> None:
         """Called before the instance is frozen in idle mode."""

@@ -1,7 +1,8 @@
 """``torpor serve``: gateway, control API, reconciler and store in one process on one port.
 
-``/fn/{name}/...`` goes to the gateway (raw ASGI, no framework on the hot path); everything else to the
-FastAPI control app. SIGINT/SIGTERM stop every instance before the process exits; a lock file keeps a
+``/fn/{name}/...`` goes to the gateway (raw ASGI, no framework on the hot path), ``/v1/...`` to the
+OpenAI front door and ``/v2/...`` to the Open Inference Protocol's; everything else to the FastAPI
+control app. SIGINT/SIGTERM stop every instance before the process exits; a lock file keeps a
 second server off the same data directory.
 """
 
@@ -21,10 +22,13 @@ import yaml
 from torpor import __version__
 from torpor.api import console
 from torpor.api.app import create_api
+from torpor.api.metrics import LlmCollector
 from torpor.api.sampler import Sampler
 from torpor.backends import InstanceBackend
 from torpor.datadir import PRIVATE_UMASK, make_private
 from torpor.errors import DataDirLocked, SpecError, TorporError
+from torpor.gateway.oip import OipFrontDoor
+from torpor.gateway.openai import OpenAIFrontDoor
 from torpor.gateway.proxy import Gateway
 from torpor.httpserver import HttpServer
 from torpor.log_format import JsonFormatter
@@ -67,10 +71,18 @@ class RootApp:
         self.sampler = Sampler(platform, metrics.requests)
         self.api = create_api(platform)
         console.install(self.api, platform, self.sampler)
+        # protocol front doors: OpenAI's API under /v1/, the Open Inference Protocol under /v2
+        self.openai = OpenAIFrontDoor(self.gateway, platform.functions, platform.clock)
+        self.oip = OipFrontDoor(self.gateway, platform.functions)
+        metrics.registry.register(LlmCollector(self.openai.stats))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/fn/"):
             await self.gateway(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.openai(scope, receive, send)
+        elif scope["type"] == "http" and (scope["path"] == "/v2" or scope["path"].startswith("/v2/")):
+            await self.oip(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:

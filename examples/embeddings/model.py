@@ -43,8 +43,17 @@ def _bad_request(message: str) -> torpor.Response:
     return torpor.Response(status=400, body={"error": message})
 
 
-class Embeddings(torpor.Model):
-    """all-MiniLM-L6-v2 sentence embeddings, one batch per request."""
+class Embeddings(torpor.OpenAIModel):
+    """all-MiniLM-L6-v2 sentence embeddings, one batch per request.
+
+    Three doors: ``/invoke`` (``predict``), OpenAI's ``/v1/embeddings`` (``embed``, through
+    :class:`torpor.OpenAIModel`) and the Open Inference Protocol's ``/v2/models/embeddings/infer``
+    (``infer`` on the declared tensors).
+    """
+
+    max_embedding_inputs = MAX_TEXTS
+    inputs = (torpor.Tensor("text", "BYTES", (-1,)),)
+    outputs = (torpor.Tensor("embedding", "FP32", (-1, DIM)),)
 
     def load(self) -> None:
         """Read the model bytes and build the tokenizer: no device, no threads (see module doc)."""
@@ -91,6 +100,13 @@ class Embeddings(torpor.Model):
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         result: np.ndarray = pooled / np.clip(norms, 1e-12, None)
         return result
+
+    def infer(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Open Inference Protocol: ``text`` (BYTES, [n]) → ``embedding`` (FP32, [n, 384])."""
+        texts = [str(t) for t in inputs["text"].reshape(-1)]
+        if not texts:
+            return {"embedding": np.zeros((0, DIM), np.float32)}
+        return {"embedding": self.embed(texts)}
 
     def predict(self, payload: Any) -> Any:
         """Validate ``{"texts": [...]}`` and answer with one embedding per text."""

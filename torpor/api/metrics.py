@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 
 from torpor.clock import Clock
 from torpor.gateway import request_stats
+from torpor.gateway.llm_stats import TTFT_BUCKETS_S, LlmStats
 from torpor.gateway.request_stats import RequestStats
 from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.state import InstanceState
@@ -204,3 +205,25 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LlmCollector(Collector):
+    """Tokens generated and time to first token per function (counted by the OpenAI front door)."""
+
+    def __init__(self, stats: LlmStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        tokens = CounterMetricFamily("torpor_generated_tokens", "Tokens generated, by function.",
+                                     labels=["function"])
+        ttft = HistogramMetricFamily("torpor_time_to_first_token_seconds",
+                                     "From the request's arrival to its first generated token.",
+                                     labels=["function"])
+        for name, stats in sorted(self.stats.by_function.items()):
+            tokens.add_metric([name], stats.tokens)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*TTFT_BUCKETS_S, float("inf")), stats.ttft_buckets, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            ttft.add_metric([name], buckets, stats.ttft_sum_s)
+        yield from (tokens, ttft)

@@ -116,7 +116,7 @@ def deploy(
     content, so an unchanged folder is not sent again.
     """
     from torpor.cli.upload import upload_folder
-    from torpor.spec import load_spec_file, resolve_model_path
+    from torpor.spec import is_package_model, load_spec_file, resolve_model_path
 
     spec, raw, base_dir = load_spec_file(path)
     source = str((path / "torpor.yaml") if path.is_dir() else path)
@@ -124,7 +124,7 @@ def deploy(
     body: dict[str, Any] = {"spec": raw, "source": source,
                             "code": upload_folder(client, base_dir, out)}
     model_path = resolve_model_path(spec, base_dir)
-    if model_path is not None and not model_path.is_relative_to(base_dir):
+    if model_path is not None and not model_path.is_relative_to(base_dir) and not is_package_model(spec):
         body["model"] = upload_folder(client, model_path, out)  # model.path outside the folder
     fn = client.api("POST", "/api/v1/functions", json=body)
     if as_json:

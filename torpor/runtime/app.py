@@ -17,9 +17,12 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from torpor.runtime import oip
+from torpor.runtime import openai as openai_api
 from torpor.runtime.batching import Batcher, BatchFailed
 from torpor.runtime.codec import BadPayload, decode_body, encode_result, error_body
 from torpor.runtime.streaming import is_stream, stream
@@ -42,6 +45,8 @@ class ModelApp:
             if concurrency > 1 and not self._async
             else None
         )
+        # protocol front doors (OpenAI /v1, Open Inference Protocol /v2) a Model may answer
+        self._routes = openai_api.routes(model) if isinstance(model, openai_api.OpenAIModel) else {}
         self._initialized = False
         self._init_lock = asyncio.Lock()
         self._batcher: Batcher | None = None
@@ -66,12 +71,17 @@ class ModelApp:
             await self._hook(path.rsplit("/", 1)[1], send)
         elif path == "/healthz":
             await _reply(send, 200, _JSON_HEADERS, b'{"status":"ok"}')
+        elif method == "POST" and path in self._routes:
+            await self._invoke(scope, receive, send, self._routes[path])
+        elif (handler := oip.route(self.model, method, path)) is not None:
+            await self._invoke(scope, receive, send, handler)
         else:
             body = error_body(f"no route {method} {path} in the torpor runtime", "not_found",
                               self.function)
             await _reply(send, 404, _JSON_HEADERS, body)
 
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _invoke(self, scope: Scope, receive: Receive, send: Send,
+                      handler: Callable[[Any], Any] | None = None) -> None:
         body = await _read_body(receive)
         content_type = b""
         request_id = None
@@ -89,7 +99,9 @@ class ModelApp:
             return
         name = type(self.model).__name__
         try:
-            if self._batcher is not None:
+            if handler is not None:
+                result = await self._call(handler, payload)
+            elif self._batcher is not None:
                 result = await self._batcher.submit(payload)
             else:
                 result = await self._predict(payload)
@@ -125,6 +137,16 @@ class ModelApp:
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, context.run, self.model.predict, payload
         )
+
+    async def _call(self, handler: Callable[[Any], Any], payload: Any) -> Any:
+        """A protocol handler: inline at concurrency 1, else on the pool; awaited if it is async."""
+        if self._pool is None:
+            result = handler(payload)
+        else:
+            context = contextvars.copy_context()  # torpor.request_id() in the pool's thread too
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, context.run,
+                                                                      handler, payload)
+        return await result if inspect.isawaitable(result) else result
 
     async def _stream(self, result: Any, receive: Receive, send: Send,
                       request_id: str | None = None) -> None:
