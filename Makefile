@@ -26,9 +26,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 test-setup: $(TEST_STAMP)
 
 # what the tests need on top: linters, pytest, Ray for the Ray backend's tests (ray==2.60.0, no
-# torch, no CUDA), and torch
+# torch, no CUDA), nvidia-ml-py (the NVML inventory; it finds no GPU without a driver), and torch
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples,ray]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples,ray,gpu]'
 	# torch (CPU build, pinned) lets the CPU tests of torpor.weights and torpor.gpu_offload run;
 	# without it they skip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 \

@@ -25,24 +25,12 @@ CASES = {
 PHASES = ("fork_s", "spawn_s", "setup_s", "initialize_s")
 
 
-def wait_template(server: Server, name: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        template = server.http.get(f"/api/v1/functions/{name}").json()["template"]
-        if template and template["state"] == "ready":
-            return
-        if template and template["state"] == "failed":
-            raise RuntimeError(f"{name}: template failed; see {template['stderr_log']}")
-        time.sleep(0.02)
-    raise RuntimeError(f"{name}: template not ready in {timeout_s}s")
-
-
 def one_cold_start(server: Server, name: str, payload: Any, templates: bool) -> dict[str, float]:
     folder, _ = CASES[name]
     server.deploy(folder, runtime={"templates": templates},
                   scaling={"min_instances": 0, "max_instances": 1})
     if templates:
-        wait_template(server, name)
+        server.wait_template(name)
     started = time.perf_counter()
     response = server.http.post(f"/fn/{name}/invoke", json=payload)
     elapsed = time.perf_counter() - started

@@ -65,6 +65,18 @@ class Server:
             "spec": spec, "code": archive.digest, "source": str(folder / "torpor.yaml")})
         response.raise_for_status()
 
+    def wait_template(self, name: str, timeout_s: float = 60) -> None:
+        """Until ``name``'s template is ready (a cold start then only forks); fail if it failed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            template = self.http.get(f"/api/v1/functions/{name}").json()["template"]
+            if template and template["state"] == "ready":
+                return
+            if template and template["state"] == "failed":
+                raise RuntimeError(f"{name}: template failed; see {template['stderr_log']}")
+            time.sleep(0.02)
+        raise RuntimeError(f"{name}: template not ready in {timeout_s}s")
+
     def delete(self, name: str) -> None:
         self.http.delete(f"/api/v1/functions/{name}").raise_for_status()
 

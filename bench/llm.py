@@ -66,18 +66,6 @@ def stream_once(http: httpx.Client, model: str = "chat", expect: str | None = No
     return {"ttft_s": first - started, "tokens_per_s": rate, "start": start}
 
 
-def wait_template(server: Server, name: str = "chat", timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        template = server.http.get(f"/api/v1/functions/{name}").json()["template"]
-        if template and template["state"] == "ready":
-            return
-        if template and template["state"] == "failed":
-            raise RuntimeError(f"{name}: template failed; see {template['stderr_log']}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{name}: template not ready")
-
-
 def instances(server: Server, name: str = "chat", all: bool = False) -> list[dict[str, Any]]:
     rows = server.http.get("/api/v1/instances", params={"function": name, "all": all}).json()
     return list(rows)
@@ -104,7 +92,7 @@ def rounds(server: Server, runs: int) -> dict[str, list[dict[str, Any]]]:
                                                    "idle_mode": True, "idle_after_s": 0.3,
                                                    "tick_s": 0.5})
     for name in ("chat-warm", "chat-idle"):
-        wait_template(server, name)
+        server.wait_template(name, timeout_s=300)
     address = wait_state(server, "chat-warm", "ready")["address"].removeprefix("unix:")
     direct = httpx.Client(transport=httpx.HTTPTransport(uds=address), base_url="http://instance",
                           timeout=120)
@@ -117,7 +105,7 @@ def rounds(server: Server, runs: int) -> dict[str, list[dict[str, Any]]]:
             samples = {"warm, through torpor": stream_once(server.http, "chat-warm"),
                        "warm, straight to instance": stream_once(direct, "chat-warm")}
             server.deploy(CHAT, name="chat-cold", scaling={"min_instances": 0, "max_instances": 1})
-            wait_template(server, "chat-cold")
+            server.wait_template("chat-cold", timeout_s=300)
             samples["cold, through torpor"] = stream_once(server.http, "chat-cold", expect="cold")
             breakdown = instances(server, "chat-cold")[0]["cold_start"]
             samples["cold, through torpor"]["start_to_ready_s"] = breakdown["total_s"]
@@ -140,7 +128,7 @@ def gateway_ttft(server: Server, runs: int) -> list[float]:
     """What the gateway adds to TTFT, without the model's noise: a model that yields at once
     (bench/functions/tokens), streamed alternately through torpor and straight to its instance."""
     server.deploy(ROOT / "bench" / "functions" / "tokens")
-    wait_template(server, "tokens")
+    server.wait_template("tokens", timeout_s=300)
     address = wait_state(server, "tokens", "ready")["address"].removeprefix("unix:")
     added = []
     with httpx.Client(transport=httpx.HTTPTransport(uds=address), base_url="http://instance",
@@ -159,7 +147,7 @@ def load_test(server: Server, seconds: int) -> dict[str, Any]:
     if hey is None:
         return {"skipped": "hey is not installed (make bench-setup)"}
     server.deploy(CHAT, scaling={"min_instances": 0, "max_instances": 4, "target_utilization": 1.0})
-    wait_template(server)
+    server.wait_template("chat", timeout_s=300)
     body = json.dumps({"model": "chat", "max_tokens": 10, "messages": [
         {"role": "user", "content": "What is the capital of France?"}]})
     timeline: list[tuple[float, int, int]] = []

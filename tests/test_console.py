@@ -149,7 +149,7 @@ class TestFunctionPage:
                                                                tmp_path: Path) -> None:
         """Instances with placement and cold-start breakdown, the ledger as a timeline, the sampled
         series, the autoscaler's numbers and reason, and recent events."""
-        alpha = deploy(setup, "alpha", tmp_path, resources={"gpus": 1, "gpu_memory_mb": 4096})
+        alpha = deploy(setup, "alpha", tmp_path, resources={"gpu_memory_mb": 4096})
         make_instance(setup, alpha, "a", NOON - 100, NOON - 99.5, frozen_at=NOON - 50)
         setup.platform.store.add_event("alpha", NOON - 99.5, "started", "instance alpha-1-a ready")
         setup.sampler.sample(NOON)
@@ -162,7 +162,7 @@ class TestFunctionPage:
         assert data["window_s"] == 3600
         [instance] = data["instances"]
         assert instance["state"] == "frozen"
-        assert instance["placement"] == {"device": "gpu", "gpus": 1, "gpu_memory_mb": 4096,
+        assert instance["placement"] == {"device": "gpu", "gpus": 0, "gpu_memory_mb": 4096,
                                          "cpus": 1.0, "memory_mb": 1024}
         assert instance["pool"] == "local" and instance["node"]
         assert instance["cold_start"]["total_s"] == 0.5

@@ -15,12 +15,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from torpor.backends import CodeRef
+from torpor.backends.local.nvml import FakeGpuSource
 from torpor.clock import FakeClock
 from torpor.lifecycle.instance import Instance
 from torpor.lifecycle.state import InstanceFacts
 from torpor.metering.ledger import ledger_row
 from torpor.metering.prices import PriceTable
 from torpor.metering.usage import UsageMeter
+from torpor.placement.gpus import Placement
 from torpor.platform import Platform
 from torpor.spec import parse_spec
 
@@ -33,14 +35,20 @@ T0 = 1_800_000_000.0
 def platform(tmp_path: Path) -> Iterator[Platform]:
     """A GPU function with a ready instance that cold-started, thawed, and served traffic."""
     (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "config.yaml").write_text("gpus:\n  - {name: T4, memory_mb: 16384}\n")
     clock = FakeClock(T0)
-    platform = Platform(tmp_path / "data", clock=clock)
+    gpus = FakeGpuSource()
+    gpus.set(0, 40.0, 5000)
+    gpus.set_instance("sd-1-a", 40.0, 3000)
+    platform = Platform(tmp_path / "data", clock=clock, gpu_source=gpus)
     spec = parse_spec({"name": "sd", "runtime": {"command": ["true"]},
-                       "resources": {"gpus": 1, "gpu_memory_mb": 4096}}, source="t", base_dir=tmp_path)
+                       "resources": {"gpu_memory_mb": 4096}}, source="t", base_dir=tmp_path)
     fn = platform.reconciler.apply(spec, 1, CodeRef("0" * 64, tmp_path), "t", T0, T0)
     instance = Instance(id="sd-1-a", function="sd", revision=1,
-                        facts=InstanceFacts(started_at=T0, listening_at=T0 + 0.2, ready_at=T0 + 0.3))
+                        facts=InstanceFacts(started_at=T0, listening_at=T0 + 0.2, ready_at=T0 + 0.3),
+                        placement=Placement("local", (0,), 4096))
     fn.instances[instance.id] = instance
+    platform.reconciler.placements[instance.id] = Placement("local", (0,), 4096)
     platform.metrics.usage.transition(ledger_row(instance.ledger_record(spec)), "ready", T0)
     platform.metrics.observe_cold_start(instance)
     platform.metrics.observe_thaw(instance, 0.004)

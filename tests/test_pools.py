@@ -20,6 +20,7 @@ from torpor.placement.pools import (
     parse_pools,
     placement_attempts,
     pool_of,
+    pools_by_priority,
     scale_in_order,
 )
 
@@ -74,6 +75,17 @@ class TestRestriction:
         with pytest.raises(PoolConfigError) as err:
             check_restriction(["onprem", "edge"], POOLS)
         assert str(err.value) == "placement.pools[1]: unknown pool 'edge'; pools: cloud, onprem"
+
+
+class TestPoolsByPriority:
+    def test_all_pools_best_first(self) -> None:
+        """Without a restriction every pool is tried, highest priority first."""
+        assert pools_by_priority({"cloud": 1, "onprem": 10, "spot": 0}) == ("onprem", "cloud", "spot")
+
+    def test_restriction_keeps_the_priority_order(self) -> None:
+        """placement.pools narrows the choice; the priorities still order it."""
+        assert pools_by_priority({"cloud": 1, "onprem": 10, "spot": 0},
+                                 ["spot", "onprem"]) == ("onprem", "spot")
 
 
 class TestPoolOf:

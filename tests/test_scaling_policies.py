@@ -462,7 +462,7 @@ class TestRejected:
             (
                 _policy(metricType="CPUUtilization"),
                 "targetTrackingPolicies.0.metricType: unknown metric 'CPUUtilization'; valid:"
-                " ProvisionedConcurrencyUtilization, Concurrency",
+                " ProvisionedConcurrencyUtilization, Concurrency, GPUMemUtilization, GPUUtilization",
             ),
             (
                 _policy(metricTarget=30),
@@ -540,8 +540,8 @@ class TestRejected:
     def test_torpor_shape_names_its_own_fields(self) -> None:
         data = {"target_tracking": [make_policy(metric="gpu", min_capacity=4, max_capacity=1)]}
         assert errors_of(data) == [
-            "target_tracking.0.metric: Input should be 'provisioned_concurrency_utilization'"
-            " or 'concurrency'",
+            "target_tracking.0.metric: Input should be 'provisioned_concurrency_utilization',"
+            " 'concurrency', 'gpu_utilization' or 'gpu_memory_utilization'",
             "target_tracking.0.max_capacity: must be at least the minimum capacity (4), got 1",
         ]
 

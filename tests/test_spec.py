@@ -198,9 +198,9 @@ class TestKnativeKnobs:
         assert (scaling.metric, scaling.target_rps) == ("rps", 50)
 
     def test_unknown_metric(self, tmp_path: Path) -> None:
-        """Only concurrency and rps exist."""
+        """Only concurrency, rps and gpu_utilization exist."""
         errors = spec_errors(make_spec(tmp_path, scaling={"metric": "cpu"}))
-        assert errors == ["scaling.metric: Input should be 'concurrency' or 'rps'"]
+        assert errors == ["scaling.metric: Input should be 'concurrency', 'rps' or 'gpu_utilization'"]
 
     @pytest.mark.parametrize("tbc", [-2, -0.5])
     def test_burst_capacity_negative(self, tmp_path: Path, tbc: float) -> None:
@@ -264,8 +264,28 @@ class TestFieldRanges:
     @pytest.mark.parametrize("gpu_memory_mb", [0, 1024])
     def test_gpu_memory_zero_or_one_slice_accepted(self, tmp_path: Path, gpu_memory_mb: int) -> None:
         """0 (no GPU) and exactly 1024 are both valid."""
-        folder = make_spec(tmp_path, resources={"gpus": 1, "gpu_memory_mb": gpu_memory_mb})
+        folder = make_spec(tmp_path, resources={"gpu_memory_mb": gpu_memory_mb})
         assert load(folder).resources.gpu_memory_mb == gpu_memory_mb
+
+    def test_whole_gpus_and_slice_both_set(self, tmp_path: Path) -> None:
+        """Whole GPUs and a memory slice exclude each other."""
+        folder = make_spec(tmp_path, resources={"gpus": 1, "gpu_memory_mb": 4096})
+        assert spec_errors(folder) == [
+            "resources: set resources.gpus (whole GPUs) or resources.gpu_memory_mb (a slice of one "
+            "GPU), not both"
+        ]
+
+    @pytest.mark.parametrize(("field", "value", "message"), [
+        ("gpu_memory_mb", -1024, "Input should be greater than or equal to 0"),
+        ("gpu_memory_mb", 2048.5, "Input should be a valid integer"),
+        ("gpus", -1, "Input should be greater than or equal to 0"),
+        ("gpus", 1.5, "Input should be a valid integer"),
+        ("memory_mb", "256", "Input should be a valid integer"),
+    ])
+    def test_bad_sizes(self, tmp_path: Path, field: str, value: object, message: str) -> None:
+        """Negative or non-integer sizes are rejected naming the field."""
+        folder = make_spec(tmp_path, resources={field: value})
+        assert spec_errors(folder) == [f"resources.{field}: {message}"]
 
     def test_concurrency_zero(self, tmp_path: Path) -> None:
         """An instance must take at least one request at a time."""
@@ -457,3 +477,47 @@ class TestDefaults:
         assert scaling.tick_s == 2.0
         assert (scaling.metric, scaling.target_rps, scaling.activation_scale) == ("concurrency", None, 1)
         assert (scaling.target_burst_capacity, scaling.scale_to_zero_pod_retention_s) == (211.0, 0.0)
+
+
+class TestGpuScaling:
+    def test_gpu_utilization_defaults_to_50(self, tmp_path: Path) -> None:
+        """scaling.metric gpu_utilization without a target holds 50 % (seed 004)."""
+        folder = make_spec(tmp_path, resources={"gpu_memory_mb": 4096},
+                           scaling={"metric": "gpu_utilization"})
+        assert load(folder).scaling.gpu_target_pct == 50.0
+
+    def test_gpu_utilization_needs_a_gpu(self, tmp_path: Path) -> None:
+        """Scaling on GPU utilisation without a GPU is refused."""
+        folder = make_spec(tmp_path, scaling={"metric": "gpu_utilization", "target": 50})
+        assert spec_errors(folder) == [
+            "(top level): scaling.metric gpu_utilization needs a GPU: set resources.gpus or "
+            "resources.gpu_memory_mb"]
+
+    def test_target_without_gpu_metric(self, tmp_path: Path) -> None:
+        """scaling.target belongs to gpu_utilization; requests use target_concurrency."""
+        folder = make_spec(tmp_path, scaling={"target": 50})
+        assert spec_errors(folder) == [
+            "scaling: scaling.target is the gpu_utilization target in percent; set scaling.metric: "
+            "gpu_utilization (for requests use scaling.target_concurrency)"]
+
+    def test_target_over_100(self, tmp_path: Path) -> None:
+        """A utilisation target is a percentage."""
+        folder = make_spec(tmp_path, resources={"gpus": 1},
+                           scaling={"metric": "gpu_utilization", "target": 150})
+        assert spec_errors(folder) == ["scaling.target: Input should be less than or equal to 100"]
+
+    def test_rps_target_with_gpu_metric(self, tmp_path: Path) -> None:
+        """gpu_utilization averages requests in the system, so an RPS target is refused with it."""
+        folder = make_spec(tmp_path, resources={"gpus": 1},
+                           scaling={"metric": "gpu_utilization", "target_rps": 50})
+        assert spec_errors(folder) == ["scaling: scaling.target_rps applies only to scaling.metric: rps"]
+
+    def test_gpu_metric_keeps_the_kpa_on_concurrency(self, tmp_path: Path) -> None:
+        """The KPA beside the GPU rule averages requests in the system, at the concurrency target."""
+        from torpor.autoscaling.kpa import KpaConfig
+
+        spec = load(make_spec(tmp_path, resources={"gpus": 1}, scaling={
+            "metric": "gpu_utilization", "target": 60, "target_concurrency": 0.5}))
+        config = KpaConfig.from_spec(spec.scaling, spec.concurrency)
+        assert (config.metric, config.target_total, spec.scaling.gpu_target_pct) == (
+            "concurrency", 0.5, 60)

@@ -22,6 +22,7 @@ from torpor.backends import CodeRef, InstanceBackend
 from torpor.cache import CachedModel, ModelCache
 from torpor.clock import Clock, SystemClock
 from torpor.code import CodeError, CodeStore
+from torpor.config import load_server_config
 from torpor.errors import BadRequest, NotFound, SpecError
 from torpor.lifecycle.deploy_check import handler_problem
 from torpor.lifecycle.instance import FunctionRuntime
@@ -29,6 +30,7 @@ from torpor.lifecycle.reconciler import Reconciler
 from torpor.lifecycle.template_idle import load_template_settings
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
+from torpor.placement.gpus import GpuDevice, GpuRequest, GpuSource, held_mb, unplaceable
 from torpor.spec import (
     FunctionSpec,
     is_package_model,
@@ -48,21 +50,32 @@ MAX_BILL_AHEAD_S = 366 * 86_400.0  # a bill's window may not end later than this
 
 class Platform:
     def __init__(self, data_dir: Path, clock: Clock | None = None,
-                 config_path: Path | None = None, backend: InstanceBackend | None = None) -> None:
+                 config_path: Path | None = None, backend: InstanceBackend | None = None,
+                 gpu_source: GpuSource | None = None) -> None:
         self.data_dir = data_dir
         if config_path is None and (data_dir / CONFIG_FILENAME).is_file():
             config_path = data_dir / CONFIG_FILENAME
         self.prices = load_prices(config_path)  # a bad config stops the server before it starts
+        self.config = load_server_config(config_path)
         self.clock = clock or SystemClock()
         self.store = Store(data_dir / DB_FILENAME)
         self.cache = ModelCache.in_data_dir(data_dir)
         self.code = CodeStore.in_data_dir(data_dir)
         if backend is None:
             from torpor.backends.local import LocalBackend
+            from torpor.backends.local.nvml import NvmlSource, discover_gpus
 
-            backend = LocalBackend(data_dir, self.clock)
+            declared = self.config.gpus
+            gpus = discover_gpus() if declared is None else tuple(
+                GpuDevice(index, gpu.name, gpu.memory_mb) for index, gpu in enumerate(declared))
+            local = LocalBackend(data_dir, self.clock, gpus=gpus)
+            if gpu_source is None and declared is None and gpus:
+                gpu_source = NvmlSource(pids=local.instance_pids)
+            backend = local
         self.backend = backend
-        self.reconciler = Reconciler(self.store, self.clock, backend)
+        self.gpu_source = gpu_source  # per-device utilisation and memory for /metrics
+        self.reconciler = Reconciler(self.store, self.clock, backend,
+                                     gpu_quota=self.config.limits.gpus, gpu_source=gpu_source)
         self.reconciler.template_retire_idle_s = load_template_settings(config_path).retire_idle_s
         from torpor.api.metrics import Metrics  # the platform owns its metrics; they read it
 
@@ -70,6 +83,9 @@ class Platform:
         self.reconciler.on_ready = self.metrics.observe_cold_start
         self.reconciler.ledger.on_transition = self.metrics.usage.transition
         self.reconciler.idle.on_thawed = self.metrics.observe_thaw
+        from torpor.api.gpu_metrics import GpuCollector
+
+        self.metrics.registry.register(GpuCollector(self))
 
     @property
     def functions(self) -> dict[str, FunctionRuntime]:
@@ -147,6 +163,7 @@ class Platform:
         (it was outside the function's folder)."""
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
         self._check_pools(spec, source)
+        self._check_placeable(spec, source)
         problem = await handler_problem(spec, code.path)
         if problem is not None:
             raise SpecError(source, [problem])
@@ -168,6 +185,19 @@ class Platform:
                              f"revision {record.revision} deployed from {source} "
                              f"(code {code.digest[:12]})")
         return fn
+
+    def _check_placeable(self, spec: FunctionSpec, source: str) -> None:
+        """Refuse a spec no node could ever hold (a slice larger than every GPU, too many GPUs);
+        a backend that places GPUs itself (Ray) answers for its own cluster."""
+        if self.backend.places_gpus:
+            return
+        resources = spec.resources
+        problem = unplaceable(self.reconciler.gpu_nodes(),
+                              GpuRequest(gpus=resources.gpus, gpu_memory_mb=resources.gpu_memory_mb),
+                              self.config.limits.gpus)
+        if problem is not None:
+            field, message = problem
+            raise SpecError(source, [f"{field}: {message}"])
 
     async def deploy_folder(self, path: Path) -> FunctionRuntime:
         """Deploy a spec file or folder on this machine (``torpor serve --deploy``): its code is
@@ -261,8 +291,18 @@ class Platform:
         return [{"id": n.id, "address": n.address, "pool": n.pool, "alive": n.alive,
                  "resources_total": n.resources_total,
                  "resources_allocated": n.resources_allocated,
-                 "instances": sorted(by_node.get(n.id, []))}
+                 "instances": sorted(by_node.get(n.id, [])),
+                 "gpus": self._gpus_to_api(n.id, n.gpus)}
                 for n in self.backend.nodes()]
+
+    def _gpus_to_api(self, node: str, devices: tuple[GpuDevice, ...]) -> list[dict[str, Any]]:
+        """Each GPU of a node: index, name, total and allocated memory, the instances on it."""
+        placements = self.reconciler.placements
+        return [{"index": d.index, "name": d.name, "memory_mb": d.memory_mb,
+                 "allocated_mb": held_mb(node, d, placements),
+                 "instances": sorted(i for i, p in placements.items()
+                                     if p.node == node and d.index in p.gpus)}
+                for d in devices]
 
     def function(self, name: str) -> FunctionRuntime:
         fn = self.functions.get(name)
@@ -382,6 +422,7 @@ def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None)
         "scaling_policy": fn.spec.scaling.policy,
         "scaling_policy_why": ("scaling.policy in the spec" if "policy" in fn.spec.scaling.model_fields_set
                                else "the default"),
+        "waiting": fn.waiting,
         "source": fn.source,
         "code_digest": fn.code.digest,
         "created_at": fn.created_at,

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from torpor.errors import SpecError
+
 MAX_YAML_BYTES = 1024 * 1024
 MAX_ALIASES = 100
 MAX_EXPANDED_NODES = 100_000
@@ -87,3 +89,24 @@ def read_yaml(path: Path) -> Any:
     if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
         raise YamlTooLarge(f"larger than {MAX_YAML_BYTES} bytes; torpor refuses it")
     return load_yaml(path.read_text(encoding="utf-8"))
+
+
+def read_config_mapping(path: Path) -> dict[str, Any]:
+    """A server config file's top-level mapping ({} for an empty file); every problem is a
+    :class:`~torpor.errors.SpecError` naming the file."""
+    source = str(path)
+    try:
+        raw = read_yaml(path)  # bounded: size, aliases, depth
+    except FileNotFoundError:
+        raise SpecError(source, ["file not found"]) from None
+    except IsADirectoryError:
+        raise SpecError(source, ["is a directory, not a config file"]) from None
+    except UnicodeDecodeError:
+        raise SpecError(source, ["not UTF-8 text"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(source, [f"not valid YAML: {exc}"]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(source, ["(top level): must be a mapping of sections"])
+    return raw

@@ -20,6 +20,7 @@ SPEC_FILENAME = "torpor.yaml"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 MIN_GPU_SLICE_MB = 1024  # seed 001: the smallest vGPU memory slice is 1 GB
+DEFAULT_GPU_TARGET_PCT = 50.0  # seed 004: scale out above 50 % GPU utilisation
 PACKAGE_PREFIX = "package:"  # model.path "package:NAME/FILE": a file shipped in an installed package
 MAX_MEMORY_MB = 4 * 1024 * 1024  # 4 TiB: more than any one machine or GPU has
 MAX_INSTANCES = 1000  # per function
@@ -81,10 +82,13 @@ class OpenAISpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
+    """What one instance holds: ``cpus`` (a CPU quota) and ``memory_mb`` (a memory limit), both
+    enforced through cgroups; ``gpus`` whole devices or a ``gpu_memory_mb`` slice of one device."""
+
     cpus: float = Field(default=1.0, gt=0, le=512)
-    memory_mb: int = Field(default=1024, ge=16, le=MAX_MEMORY_MB)
-    gpus: int = Field(default=0, ge=0, le=64)
-    gpu_memory_mb: int = Field(default=0, ge=0, le=MAX_MEMORY_MB)
+    memory_mb: int = Field(default=1024, ge=16, le=MAX_MEMORY_MB, strict=True)
+    gpus: int = Field(default=0, ge=0, le=64, strict=True)
+    gpu_memory_mb: int = Field(default=0, ge=0, le=MAX_MEMORY_MB, strict=True)
 
     @field_validator("gpu_memory_mb")
     @classmethod
@@ -92,6 +96,13 @@ class ResourcesSpec(_Strict):
         if 0 < value < MIN_GPU_SLICE_MB:
             raise ValueError(f"must be 0 or at least {MIN_GPU_SLICE_MB} (the smallest GPU slice)")
         return value
+
+    @model_validator(mode="after")
+    def _whole_or_slice(self) -> ResourcesSpec:
+        if self.gpus and self.gpu_memory_mb:
+            raise ValueError("set resources.gpus (whole GPUs) or resources.gpu_memory_mb (a slice "
+                             "of one GPU), not both")
+        return self
 
 
 class ScalingSpec(_Strict):
@@ -106,7 +117,11 @@ class ScalingSpec(_Strict):
     scale_to_zero_grace_s: float = Field(default=30.0, ge=0, le=MAX_DURATION_S)
     # how long the last instance stays once the function is inactive
     scale_to_zero_pod_retention_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S)
-    metric: Literal["concurrency", "rps"] = "concurrency"
+    metric: Literal["concurrency", "rps", "gpu_utilization"] = "concurrency"
+    """What the KPA's windows average: requests in the system (``concurrency``) or arrivals per
+    second (``rps``); ``gpu_utilization`` averages requests in the system too and also scales out
+    while the function's GPUs are busier than ``target`` percent SM utilisation (seed 004 scales
+    out above 50 %)."""
     target_concurrency: float | None = Field(default=None, gt=0, le=10000)
     # metric rps; Knative's default is 200
     target_rps: float | None = Field(default=None, gt=0, le=MAX_TARGET_RPS)
@@ -128,6 +143,22 @@ class ScalingSpec(_Strict):
     keep_alive_s: float | None = Field(default=None, ge=1, le=600)  # keepalive: fixed, not measured
     idle_mode: bool = False  # freeze provisioned instances with no request in flight
     idle_after_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S)
+    target: float | None = Field(default=None, gt=0, le=100)  # percent, for gpu_utilization
+
+    @property
+    def gpu_target_pct(self) -> float | None:
+        """The SM utilisation to hold, in percent (50 unless set), when scaling on it."""
+        if self.metric != "gpu_utilization":
+            return None
+        return self.target if self.target is not None else DEFAULT_GPU_TARGET_PCT
+
+    @model_validator(mode="after")
+    def _metric_target(self) -> ScalingSpec:
+        if self.target is not None and self.metric != "gpu_utilization":
+            raise ValueError("scaling.target is the gpu_utilization target in percent; set "
+                             "scaling.metric: gpu_utilization (for requests use "
+                             "scaling.target_concurrency)")
+        return self
 
     @field_validator("target_burst_capacity")
     @classmethod
@@ -138,7 +169,7 @@ class ScalingSpec(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSpec:
-        if self.metric == "concurrency" and self.target_rps is not None:
+        if self.metric != "rps" and self.target_rps is not None:
             raise ValueError("scaling.target_rps applies only to scaling.metric: rps")
         if self.metric == "rps" and self.target_concurrency is not None:
             raise ValueError(
@@ -227,6 +258,14 @@ class FunctionSpec(_Strict):
                 f"starting and ending with a letter or digit (got {value!r})"
             )
         return value
+
+    @model_validator(mode="after")
+    def _gpu_metric_needs_a_gpu(self) -> FunctionSpec:
+        if self.scaling.metric == "gpu_utilization" and not (
+                self.resources.gpus or self.resources.gpu_memory_mb):
+            raise ValueError("scaling.metric gpu_utilization needs a GPU: set resources.gpus or "
+                             "resources.gpu_memory_mb")
+        return self
 
     @model_validator(mode="after")
     def _fixed_port_single_instance(self) -> FunctionSpec:

@@ -1,12 +1,14 @@
 """One function's scaling decision: the KPA's desired count and the provisioned target together.
 
-total = clamp(max(provisioned target, KPA desired), ·, max_instances) (seed 000: provisioned instances
-are kept whatever the traffic; on-demand ones come and go with the KPA). Pure: the caller passes the
-metrics window, ``now`` and the state, and keeps the returned state.
+total = clamp(max(provisioned target, KPA desired, GPU desired), ·, max_instances) (seed 000:
+provisioned instances are kept whatever the traffic; on-demand ones come and go with the KPA; with
+``scaling.metric: gpu_utilization`` busy GPUs add instances, seed 004). Pure: the caller passes the
+metrics window, the GPU load, ``now`` and the state, and keeps the returned state.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,6 +37,24 @@ class ScaleDecision:
 
 
 @dataclass(frozen=True)
+class GpuSignal:
+    """The function's GPUs now (mean SM utilisation over its devices) and the target to hold."""
+
+    utilization_pct: float
+    target_pct: float | None  # None: not scaling on it (provision policies may still track it)
+    memory_fraction: float = 0.0
+
+
+def gpu_desired(ready: int, utilization_pct: float, target_pct: float) -> tuple[int, str]:
+    """Instances that bring the GPUs to the target, as Kubernetes' HPA sizes on a utilisation:
+    ``ceil(ready × utilisation / target)``, e.g. 2 instances at 80 % for 50 % → ceil(3.2) = 4."""
+    exact = ready * utilization_pct / target_pct
+    wanted = math.ceil(exact - 1e-9 * max(1.0, exact))  # 3 × 50 / 50 must be 3, not 4
+    return wanted, (f"GPU utilisation {utilization_pct:g}% on {ready} instances, target "
+                    f"{target_pct:g}% → {wanted}")
+
+
+@dataclass(frozen=True)
 class AutoscalerState:
     kpa: KpaState = field(default_factory=KpaState)
     policy: PolicyState = field(default_factory=PolicyState)
@@ -53,9 +73,10 @@ def decide(
     reachable: bool = True,
     keep_alive: KeepAliveConfig | None = None,
     cold_start_s: float | None = None,
+    gpu: GpuSignal | None = None,
 ) -> tuple[ScaleDecision, AutoscalerState]:
     """``keep_alive`` set: the keep-alive policy decides the on-demand count instead of the KPA
-    (whose state is left as it was)."""
+    (whose state is left as it was). ``gpu`` with a target: busy GPUs may raise it (HPA's rule)."""
     if keep_alive is not None:
         chosen = keepalive.decide(keep_alive, window, now, cold_start_s)
         kpa_decision = kpa.KpaDecision(chosen.desired, False, chosen.reason, -1, True)
@@ -67,14 +88,19 @@ def decide(
         in_system=window.window_average(now, config.stable_window_s),
         current_provisioned=current_provisioned,
         concurrency=concurrency,
+        gpu_utilization=gpu.utilization_pct / 100 if gpu is not None else None,
+        gpu_memory_utilization=gpu.memory_fraction if gpu is not None else None,
     )
     target, policy_state = provisioned_target(provision, policy_inputs, now, state.policy)
     provisioned = min(target.target, config.max_instances)
-    desired = min(max(provisioned, kpa_decision.desired), config.max_instances)
-    if provisioned > kpa_decision.desired:
+    on_demand, reason = kpa_decision.desired, kpa_decision.reason
+    if gpu is not None and gpu.target_pct is not None and ready > 0:
+        by_gpu, gpu_reason = gpu_desired(ready, gpu.utilization_pct, gpu.target_pct)
+        if by_gpu > on_demand:
+            on_demand, reason = by_gpu, f"{gpu_reason}; KPA: {kpa_decision.reason}"
+    desired = min(max(provisioned, on_demand), config.max_instances)
+    if provisioned > on_demand:
         reason = f"provisioned {provisioned} ({target.reason}); KPA: {kpa_decision.reason}"
-    else:
-        reason = kpa_decision.reason
     decision = ScaleDecision(desired, provisioned, kpa_decision.panic, reason,
                              kpa_decision.activator_in_path)
     return decision, AutoscalerState(kpa_state, policy_state)

@@ -110,7 +110,9 @@ class KpaConfig:
             max_instances=scaling.max_instances,
             initial_instances=scaling.initial_instances,
             activation_scale=scaling.activation_scale,
-            metric=scaling.metric,
+            # gpu_utilization adds a GPU rule beside the KPA (autoscaler.py); the KPA itself
+            # still averages requests in the system
+            metric="rps" if scaling.metric == "rps" else "concurrency",
             target_rps=scaling.target_rps if scaling.target_rps is not None else 200.0,
             target_burst_capacity=scaling.target_burst_capacity,
             scale_to_zero_pod_retention_s=scaling.scale_to_zero_pod_retention_s,

@@ -24,7 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from torpor.errors import SpecError
 
-Metric = Literal["provisioned_concurrency_utilization", "concurrency"]
+Metric = Literal["provisioned_concurrency_utilization", "concurrency", "gpu_utilization",
+                 "gpu_memory_utilization"]
+_UTILISATIONS = frozenset({"provisioned_concurrency_utilization", "gpu_utilization",
+                           "gpu_memory_utilization"})  # targets are fractions: 0.6 means 60 %
 _SCHEDULE = re.compile(r"^\s*(at|cron)\((.*)\)\s*$")
 _CEIL_SLACK = 1e-9  # 4.2 / 0.3 is 14.000000000000002 in floats; it must size to 14, not 15
 
@@ -52,6 +55,8 @@ _FC_ACTION = {**_FC_WINDOW, "scheduleExpression": "schedule", "target": "target"
 _FC_METRICS = {
     "ProvisionedConcurrencyUtilization": "provisioned_concurrency_utilization",
     "Concurrency": "concurrency",
+    "GPUMemUtilization": "gpu_memory_utilization",  # FC's GPU metric: memory used / held
+    "GPUUtilization": "gpu_utilization",  # torpor's own (SM utilisation), spelt FC-style
 }
 
 
@@ -137,7 +142,7 @@ class TargetTrackingPolicy(_Windowed):
     @field_validator("target")
     @classmethod
     def _utilisation(cls, value: float, info: ValidationInfo) -> float:
-        if info.data.get("metric") == "provisioned_concurrency_utilization" and value > 1:
+        if info.data.get("metric") in _UTILISATIONS and value > 1:
             raise ValueError(f"is a utilisation, at most 1 (0.3 means 30 %), got {value:g}")
         return value
 
@@ -222,6 +227,8 @@ class PolicyInputs:
     in_system: float  # average requests in the system (running + queued)
     current_provisioned: int
     concurrency: int  # requests one instance serves at once (the function's ``concurrency``)
+    gpu_utilization: float | None = None  # mean SM utilisation of its GPUs, 0..1 (None: unknown)
+    gpu_memory_utilization: float | None = None  # mean memory used / device memory, 0..1
 
     def __post_init__(self) -> None:
         if self.in_system < 0 or self.concurrency < 1 or self.current_provisioned < 0:
@@ -284,7 +291,27 @@ def _fire_scheduled(config: ProvisionConfig, now: float, state: PolicyState) -> 
     return PolicyState(checked, action.target, action.name, at)
 
 
+def _track_gpu(policy: TargetTrackingPolicy, inputs: PolicyInputs) -> tuple[int, str]:
+    """Size the provisioned pool on a GPU utilisation (HPA's rule):
+    ``ceil(provisioned × utilisation / target)``, e.g. 2 at 0.9 for 0.6 → 3."""
+    observed = (inputs.gpu_utilization if policy.metric == "gpu_utilization"
+                else inputs.gpu_memory_utilization)
+    current = inputs.current_provisioned
+    if observed is None or current == 0:  # nothing measured yet: hold the pool as it is
+        wanted = current
+        formula = f"no {policy.metric} sample yet, holding {current}"
+    else:
+        exact = current * observed / policy.target
+        wanted = max(0, math.ceil(exact - _CEIL_SLACK * max(1.0, exact)))
+        formula = f"{current} × {observed:g} {policy.metric} ÷ {policy.target:g}"
+    return wanted, formula
+
+
 def _track(policy: TargetTrackingPolicy, inputs: PolicyInputs) -> tuple[int, str]:
+    if policy.metric in ("gpu_utilization", "gpu_memory_utilization"):
+        wanted, formula = _track_gpu(policy, inputs)
+        target = min(max(wanted, policy.min_capacity), policy.max_capacity)
+        return target, _tracking_reason(policy, formula, wanted, target)
     if policy.metric == "provisioned_concurrency_utilization":
         # utilisation = in_system / (provisioned × concurrency); holding it at the target needs
         # provisioned = in_system / (concurrency × target), e.g. 4.2 / (1 × 0.3) = 14
@@ -296,12 +323,16 @@ def _track(policy: TargetTrackingPolicy, inputs: PolicyInputs) -> tuple[int, str
     exact = inputs.in_system / per_instance
     wanted = max(0, math.ceil(exact - _CEIL_SLACK * max(1.0, exact)))
     target = min(max(wanted, policy.min_capacity), policy.max_capacity)
+    return target, _tracking_reason(policy, formula, wanted, target)
+
+
+def _tracking_reason(policy: TargetTrackingPolicy, formula: str, wanted: int, target: int) -> str:
     reason = f"target tracking {policy.name!r}: {formula} → {wanted}"
     if target > wanted:
         reason += f", raised to min {policy.min_capacity}"
     elif target < wanted:
         reason += f", capped at max {policy.max_capacity}"
-    return target, reason
+    return reason
 
 
 def parse_provision_config(data: dict[str, Any], source: str) -> ProvisionConfig:

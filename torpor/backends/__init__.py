@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from torpor.address import Address
+from torpor.placement.gpus import GpuDevice, Placement
 from torpor.spec import FunctionSpec
 
 
@@ -67,11 +68,13 @@ class RevisionPlan:
 
 @dataclass(frozen=True)
 class InstancePlan:
-    """Start one instance of ``revision``; ``pools`` lists acceptable pools, best first (empty: any)."""
+    """Start one instance of ``revision``; ``pools`` lists acceptable pools, best first (empty: any).
+    ``placement``: the node and GPUs it was given (None: no GPU asked, the backend picks the node)."""
 
     instance_id: str
     revision: RevisionPlan
     pools: tuple[str, ...] = ()
+    placement: Placement | None = None
 
     @property
     def spec(self) -> FunctionSpec:
@@ -106,12 +109,18 @@ class NodeInfo:
     resources_total: dict[str, float]
     resources_allocated: dict[str, float]
     alive: bool = True
+    gpus: tuple[GpuDevice, ...] = ()  # from NVML or the server config's gpus:
 
 
 class InstanceBackend(Protocol):
     """Start, watch, freeze, thaw and stop instances wherever they run."""
 
     name: str
+    places_gpus: bool
+    """True: the backend's own scheduler picks each GPU instance's node and devices (Ray: a GPU
+    demand on its placement group), so torpor's GPU placement and its deploy-time check are skipped
+    and ``InstancePlan.placement`` is None. False: torpor places GPU instances on the devices
+    :meth:`nodes` reports (``NodeInfo.gpus``) and the backend honours ``InstancePlan.placement``."""
 
     @property
     def pool_priorities(self) -> dict[str, int]:

@@ -170,11 +170,21 @@ def get(name: str, server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> 
         out.print(f"  template {template['state']} (pid {template.get('pid') or '-'}{held})")
     if fn["last_error"]:
         err.print(f"[red]last error:[/] {fn['last_error']}")
+    if fn.get("waiting"):
+        out.print(f"[yellow]waiting:[/] {fn['waiting']}")
     _instance_table(fn["instance_list"])
     if fn["events"]:
         out.print("events:")
         for event in reversed(fn["events"][:15]):
             out.print(f"  {_when(event['at'])}  {event['kind']:<13} {event['message']}")
+
+
+def _gpus(placement: dict[str, Any] | None) -> str:
+    """``0:6144MB`` for a slice of gpu 0, ``0,1`` for whole GPUs, ``-`` for none."""
+    if not placement or not placement.get("gpus"):
+        return "-"
+    devices = ",".join(str(g) for g in placement["gpus"])
+    return f"{devices}:{placement['gpu_memory_mb']}MB" if len(placement["gpus"]) == 1 else devices
 
 
 def _ms(value: Any) -> str:
@@ -184,12 +194,12 @@ def _ms(value: Any) -> str:
 def _instance_table(instances: list[dict[str, Any]]) -> None:
     """Instances with their cold start in ms: fork or spawn (start → listening, setup included),
     setup, initialize (/initialize: warmup), first response, total (start → ready)."""
-    table = Table("ID", "FUNCTION", "REV", "STATE", "NODE", "POOL", "IN FLIGHT", "STARTED", "MODE",
-                  "FORK/SPAWN MS", "SETUP MS", "INIT MS", "1ST RESP MS", "COLD START MS")
+    table = Table("ID", "FUNCTION", "REV", "STATE", "NODE", "POOL", "GPUS", "IN FLIGHT", "STARTED",
+                  "MODE", "FORK/SPAWN MS", "SETUP MS", "INIT MS", "1ST RESP MS", "COLD START MS")
     for i in instances:
         cold = i.get("cold_start") or {}
         table.add_row(i["id"], i["function"], str(i["revision"]), i["state"], i.get("node") or "-",
-                      i.get("pool") or "-",
+                      i.get("pool") or "-", _gpus(i.get("placement")),
                       str(i.get("in_flight", 0)), _when(i["started_at"]), cold.get("mode", "-"),
                       _ms(cold.get("fork_s", cold.get("spawn_s"))), _ms(cold.get("setup_s")),
                       _ms(cold.get("initialize_s")), _ms(cold.get("first_response_s")),
@@ -362,6 +372,13 @@ def nodes(server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> None:
                       _resources(node["resources_total"]), _resources(node["resources_allocated"]),
                       ", ".join(node["instances"]) or "-")
     out.print(table)
+    gpus = [(node["id"], gpu) for node in rows for gpu in node.get("gpus", [])]
+    if gpus:
+        gpu_table = Table("NODE", "GPU", "NAME", "MEMORY MB", "ALLOCATED MB", "INSTANCES")
+        for node_id, gpu in gpus:
+            gpu_table.add_row(node_id, str(gpu["index"]), gpu["name"], str(gpu["memory_mb"]),
+                              str(gpu["allocated_mb"]), ", ".join(gpu["instances"]) or "-")
+        out.print(gpu_table)
 
 
 def _resources(values: dict[str, float]) -> str:

@@ -40,6 +40,8 @@ from torpor.gateway.upstream import (
 from torpor.types import Receive, Scope, Send
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+EXIT_REASON_WAIT_S = 0.5  # a broken connection waits at most this for the instance's exit reason
+EXIT_REASON_POLL_S = 0.01
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"host",
      b"proxy-authorization", b"proxy-authenticate", b"content-length", b"expect"}
@@ -209,7 +211,8 @@ class Gateway:
                                      self._instance_headers(endpoint, arrived_at))
                 return
             except UpstreamError as exc:
-                await _upstream_failed(send, route.name, endpoint, exc, request_id)
+                reason = await self._exit_reason(endpoint)
+                await _upstream_failed(send, route.name, endpoint, reason or exc, request_id)
                 return
             await self._respond(response, endpoint, receive, send, request_id, arrived_at)
         finally:
@@ -217,6 +220,15 @@ class Gateway:
                 lease.release()
             else:
                 release_later.add_done_callback(lambda _: lease.release())
+
+    async def _exit_reason(self, endpoint: Endpoint) -> str | None:
+        """Why the instance died, when it did (e.g. ``out of memory (memory_mb 256)``): the
+        connection breaks a moment before the lifecycle hears of the exit, so wait a little for it
+        (at most ``EXIT_REASON_WAIT_S``, only on this failure path)."""
+        deadline = self.clock.now() + EXIT_REASON_WAIT_S
+        while endpoint.open and self.clock.now() < deadline:
+            await self.clock.sleep(EXIT_REASON_POLL_S)
+        return endpoint.idle.failure if endpoint.idle is not None else None
 
     def _instance_headers(self, endpoint: Endpoint, arrived_at: float) -> list[tuple[bytes, bytes]]:
         if endpoint.ready_at > arrived_at:
@@ -276,9 +288,12 @@ async def _abort_on_disconnect(receive: Receive, response: UpstreamResponse) -> 
 
 
 async def _upstream_failed(
-    send: Send, name: str, endpoint: Endpoint, exc: Exception | None, request_id: str
+    send: Send, name: str, endpoint: Endpoint, exc: Exception | str | None, request_id: str
 ) -> None:
-    detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    if isinstance(exc, str):
+        detail = f": {exc}"  # the reason the instance ended
+    else:
+        detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
     message = f"instance {endpoint.instance_id} of function {name!r} failed mid-request{detail}"
     await _gateway_error(send, UpstreamFailed(message), name, request_id,
                          [(b"x-torpor-instance", endpoint.instance_id.encode())])

@@ -45,6 +45,7 @@ class IdleFacts(Protocol):
 
     freeze_requested_at: float | None  # routing stopped for a freeze; cleared when thawed
     thaw_requested_at: float | None  # a thaw is under way
+    failure: str | None  # why the instance ended, once known (e.g. out of memory)
 
 
 class Endpoint:

@@ -13,6 +13,7 @@ from torpor.backends import CodeRef, RevisionPlan, StartedInstance
 from torpor.gateway.route import Endpoint, FunctionRoute
 from torpor.lifecycle.state import LIVE_STATES, InstanceFacts, InstanceState, derive_state
 from torpor.metering.billing import InstanceInfo
+from torpor.placement.gpus import Placement
 from torpor.spec import FunctionSpec
 
 
@@ -24,6 +25,7 @@ class Instance:
     facts: InstanceFacts
     provisioned: bool = False
     started: StartedInstance | None = None  # what the backend said once it listened
+    placement: Placement | None = None  # its GPUs (None: it asked for none)
     endpoint: Endpoint | None = None
     timings: dict[str, float] = field(default_factory=dict)  # reported by the runtime
 
@@ -57,6 +59,12 @@ class Instance:
             return "freezing"
         return None
 
+    def placement_to_api(self) -> dict[str, Any]:
+        """``{node, gpus: [indices], gpu_memory_mb}``: where it runs and what GPU memory it holds."""
+        if self.placement is not None:
+            return self.placement.to_api()
+        return {"node": self.node, "gpus": [], "gpu_memory_mb": 0}
+
     def cold_start(self) -> dict[str, float | str | None]:
         """Where the cold start went, in seconds.
 
@@ -87,7 +95,8 @@ class Instance:
         return InstanceInfo(
             instance_id=self.id, function=self.function, revision=str(self.revision),
             pool=self.pool or "local", device="gpu" if on_gpu else "cpu",
-            gpu_memory_mb=resources.gpu_memory_mb, cpus=resources.cpus,
+            gpu_memory_mb=self.placement.gpu_memory_mb if self.placement else resources.gpu_memory_mb,
+            cpus=resources.cpus,
             memory_mb=resources.memory_mb, node=self.node or "local",
         )
 
@@ -121,6 +130,7 @@ class Instance:
             "provisioned": self.provisioned,
             "idle": self.idle_transition(),
             "cold_start": self.cold_start(),
+            "placement": self.placement_to_api(),
             "stdout_log": detail.get("stdout_log"),
             "stderr_log": detail.get("stderr_log"),
         }
@@ -148,6 +158,7 @@ class FunctionRuntime:
     backoff_until: float = 0.0
     last_error: str | None = None
     cold_start_s: float | None = None  # running mean of this function's cold starts
+    waiting: str | None = None  # why a wanted instance is not started (e.g. the GPUs are full)
 
     @property
     def name(self) -> str:

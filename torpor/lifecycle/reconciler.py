@@ -40,6 +40,8 @@ from torpor.lifecycle.instance import FunctionRuntime, Instance
 from torpor.lifecycle.state import InstanceFacts, InstanceState
 from torpor.lifecycle.template_idle import DEFAULT_RETIRE_IDLE_S, should_retire
 from torpor.metering.ledger import Ledger
+from torpor.placement import gpus as gpu_placement
+from torpor.placement.pools import pools_by_priority
 from torpor.spec import FunctionSpec
 from torpor.store import Store
 
@@ -49,10 +51,15 @@ _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FRO
 
 
 class Reconciler:
-    def __init__(self, store: Store, clock: Clock, backend: InstanceBackend) -> None:
+    def __init__(self, store: Store, clock: Clock, backend: InstanceBackend, *,
+                 gpu_quota: float | None = None,
+                 gpu_source: gpu_placement.GpuSource | None = None) -> None:
         self.store = store
         self.clock = clock
         self.backend = backend
+        self.gpu_quota = gpu_quota  # limits.gpus: GPUs all instances may hold at once
+        self.placements: dict[str, gpu_placement.Placement] = {}  # instance id → its GPUs
+        self.gpu_source = gpu_source  # this machine's GPUs sampled (scaling on GPU utilisation)
         self.functions: dict[str, FunctionRuntime] = {}
         self.routes: dict[str, FunctionRoute] = {}  # what the gateway reads
         self._wake = asyncio.Event()
@@ -199,8 +206,13 @@ class Reconciler:
             instance.provisioned = instance.id in plan.provisioned
             if instance.endpoint is not None:
                 instance.endpoint.provisioned = instance.provisioned
+        waiting = None
         for start in plan.start:
-            self._spawn(fn, start)
+            placement, waiting = self.place_next(fn, start.pools)
+            if waiting is not None:
+                break  # the GPUs are full: the next exit pokes us and we try again
+            self._spawn(fn, start, placement)
+        self._set_waiting(fn, waiting)
         for drain in plan.drain:
             victim = fn.instances.get(drain.instance_id)
             if victim is not None:
@@ -216,7 +228,7 @@ class Reconciler:
             fn.kpa_config, fn.provision, fn.recorder,
             concurrency=fn.spec.concurrency, ready=ready,
             current_provisioned=sum(1 for i in live if i.provisioned),
-            now=now, state=fn.autoscaler,
+            now=now, state=fn.autoscaler, gpu=self._gpu_signal(fn, live),
             keep_alive=KeepAliveConfig.from_spec(fn.spec.scaling, fn.spec.concurrency),
             cold_start_s=fn.cold_start_s,
         )
@@ -227,19 +239,84 @@ class Reconciler:
         fn.decision = decision
         fn.route.activator_in_path = decision.activator_in_path
 
+    def _gpu_signal(self, fn: FunctionRuntime, live: list[Instance]) -> autoscaler.GpuSignal | None:
+        """The load on the GPUs of the function's serving instances on this machine (None when
+        there is no GPU source, or no serving instance has a sampled GPU)."""
+        if self.gpu_source is None or fn.spec.resources.gpus + fn.spec.resources.gpu_memory_mb == 0:
+            return None
+        nodes = self.gpu_nodes()
+        local = nodes[0] if nodes else None
+        if local is None:
+            return None
+        placements = [i.placement for i in live if i.state in _SERVING and i.placement is not None
+                      and i.placement.node == local.node]
+        samples = {s.index: s for s in self.gpu_source.sample()}
+        load = gpu_placement.function_load(placements, samples,
+                                           {d.index: d.memory_mb for d in local.devices})
+        if load is None:
+            return None
+        return autoscaler.GpuSignal(load.utilization_pct, fn.spec.scaling.gpu_target_pct,
+                                    load.memory_fraction)
+
+    # placing -----------------------------------------------------------------------------------
+
+    def gpu_nodes(self, pools: tuple[str, ...] = ()) -> tuple[gpu_placement.NodeGpus, ...]:
+        """The GPUs of every live node (of ``pools`` only, when given), as the backend knows them."""
+        return tuple(gpu_placement.NodeGpus(n.id, n.gpus) for n in self.backend.nodes()
+                     if n.alive and (not pools or n.pool in pools))
+
+    def place_next(self, fn: FunctionRuntime,
+               pools: tuple[str, ...] = ()) -> tuple[gpu_placement.Placement | None, str | None]:
+        """Where the next instance goes: ``(placement, None)``, or ``(None, why it waits)``.
+
+        Each pool's nodes are tried in turn, best first, so a GPU in the on-prem pool is taken
+        before one in the cloud pool (seed 004): ``pools`` when the start names them, else the
+        function's ``placement.pools``, else every pool, by the backend's pool priorities.
+        """
+        resources = fn.spec.resources
+        request = gpu_placement.GpuRequest(gpus=resources.gpus, gpu_memory_mb=resources.gpu_memory_mb)
+        if request.empty or self.backend.places_gpus:
+            return None, None  # no GPU asked, or the backend's scheduler places GPUs itself
+        if not pools:
+            pools = pools_by_priority(self.backend.pool_priorities, fn.spec.placement.pools)
+        groups: list[tuple[str, ...]] = [(pool,) for pool in pools] or [()]
+        reasons: list[tuple[bool, str]] = []
+        for group in groups:
+            nodes = self.gpu_nodes(group)
+            decision = gpu_placement.place(nodes, self.placements, request, self.gpu_quota)
+            if isinstance(decision, gpu_placement.Placed):
+                return decision.placement, None
+            reasons.append((any(n.devices for n in nodes), decision.reason))
+        # the best pool that has GPUs at all says most about why
+        return None, next((r for has_gpus, r in reasons if has_gpus), reasons[0][1])
+
+    def _set_waiting(self, fn: FunctionRuntime, reason: str | None) -> None:
+        """Say once (an event) why a wanted instance is not started; ``torpor get`` shows it."""
+        if reason != fn.waiting and reason is not None:
+            self._event(fn.name, "waiting", reason)
+        fn.waiting = reason
+
+    def _unplace(self, instance: Instance) -> None:
+        """The instance's process is gone: its GPUs are free for the next one."""
+        if self.placements.pop(instance.id, None) is not None:
+            self.poke()
+
     # starting ----------------------------------------------------------------------------------
 
-    def _spawn(self, fn: FunctionRuntime, start: planner.Start) -> None:
+    def _spawn(self, fn: FunctionRuntime, start: planner.Start,
+               placement: gpu_placement.Placement | None = None) -> None:
         instance_id = f"{fn.name}-{fn.revision}-{secrets.token_hex(3)}"
         instance = Instance(
             id=instance_id, function=fn.name, revision=fn.revision,
             facts=InstanceFacts(started_at=self.clock.now()),
-            provisioned=start.provisioned,
+            provisioned=start.provisioned, placement=placement,
         )
+        if placement is not None:
+            self.placements[instance_id] = placement
         fn.instances[instance_id] = instance
         self.ledger.transition(instance.ledger_record(fn.spec), InstanceState.STARTING)
         fn.route.failure = None
-        plan = InstancePlan(instance_id, fn.revision_plan, pools=start.pools)
+        plan = InstancePlan(instance_id, fn.revision_plan, pools=start.pools, placement=placement)
         self._background(self._start(fn, instance, plan), f"start {instance_id}")
 
     async def _start(self, fn: FunctionRuntime, instance: Instance, plan: InstancePlan) -> None:
@@ -287,6 +364,8 @@ class Reconciler:
     async def _start_failed(self, fn: FunctionRuntime, instance: Instance, reason: str,
                             log_tail: str) -> None:
         exit_ = await self.backend.stop(instance.id, STOP_GRACE_S)
+        self._unplace(instance)
+        reason = exit_.reason or reason  # e.g. killed for passing memory_mb during warmup
         message = f"instance {instance.id} of function {fn.name!r} failed to start: {reason}"
         if log_tail:
             message += f"\n--- last lines of its stderr ---\n{log_tail}"
@@ -323,7 +402,9 @@ class Reconciler:
         try:
             exit_ = await self.backend.wait(instance.id)
         except BackendError:
+            self._unplace(instance)
             return  # already stopped and forgotten by the backend (a drain got there first)
+        self._unplace(instance)
         facts = instance.facts
         if facts.exited_at is None:
             facts.exited_at = self.clock.now()

@@ -29,11 +29,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torpor.errors import SpecError
-from torpor.safe_yaml import read_yaml
+from torpor.safe_yaml import read_config_mapping
 
 PRICES_SECTION = "prices"
 MB_PER_GB = 1024
@@ -92,19 +91,5 @@ def load_prices(path: Path | None) -> PriceTable:
     """
     if path is None:
         return PriceTable()
-    source = str(path)
-    try:
-        raw = read_yaml(path)
-    except FileNotFoundError:
-        raise SpecError(source, ["file not found"]) from None
-    except IsADirectoryError:
-        raise SpecError(source, ["is a directory, not a config file"]) from None
-    except UnicodeDecodeError:
-        raise SpecError(source, ["not UTF-8 text"]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError(source, [f"not valid YAML: {exc}"]) from None
-    if raw is None:
-        return PriceTable()
-    if not isinstance(raw, dict):
-        raise SpecError(source, ["(top level): must be a mapping of sections"])
-    return parse_prices(raw.get(PRICES_SECTION), source=source)
+    raw = read_config_mapping(path)
+    return parse_prices(raw.get(PRICES_SECTION), source=str(path))

@@ -1,1 +1,2 @@
-"""Pure placement decisions: pools (priorities, restrictions, scale-in order)."""
+"""Placement: pure decisions about where an instance goes — GPUs and memory slices with their quota
+(`gpus`), and priority pools with their restrictions and scale-in order (`pools`)."""

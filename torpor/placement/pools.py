@@ -132,6 +132,13 @@ def candidate_pools(pools: Sequence[Pool], allowed: Sequence[str] = ()) -> list[
     return sorted(chosen, key=lambda p: -p.priority)
 
 
+def pools_by_priority(priorities: Mapping[str, int], allowed: Sequence[str] = ()) -> tuple[str, ...]:
+    """The pools a start may use, by name, highest priority first (``allowed`` empty: all) — the
+    order in which the reconciler's GPU placement tries their nodes."""
+    chosen = [name for name in priorities if not allowed or name in allowed]
+    return tuple(sorted(chosen, key=lambda name: -priorities[name]))
+
+
 def placement_attempts(
     pools: Sequence[Pool],
     demand: Mapping[str, float],

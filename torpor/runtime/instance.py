@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 
+from torpor.runtime.gpu_slice import apply_memory_fraction
 from torpor.sdk import Model
 
 EXIT_IMPORT = 3
@@ -89,6 +90,9 @@ def watch_server() -> None:
 def setup_and_serve(model: Model, socket_path: str, concurrency: int, timings: dict[str, float]) -> None:
     started = time.perf_counter()
     try:
+        fraction = apply_memory_fraction()  # the GPU slice holds from setup()'s first allocation
+        if fraction is not None:
+            timings["gpu_memory_fraction"] = fraction
         model.setup()
     except Exception:
         print(f"torpor: {type(model).__name__}.setup() failed", file=sys.stderr)

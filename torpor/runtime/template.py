@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from torpor.runtime.cgroups import join_from_env
 from torpor.runtime.instance import import_and_load, parse_args, setup_and_serve, watch_server
 from torpor.sdk import Model
 
@@ -151,6 +152,7 @@ def _become_instance(model: Model, request: dict[str, Any], concurrency: int, lo
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ.update(request.get("env", {}))
+        join_from_env()  # before setup(): every page it touches is charged to its own limit
         _reseed()
         # No waiting to be re-parented (that happens only once the intermediate has unmapped its
         # copy of the template): the instance follows the server's life through a pidfd instead.

@@ -92,6 +92,7 @@ class _Instance:
     # idle mode's facts (``route.IdleFacts``), from which the endpoint derives frozen/thawing/accepting
     freeze_requested_at: float | None = None
     thaw_requested_at: float | None = None
+    failure: str | None = None  # why it ended (the gateway's 502 reads it); a simulated one never fails
     state: InstanceState = InstanceState.STARTING  # the ledger's open interval: state and start
     since: float = 0.0
     # requests sent past a full slot (gateway queue out of the path): (arrived, sent, service)

@@ -4,6 +4,10 @@
   machine allows it (Linux with pidfds; the server becomes a child subreaper), else spawned.
 - It listens on a Unix socket in ``run_dir``; a command function gets a loopback TCP port as ``PORT``.
 - Idle mode freezes it with the best freezer there is (``freezer.py``: cgroup v2, v1, or SIGSTOP).
+- Its ``memory_mb`` and ``cpus`` are enforced by a cgroup of its own (``limits.py``); a kill by the
+  kernel's OOM killer ends it with ``out of memory (memory_mb N)``.
+- It sees only the GPUs its placement gave it (``CUDA_VISIBLE_DEVICES``, ``TORPOR_GPU_MEMORY_MB``);
+  the node's GPUs come from the server config or NVML (``nvml.py``).
 - Its stdout and stderr go to ``DATA_DIR/logs/<function>/<instance>.{stdout,stderr}.log``.
 - A guard process (``guard.py``) stops everything the server leaves if the server is SIGKILLed.
 
@@ -38,12 +42,20 @@ from torpor.backends import (
 from torpor.backends.local import processes
 from torpor.backends.local.forked import enable_subreaper, forking_supported
 from torpor.backends.local.freezer import Freezer, make_freezer
-from torpor.backends.local.launch import free_port, launch_plan, listen_arg, wait_listening
+from torpor.backends.local.launch import (
+    free_port,
+    launch_plan,
+    listen_arg,
+    placement_env,
+    wait_listening,
+)
+from torpor.backends.local.limits import CGROUPS_ENV, Limits, make_limits
 from torpor.backends.local.memory import process_memory_bytes
 from torpor.backends.local.processes import InstanceProcess, tail
 from torpor.backends.local.templates import Templates
 from torpor.clock import Clock
 from torpor.datadir import remove_socket, remove_sockets
+from torpor.placement.gpus import GpuDevice
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,8 @@ _REMEMBERED_LOGS = 4096  # stderr paths kept for log_tail after an instance is g
 @dataclass
 class _Process:
     handle: InstanceProcess
+    memory_mb: int
+    gpu_memory_mb: int = 0  # what its placement holds
     frozen: bool = False
     attached: bool = False  # under the freezer's cgroup
 
@@ -66,17 +80,25 @@ def uses_template(plan: RevisionPlan) -> bool:
 
 class LocalBackend:
     name = "local"
+    places_gpus = False  # the reconciler places GPU instances on this machine's devices
 
     def __init__(self, data_dir: Path, clock: Clock, *, templates: bool | None = None,
-                 freezer: Freezer | None = None, listen_host: str | None = None) -> None:
-        """``listen_host``: instances listen on this IP and a free TCP port instead of a Unix
-        socket (the Ray backend's node agent: the gateway is on another machine)."""
+                 freezer: Freezer | None = None, gpus: tuple[GpuDevice, ...] = (),
+                 limits: Limits | None = None, listen_host: str | None = None) -> None:
+        """``gpus``: this node's devices (NVML or the server config); ``listen_host``: instances
+        listen on this IP and a free TCP port instead of a Unix socket (the Ray backend's node
+        agent: the gateway is on another machine)."""
         self.data_dir = data_dir
         self.listen_host = listen_host
         self.clock = clock
         self.run_dir = socket_dir(data_dir)
         remove_sockets(self.run_dir)  # a crashed server's or instance's: none is in use now
         self.freezer = freezer or make_freezer(data_dir)
+        self.gpus = gpus
+        if limits is None:
+            v2_base = self.freezer.base if self.freezer.name == "cgroup-v2" else None
+            limits = make_limits(cgroup_tag(data_dir), v2_base)
+        self.limits = limits
         if templates is None:
             templates = forking_supported() and enable_subreaper()
         self.templates = Templates(data_dir, self.run_dir, clock) if templates else None
@@ -96,6 +118,9 @@ class LocalBackend:
         args = [sys.executable, "-m", "torpor.backends.local.guard", "--server-pid", str(os.getpid())]
         if self.freezer.base is not None:
             args += ["--cgroup-base", str(self.freezer.base)]
+        for base in self.limits.bases:
+            if base != self.freezer.base:  # v2 shares the freezer's folder
+                args += ["--limits-base", str(base)]
         log_path = self.data_dir / "logs" / "guard.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
@@ -106,6 +131,7 @@ class LocalBackend:
         if self.templates is not None:
             await self.templates.shutdown()
         self.freezer.close()
+        self.limits.close()
         remove_sockets(self.run_dir)
 
     # revisions ---------------------------------------------------------------------------------
@@ -147,21 +173,35 @@ class LocalBackend:
         else:
             address = Address.unix(str(self.run_dir / f"{instance_id}.sock"))
         forked = self.templates is not None and uses_template(revision)
+        env = placement_env(plan.placement, self.gpus)
+        try:
+            cgroups = self.limits.prepare(instance_id, spec.resources.memory_mb, spec.resources.cpus)
+        except OSError as exc:
+            log.warning("instance %s runs without limits: %s", instance_id, exc)
+            cgroups = ()
         if forked:
             assert self.templates is not None
             template = self.templates.ensure(spec, revision.revision, revision.code.path,
                                              _model_path(revision))
-            handle: InstanceProcess = await self.templates.fork(
-                template, instance_id=instance_id, socket_path=listen_arg(address),
-                stdout=stdout, stderr=stderr, timeout_s=spec.initialize_timeout_s)
+            if cgroups:
+                env[CGROUPS_ENV] = ":".join(cgroups)
+            try:
+                handle: InstanceProcess = await self.templates.fork(
+                    template, instance_id=instance_id, socket_path=listen_arg(address),
+                    stdout=stdout, stderr=stderr, timeout_s=spec.initialize_timeout_s, env=env)
+            except BaseException:
+                self.limits.release(instance_id)
+                raise
         else:
             launch = launch_plan(spec, revision.revision, revision.code.path, instance_id,
-                                 address, (stdout, stderr), _model_path(revision))
+                                 address, (stdout, stderr), _model_path(revision), env, cgroups)
             try:
                 handle = await processes.spawn(launch)
             except OSError as exc:
+                self.limits.release(instance_id)
                 raise StartFailed(f"could not run {launch.argv[0]!r}: {exc}") from None
-        process = self._processes[instance_id] = _Process(handle)
+        held = plan.placement.gpu_memory_mb if plan.placement is not None else 0
+        process = self._processes[instance_id] = _Process(handle, spec.resources.memory_mb, held)
         if spec.scaling.idle_mode:
             try:  # before it can start children, so a freeze stops them too
                 self.freezer.attach(instance_id, handle.pid)
@@ -171,8 +211,8 @@ class LocalBackend:
         try:
             await wait_listening(handle, address, self.clock, spec.initialize_timeout_s)
         except StartFailed as exc:
-            await self.stop(instance_id, 0.0)
-            raise StartFailed(str(exc), log_tail=tail(stderr)) from None
+            exit_ = await self.stop(instance_id, 0.0)
+            raise StartFailed(exit_.reason or str(exc), log_tail=tail(stderr)) from None
         return StartedInstance(address=address, node=NODE, pool=POOL, forked=forked,
                                detail={"pid": handle.pid, "stdout_log": str(stdout),
                                        "stderr_log": str(stderr)})
@@ -195,8 +235,7 @@ class LocalBackend:
                 raise UnknownInstance(f"no local instance {instance_id!r}")
             return ended
         code = await process.handle.wait()
-        self._forget(instance_id, Exit(code))
-        return Exit(code)
+        return self._forget(instance_id, code)
 
     async def stop(self, instance_id: str, grace_s: float) -> Exit:
         process = self._processes.get(instance_id)
@@ -205,17 +244,25 @@ class LocalBackend:
         if process.frozen:  # a frozen process cannot act on SIGTERM: thaw it first
             await self.thaw(instance_id)
         code = await processes.stop(process.handle, grace_s)
-        self._forget(instance_id, Exit(code))
-        return Exit(code)
+        return self._forget(instance_id, code)
 
-    def _forget(self, instance_id: str, exit_: Exit) -> None:
+    def _forget(self, instance_id: str, code: int | None) -> Exit:
+        """Record how the instance ended (asking its cgroup whether the OOM killer ended it)."""
         remove_socket(str(self.run_dir / f"{instance_id}.sock"))  # a crashed one's too
         process = self._processes.pop(instance_id, None)
-        if process is not None and process.attached:
+        if process is None:
+            return self._ended.get(instance_id, Exit(code))
+        reason = None
+        if self.limits.oom_killed(instance_id):
+            reason = f"out of memory (memory_mb {process.memory_mb})"
+        exit_ = Exit(code, reason)
+        if process.attached:
             self.freezer.release(instance_id)
+        self.limits.release(instance_id)
         self._ended[instance_id] = exit_
         while len(self._ended) > _REMEMBERED_LOGS:
             self._ended.popitem(last=False)
+        return exit_
 
     async def freeze(self, instance_id: str) -> None:
         process = self._process(instance_id)
@@ -239,22 +286,37 @@ class LocalBackend:
 
     # facts -------------------------------------------------------------------------------------
 
+    def instance_pids(self) -> dict[int, str]:
+        """Each live instance's pid (its session's leader) → its id, for the NVML source."""
+        return {p.handle.pid: instance_id for instance_id, p in self._processes.items()}
+
     @property
     def pool_priorities(self) -> dict[str, int]:
         return {POOL: 0}
 
     def health(self) -> dict[str, Any]:
-        return {"backend": self.name, "freezer": self.freezer.name,
-                "templates": self.templates is not None}
+        return {"backend": self.name, "freezer": self.freezer.name, "limits": self.limits.name,
+                "templates": self.templates is not None, "gpus": len(self.gpus)}
 
     def nodes(self) -> list[NodeInfo]:
+        total = {"cpus": float(os.cpu_count() or 1), "gpus": float(len(self.gpus)),
+                 "gpu_memory_mb": float(sum(d.memory_mb for d in self.gpus))}
         return [NodeInfo(id=NODE, address=socket.gethostname(), pool=POOL,
-                         resources_total={"cpus": float(os.cpu_count() or 1)},
-                         resources_allocated={"instances": float(len(self._processes))})]
+                         resources_total=total,
+                         resources_allocated={
+                             "instances": float(len(self._processes)),
+                             "gpu_memory_mb": float(sum(p.gpu_memory_mb
+                                                        for p in self._processes.values()))},
+                         gpus=self.gpus)]
 
 
 def _model_path(plan: RevisionPlan) -> Path | None:
     return plan.model.path if plan.model is not None else None
+
+
+def cgroup_tag(data_dir: Path) -> str:
+    """This server's cgroups are named after its data dir (the freezer's too)."""
+    return "torpor-" + hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
 
 
 def socket_dir(data_dir: Path) -> Path:

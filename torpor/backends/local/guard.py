@@ -63,8 +63,10 @@ def _busy(base: Path) -> bool:
     return False
 
 
-def clean_up(server_pid: int, cgroup_base: Path | None) -> tuple[int, int]:
-    """Thaw, then SIGKILL (SIGCONT first, for SIGSTOPped ones) what is left.
+def clean_up(server_pid: int, cgroup_base: Path | None,
+             limit_bases: tuple[Path, ...] = ()) -> tuple[int, int]:
+    """Thaw, then SIGKILL (SIGCONT first, for SIGSTOPped ones) what is left; remove the freezer
+    cgroups and the instances' limit cgroups (``limit_bases``) once empty.
 
     Returns (cgroups thawed, processes killed). A thawed instance usually exits by itself: it
     watches the server too, and only had to be able to run.
@@ -77,11 +79,11 @@ def clean_up(server_pid: int, cgroup_base: Path | None) -> tuple[int, int]:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 break
-    if cgroup_base is not None:
-        deadline = time.monotonic() + EXIT_WAIT_S  # a cgroup can go only once it is empty
-        while _busy(cgroup_base) and time.monotonic() < deadline:
+    deadline = time.monotonic() + EXIT_WAIT_S  # a cgroup can go only once it is empty
+    for base in ((cgroup_base,) if cgroup_base is not None else ()) + limit_bases:
+        while _busy(base) and time.monotonic() < deadline:
             time.sleep(0.01)
-        remove_groups(cgroup_base)
+        remove_groups(base)
     return thawed, len(victims)
 
 
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m torpor.backends.local.guard")
     parser.add_argument("--server-pid", type=int, required=True)
     parser.add_argument("--cgroup-base", type=Path, default=None)
+    parser.add_argument("--limits-base", type=Path, action="append", default=[])
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the server is not for us
     try:
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         pidfd = None
     if pidfd is not None:
         select.select([pidfd], [], [])
-    thawed, killed = clean_up(args.server_pid, args.cgroup_base)
+    thawed, killed = clean_up(args.server_pid, args.cgroup_base, tuple(args.limits_base))
     if thawed or killed:
         print(f"torpor guard: server {args.server_pid} is gone; thawed {thawed} cgroup(s), "
               f"killed {killed} process(es) it left", file=sys.stderr)

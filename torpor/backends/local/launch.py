@@ -17,6 +17,7 @@ from torpor.address import Address
 from torpor.backends import StartFailed
 from torpor.backends.local.processes import InstanceProcess, LaunchPlan
 from torpor.clock import Clock
+from torpor.placement.gpus import GpuDevice, Placement
 from torpor.runtime.instance import TCP_PREFIX
 from torpor.spec import FunctionSpec
 
@@ -56,11 +57,33 @@ def function_env(spec: FunctionSpec, revision: int, model_path: Path | None = No
     return env
 
 
+def placement_env(placement: Placement | None, devices: tuple[GpuDevice, ...]) -> dict[str, str]:
+    """What an instance sees of its GPUs: ``CUDA_VISIBLE_DEVICES`` (its devices, NVML's order),
+    ``TORPOR_GPU_MEMORY_MB`` (its slice, or all its GPUs' memory) and
+    ``TORPOR_GPU_MEMORY_FRACTION`` (the slice's share of its device: vLLM's
+    ``--gpu-memory-utilization``). On a machine with GPUs, an instance that asked for none sees none.
+    """
+    if placement is None or not placement.gpus:
+        return {"CUDA_VISIBLE_DEVICES": ""} if devices else {}
+    sizes = {d.index: d.memory_mb for d in devices}
+    device_mb = sum(sizes.get(i, 0) for i in placement.gpus)
+    fraction = placement.gpu_memory_mb / device_mb if device_mb else 1.0
+    return {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA's indices = NVML's (the ones placement used)
+        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in placement.gpus),
+        "TORPOR_GPU_MEMORY_MB": str(placement.gpu_memory_mb),
+        "TORPOR_GPU_MEMORY_FRACTION": f"{min(fraction, 1.0):.4f}",
+    }
+
+
 def launch_plan(spec: FunctionSpec, revision: int, code_dir: Path, instance_id: str,
                 address: Address, logs: tuple[Path, Path],
-                model_path: Path | None = None) -> LaunchPlan:
-    """The process of one spawned instance listening at ``address``; ``logs``: stdout, stderr."""
-    env = {**function_env(spec, revision, model_path), "TORPOR_INSTANCE": instance_id}
+                model_path: Path | None = None, extra_env: dict[str, str] | None = None,
+                cgroups: tuple[str, ...] = ()) -> LaunchPlan:
+    """The process of one spawned instance listening at ``address``; ``logs``: stdout, stderr.
+    ``extra_env`` (its GPUs) wins over the spec's env; ``cgroups``: the cgroups it starts in."""
+    env = {**function_env(spec, revision, model_path), **(extra_env or {}),
+           "TORPOR_INSTANCE": instance_id}
     if spec.runtime.handler is not None:
         argv = [
             sys.executable, "-m", "torpor.runtime",
@@ -75,7 +98,7 @@ def launch_plan(spec: FunctionSpec, revision: int, code_dir: Path, instance_id: 
         env["PORT"] = port
         argv = [arg.replace("${PORT}", port).replace("$PORT", port) for arg in spec.runtime.command]
     return LaunchPlan(argv=argv, cwd=str(code_dir), env=env,
-                      stdout_path=logs[0], stderr_path=logs[1])
+                      stdout_path=logs[0], stderr_path=logs[1], cgroups=cgroups)
 
 
 async def wait_listening(handle: InstanceProcess, address: Address, clock: Clock,

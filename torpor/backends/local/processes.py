@@ -13,9 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from torpor.runtime.cgroups import join as join_cgroups
 
 _PR_SET_PDEATHSIG = 1
 
@@ -27,6 +30,7 @@ class LaunchPlan:
     stdout_path: Path
     stderr_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    cgroups: tuple[str, ...] = ()  # cgroup.procs files the process joins before exec
 
 
 class InstanceProcess(Protocol):
@@ -73,7 +77,7 @@ async def spawn(plan: LaunchPlan) -> ProcessHandle:
             cwd=plan.cwd,
             env=plan.env,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_preexec(plan.cgroups) if sys.platform == "linux" else None,
         )
     return ProcessHandle(process)
 
@@ -93,6 +97,17 @@ async def stop(handle: InstanceProcess, grace_s: float) -> int:
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _preexec(cgroups: tuple[str, ...]) -> Callable[[], None]:
+    """Between fork and exec: die with the server, and enter the instance's cgroups (so all of its
+    memory is charged to its limit from the first page)."""
+
+    def run() -> None:
+        _die_with_parent()
+        join_cgroups(cgroups)
+
+    return run
 
 
 def tail(path: Path, max_lines: int = 20, max_bytes: int = 16384) -> str:

@@ -121,10 +121,12 @@ class Templates:
             self.ensure(spec, template.revision, base_dir, model_path)
 
     async def fork(self, template: Template, *, instance_id: str, socket_path: str,
-                   stdout: Path, stderr: Path, timeout_s: float) -> ForkedHandle:
+                   stdout: Path, stderr: Path, timeout_s: float,
+                   env: dict[str, str] | None = None) -> ForkedHandle:
+        """Fork an instance; ``env`` (its GPUs, its cgroups) is set in the child before setup()."""
         await asyncio.wait_for(asyncio.shield(template.ready), timeout_s)
         request = {"instance": instance_id, "socket": socket_path, "stdout": str(stdout),
-                   "stderr": str(stderr), "env": {"TORPOR_INSTANCE": instance_id}}
+                   "stderr": str(stderr), "env": {**(env or {}), "TORPOR_INSTANCE": instance_id}}
         try:
             reader, writer = await asyncio.open_unix_connection(template.control)
             writer.write(json.dumps(request).encode() + b"\n")

@@ -93,6 +93,10 @@ class RayBackend:
     """An :class:`~torpor.backends.InstanceBackend` on a Ray cluster (see the module docstring)."""
 
     name = "ray"
+    # Ray's scheduler reserves a GPU instance's GPUs (a fraction of one for a slice): torpor's own
+    # GPU placement is skipped. Not yet: CUDA_VISIBLE_DEVICES / TORPOR_GPU_MEMORY_MB in the instance
+    # (the node agent's LocalBackend has no GPU inventory), so it sees all of its node's GPUs.
+    places_gpus = True
 
     def __init__(self, config: RayConfig, clock: Clock | None = None) -> None:
         self.config = config
