@@ -240,3 +240,64 @@ class TestAgainstBruteForce:
         now += tail_s
         expected = _reference_average(changes, now, window_s)
         assert recorder.window_average(now, window_s) == pytest.approx(expected, abs=1e-9)
+
+
+class TestWindowPeak:
+    def test_nothing_recorded_peaks_at_zero(self) -> None:
+        """No data, no peak."""
+        assert ConcurrencyRecorder().window_peak(50.0, 3) == 0
+
+    def test_momentary_peak_within_the_window(self) -> None:
+        """6 in the system for a tenth of a second still counts for the whole window."""
+        gw = Gateway()
+        gw.level(1)
+        gw.clock.advance(0.5)
+        gw.level(6)
+        gw.clock.advance(0.1)
+        gw.level(1)
+        gw.clock.advance(2)  # 1002.6: seconds 1000-1002
+        assert gw.recorder.window_peak(gw.clock.now(), 3) == 6
+        gw.clock.advance(1)  # 1003.6: seconds 1001-1003, 1 carried in
+        assert gw.recorder.window_peak(gw.clock.now(), 3) == 1
+
+    def test_level_replaced_at_a_second_boundary_held_no_time(self) -> None:
+        """A level that ends exactly as the window's first second starts does not count."""
+        gw = Gateway()
+        gw.level(4)
+        gw.clock.advance(1)
+        gw.level(0)  # 1001.0
+        gw.clock.advance(2)  # 1003.0: seconds 1001-1003
+        assert gw.recorder.window_peak(gw.clock.now(), 3) == 0
+        assert gw.recorder.window_peak(gw.clock.now(), 4) == 4  # seconds 1000-1003
+
+
+def _reference_peak(changes: list[tuple[float, int]], now: float, window_s: float) -> int:
+    """Brute force: the largest level set within the window, or in effect at its start."""
+    end = int(now) + 1
+    start = float(end - math.ceil(window_s))
+    inside = [level for t, level in changes if start <= t < end]
+    before = [level for t, level in changes if t < start]
+    at_start = any(t == start for t, _ in changes)
+    carried = before[-1] if before and not at_start else 0
+    return max([carried, *inside])
+
+
+class TestPeakAgainstBruteForce:
+    @given(
+        steps=st.lists(st.tuples(st.floats(0.0, 30.0), st.integers(0, 50)), min_size=1, max_size=40),
+        tail_s=st.floats(0.0, 90.0),
+        window_s=st.sampled_from([1, 2.4, 6, 60]),
+    )
+    def test_window_peak_is_the_largest_level(
+        self, steps: list[tuple[float, int]], tail_s: float, window_s: float
+    ) -> None:
+        """For any change sequence the bucketed peak equals scanning the changes directly."""
+        recorder = ConcurrencyRecorder(retention_s=120)
+        now = 500.0
+        changes: list[tuple[float, int]] = []
+        for gap_s, level in steps:
+            now += gap_s
+            recorder.record(now, level)
+            changes.append((now, level))
+        now += tail_s
+        assert recorder.window_peak(now, window_s) == _reference_peak(changes, now, window_s)

@@ -112,3 +112,45 @@ class TestBurst:
         srv.wait_for(lambda: srv.instances("slow") == [], timeout_s=30, what="scale to zero")
         fn = srv.function("slow")
         assert (fn["desired"], fn["in_flight"], fn["queued"]) == (0, 0, 0)
+
+
+class TestBurstCapacity:
+    @pytest.mark.parametrize(("burst_capacity", "in_flight", "queued"), [(0, 3, 0), (211, 1, 2)])
+    def test_burst_capacity_decides_where_requests_wait(
+        self, make_server: Any, tmp_path: Path, burst_capacity: int, in_flight: int, queued: int
+    ) -> None:
+        """target_burst_capacity 0: with its one instance ready and wanted, requests beyond its
+        concurrency go to it and wait there; the default 211 keeps them in the gateway queue."""
+        folder = make_function(tmp_path, "slow", scaling={
+            "max_instances": 1, "target_burst_capacity": burst_capacity, "tick_s": 0.5})
+        srv = make_server([folder])
+        assert srv.invoke("slow", {"sleep_s": 0}).status_code == 200  # one ready instance
+        srv.wait_for(lambda: srv.function("slow")["desired"] == 1, what="decided")
+        time.sleep(0.6)  # a tick with the instance ready: excess burst capacity 0, out of the path
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(srv.invoke, "slow", {"n": n, "sleep_s": 0.5}) for n in range(3)]
+            time.sleep(0.25)
+            fn = srv.function("slow")
+            assert (fn["in_flight"], fn["queued"]) == (in_flight, queued)
+            assert [f.result().status_code for f in futures] == [200] * 3
+
+
+class TestKeepAlivePolicy:
+    def test_scales_per_request_and_lets_go_after_the_keep_alive(
+        self, make_server: Any, tmp_path: Path
+    ) -> None:
+        """policy keepalive, keep-alive 2 s: a burst of 3 starts 3 at once; 2-3 s after it they stop
+        (the KPA with the function's 6 s window keeps them 6 s or more); torpor get says why."""
+        folder = make_function(tmp_path, "slow", scaling={
+            "policy": "keepalive", "keep_alive_s": 2, "max_instances": 3, "tick_s": 0.5})
+        srv = make_server([folder])
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda n: srv.invoke("slow", {"n": n, "sleep_s": 0.5}), range(3)))
+        ended = time.monotonic()
+        assert [r.status_code for r in results] == [200] * 3
+        assert len({r.json()["instance"] for r in results}) == 3
+        fn = srv.function("slow")
+        assert (fn["scaling_policy"], fn["scaling_policy_why"]) == ("keepalive", "scaling.policy in the spec")
+        assert fn["scaling_reason"].startswith("keepalive, peak ")
+        srv.wait_for(lambda: srv.instances("slow") == [], timeout_s=15, what="scale to zero")
+        assert 1.5 < time.monotonic() - ended < 8

@@ -238,6 +238,10 @@ class TestServeNodeLoss:
             assert answer.json()["reason"] == "instance_failed"
             assert lost in answer.json()["error"]
             assert took_s < NODE_LOST_WITHIN_S + 5
+            # the loss is noticed within seconds; until then a request may still be sent to the
+            # lost instance's pooled connection (and answered 502 like the one in flight)
+            server.wait_for(lambda: {i["id"]: i for i in server.instances("slow", all=True)}[lost][
+                "state"] == "failed", timeout_s=NODE_LOST_WITHIN_S, what="the lost instance failed")
             again = server.invoke("slow", {"sleep_s": 0})
             assert again.status_code == 200, again.text
             assert again.headers["x-torpor-instance"] != lost

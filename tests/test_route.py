@@ -336,6 +336,35 @@ class TestFailure:
         assert route.failure is None
 
 
+class TestActivatorInPath:
+    async def test_queues_by_default(self, make_route: MakeRoute) -> None:
+        """With the gateway queue in the path (the default) a full instance makes requests wait."""
+        route = make_route(1)
+        first = await route.acquire()
+        waiting = await queue_acquire(route)
+        assert route.queued == 1
+        first.release()
+        (await waiting).release()
+
+    async def test_straight_to_the_least_loaded_instance(self, make_route: MakeRoute) -> None:
+        """Out of the path (excess burst capacity ≥ 0) a request goes to the least loaded full
+        instance and waits there, as Knative sends it through the service to the pod's queue."""
+        route = make_route(1, 1)
+        route.activator_in_path = False
+        leases = [await route.acquire() for _ in range(3)]
+        assert [e.in_flight for e in route.endpoints] == [2, 1]
+        assert (route.queued, route.in_flight) == (0, 3)
+        for lease in leases:
+            lease.release()
+
+    async def test_no_instance_still_queues(self, make_route: MakeRoute) -> None:
+        """With no instance at all there is nowhere to send it: it waits in the queue."""
+        route = make_route(queue_timeout_s=SHORT_TIMEOUT_S)
+        route.activator_in_path = False
+        with pytest.raises(QueueTimeout):
+            await route.acquire()
+
+
 class TestObserver:
     async def test_sees_in_system_counts(self, make_route: MakeRoute) -> None:
         """The observer sees every change of in-flight plus queued, stamped with the clock."""

@@ -51,38 +51,52 @@ def seconds(result: runner.RunResult) -> dict[str, float]:
 class TestOneRequest:
     def test_cold_start_then_scale_to_zero(self) -> None:
         """Arrives at 0 with nothing running: waits the 0.5 s cold start, runs 1 s (latency 1.5 s).
-        Its last second (1) leaves the 6 s window at t=7: zero then, drained at once."""
+        Knative's sequence: the function is active from the t=1 tick (its instance ready), keeps 1
+        until active for the 6 s window (t=7: marked inactive), and goes to zero on the next tick
+        (t=8; grace 0): ready 0.5 → 8."""
         result = run(make_trace((0.0, 1.0)), make_spec())
         data = result.to_json()
         assert data["latency_s"] == {"p50": 1.5, "p90": 1.5, "p99": 1.5}
         assert (data["cold_starts"], data["cold_start_requests"], data["queued"]) == (1, 1, 1)
-        assert seconds(result) == {"starting": 0.5, "ready": 6.5}
-        assert result.duration_s == 7.0
+        assert seconds(result) == {"starting": 0.5, "ready": 7.5}
+        assert result.duration_s == 8.0
 
     def test_quiet_period_crossing_the_grace(self) -> None:
-        """With a 30 s grace the idle instance is kept until 30 s after the request arrived."""
+        """target_burst_capacity 0 (the gateway queue out of the path while the instance is wanted):
+        inactive at 7, the idle instance is kept for the 30 s grace, gone at the t=37 tick."""
+        result = run(make_trace((0.0, 1.0)),
+                     make_spec(scale_to_zero_grace_s=30, target_burst_capacity=0))
+        assert seconds(result) == {"starting": 0.5, "ready": 36.5}
+
+    def test_grace_already_served_with_the_queue_in_the_path(self) -> None:
+        """The default burst capacity keeps the gateway queue in the path throughout, so the grace
+        counts as served (Knative's activator): zero at the t=8 tick, as with no grace."""
         result = run(make_trace((0.0, 1.0)), make_spec(scale_to_zero_grace_s=30))
-        assert seconds(result) == {"starting": 0.5, "ready": 29.5}
+        assert seconds(result) == {"starting": 0.5, "ready": 7.5}
 
     def test_a_second_request_inside_the_grace_is_warm(self) -> None:
-        """At 20 s the kept instance answers at once: 1 cold start, latencies 1.5 and 1.0 s."""
-        result = run(make_trace((0.0, 1.0), (20.0, 1.0)), make_spec(scale_to_zero_grace_s=30))
+        """Burst capacity 0: at 20 the instance kept for the grace answers at once (1 cold start,
+        latencies 1.5 and 1.0 s); active again from 20, inactive at 26, gone 30 s later at 56."""
+        result = run(make_trace((0.0, 1.0), (20.0, 1.0)),
+                     make_spec(scale_to_zero_grace_s=30, target_burst_capacity=0))
         data = result.to_json()
         assert data["cold_starts"] == 1
         assert sorted(result.latencies_s) == [1.0, 1.5]
-        assert seconds(result) == {"starting": 0.5, "ready": 49.5}  # grace restarts at 20: gone at 50
+        assert seconds(result) == {"starting": 0.5, "ready": 55.5}
 
 
 class TestBurst:
     def test_panic_then_rate_limited_scale_down(self) -> None:
         """Four requests at 0 start four instances (panic: 4 wanted over 0 ready). Panic holds 4 until
         it has been calm for a stable window (t=7); then the scale-down rate of 2 halves the fleet
-        each second: 4 → 2 at 7, → 1 at 8, → 0 at 9. Instance-seconds 7 + 7 + 8 + 9 = 31."""
+        each second: 4 → 2 at 7, → 1 at 8; the last one goes inactive at 9 (0 asked for, active
+        since the t=1 tick for more than the window) and to zero at 10. Instance-seconds
+        7 + 7 + 8 + 10 = 32."""
         result = run(make_trace(*[(0.0, 1.0)] * 4), make_spec())
         data = result.to_json()
         assert data["cold_starts"] == 4
         assert data["latency_s"] == {"p50": 1.5, "p90": 1.5, "p99": 1.5}
-        assert result.instance_seconds() == D(31)
+        assert result.instance_seconds() == D(32)
 
     def test_max_instances_queues_the_rest(self) -> None:
         """Two instances at most: the third and fourth wait one service time (latency 2.5 s)."""
@@ -111,6 +125,47 @@ class TestBurst:
         assert result.latencies_s == pytest.approx([1.6])
 
 
+class TestKnativeKnobs:
+    @pytest.mark.parametrize(("burst_capacity", "queued"), [(211, 3), (0, 1)])
+    def test_burst_capacity_decides_where_requests_wait(self, burst_capacity: int, queued: int) -> None:
+        """One instance at most, three requests at 2 s. The default burst capacity keeps the gateway
+        queue in the path: two of them queue there (3 with the first, at zero). Burst capacity 0
+        takes it out from the t=0 decision on: all three go to the instance and wait there in turn
+        (only the first queued: nothing was ready). Same latencies: 1.5 (cold), then 1, 2, 3."""
+        result = run(make_trace((0.0, 1.0), *[(2.0, 1.0)] * 3),
+                     make_spec(max_instances=1, target_burst_capacity=burst_capacity))
+        assert result.to_json()["queued"] == queued
+        assert sorted(result.latencies_s) == [1.0, 1.5, 2.0, 3.0]
+
+    def test_timeout_counts_the_wait_at_the_instance(self) -> None:
+        """Burst capacity 0, timeout_s 1.5: of three requests sent to the one instance at 2 s, the
+        second and third wait 1 and 2 s there before their 1 s runs: past 1.5 s, 504 (their slots
+        held until they end); the first request and the one run at once are answered."""
+        spec = {**make_spec(max_instances=1, target_burst_capacity=0), "timeout_s": 1.5}
+        data = run(make_trace((0.0, 1.0), *[(2.0, 1.0)] * 3), spec).to_json()
+        assert (data["answered"], data["timed_out"]) == (2, 2)
+
+
+class TestKeepAlivePolicy:
+    def test_fixed_keep_alive(self) -> None:
+        """scaling.keep_alive_s 2: the instance of the request at 0 is kept through the one at 2.5
+        (warm) and gone at the t=6 tick; the request at 7 starts another (2 cold starts)."""
+        result = run(make_trace((0.0, 1.0), (2.5, 1.0), (7.0, 1.0)),
+                     make_spec(policy="keepalive", keep_alive_s=2))
+        assert result.to_json()["cold_starts"] == 2
+        assert sorted(result.latencies_s) == [1.0, 1.5, 1.5]
+        assert seconds(result) == {"starting": 1.0, "ready": 9.0}  # 0.5 → 6, 7.5 → 11
+
+    def test_keep_alive_from_the_simulated_cold_start(self) -> None:
+        """Unfixed, the keep-alive is 200 × the measured cold start, as in the server: 200 × 0.5 s =
+        100 s once the first instance is ready, so the request at 7 is warm and the instance stays
+        until its last busy second (7) leaves the 100 s keep-alive: gone at the t=108 tick."""
+        result = run(make_trace((0.0, 1.0), (2.5, 1.0), (7.0, 1.0)), make_spec(policy="keepalive"))
+        assert result.to_json()["cold_starts"] == 1
+        assert sorted(result.latencies_s) == [1.0, 1.0, 1.5]
+        assert seconds(result) == {"starting": 0.5, "ready": 107.5}
+
+
 class TestIdleMode:
     def test_provisioned_instance_freezes_and_thaws(self) -> None:
         """Provisioned 1 with idle mode: ready at 0.5, busy until 1.5, frozen at once; the request at
@@ -131,12 +186,14 @@ class TestIdleMode:
 
 class TestSeedCostExamples:
     """Seed 001: one 4 GB GPU instance for 3,600 s a day costs 3,600 × 4 × 0.000018 = 0.2592; for
-    50,000 s, 3.6; against 2 × 24 = 48 for an always-on GPU. Back-to-back 5 s requests keep one
-    instance busy; it goes 5 s after the last (the 6 s window clears), so 719 requests are 3,600 s."""
+    50,000 s, 3.6; against 2 × 24 = 48 for an always-on GPU. Back-to-back 5 s requests (the last
+    one 4 s) keep one instance busy; it goes 6 s after the last ends (the 6 s window clears 5 s
+    after, that tick marks the function inactive, the next scales it to zero), so 719 requests are
+    5 × 718 + 4 + 6 = 3,600 s."""
 
     @pytest.mark.parametrize(("requests", "cost"), [(719, D("0.2592")), (9_999, D("3.6"))])
     def test_cost_against_always_on(self, requests: int, cost: D) -> None:
-        trace = make_trace(*[(5.0 * n, 5.0) for n in range(requests)])
+        trace = make_trace(*[(5.0 * n, 5.0 if n < requests - 1 else 4.0) for n in range(requests)])
         spec = {**make_spec(), "resources": {"gpu_memory_mb": 4096}}
         result = run(trace, spec, timings=Timings(0, 0, 0, 0, 0, 0), prices=GPU_ONLY, duration_s=86_400)
         assert result.instance_seconds() == 5 * requests + 5
@@ -158,11 +215,12 @@ class TestCompareAndDeterminism:
         ]
 
     def test_one_value_compares_with_the_spec(self) -> None:
-        """--compare scaling.scale_to_zero_grace_s=30 runs the spec's 0 and 30."""
-        runs = runner.run_all(make_trace((0.0, 1.0)), make_spec(), "test",
+        """--compare scaling.scale_to_zero_grace_s=30 runs the spec's 0 and 30 (burst capacity 0, so
+        the grace is waited out: inactive at 7, gone at 8 or 37)."""
+        runs = runner.run_all(make_trace((0.0, 1.0)), make_spec(target_burst_capacity=0), "test",
                               compare=["scaling.scale_to_zero_grace_s=30"], timings=EXACT,
                               prices=PriceTable())
-        assert [r.instance_seconds() for r in runs] == [D(7), D(30)]
+        assert [r.instance_seconds() for r in runs] == [D(8), D(37)]
 
     def test_same_seed_same_output(self) -> None:
         """power_of_two draws at random; with the same seed two replays are identical."""
@@ -221,7 +279,7 @@ class TestProvisionPolicies:
 
     def test_scheduled_action_on_the_simulated_clock(self, tmp_path: Any) -> None:
         """Simulated time starts at 1970-01-01T00:00Z: an action at 00:00:50 provisions 2 from 50 s
-        (the request's own instance went at 7 s): 7 + 2 × 50 = 107 instance-seconds. (A daily cron
+        (the request's own instance went at 8 s): 8 + 2 × 50 = 108 instance-seconds. (A daily cron
         action would already hold at 0: its firing the day before is the latest one.)"""
         path = tmp_path / "provision.json"
         path.write_text('{"target": 0, "scheduledActions": [{"name": "morning", '
@@ -229,5 +287,5 @@ class TestProvisionPolicies:
         (result,) = runner.run_all(make_trace((0.0, 1.0)), make_spec(), "test", timings=EXACT,
                                    prices=PriceTable(), duration_s=100,
                                    provision=runner.load_provision(path))
-        assert result.instance_seconds() == 107
+        assert result.instance_seconds() == 108
         assert result.to_json()["cold_starts"] == 3

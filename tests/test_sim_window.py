@@ -40,6 +40,18 @@ class TestPrefixRecorder:
         assert (got == 0) == (expected == 0)
         assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
+    @settings(max_examples=100, deadline=None)
+    @given(history=steps, later=st.sampled_from([0.0, 0.2, 1.0, 3.7, 59.0, 200.0]),
+           window_s=st.sampled_from([1.0, 6.0, 6.5, 60.0, 100.0]))
+    def test_same_rate_and_peak(self, history: list[tuple[float, int | None]], later: float,
+                                window_s: float) -> None:
+        """The KPA's rps metric and the keep-alive policy's peak read the same from both."""
+        original, fast = ConcurrencyRecorder(retention_s=100), PrefixRecorder(retention_s=100)
+        now = replay((original, fast), history) + later
+        assert fast.rate(now, window_s) == original.rate(now, window_s)
+        assert fast.window_peak(now, window_s) == original.window_peak(now, window_s)
+        assert fast.has_data == original.has_data
+
     def test_rejects_the_same_windows(self) -> None:
         with pytest.raises(ValueError, match="window_s must be within"):
             PrefixRecorder(retention_s=10).window_average(0.0, 11)

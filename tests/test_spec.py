@@ -178,6 +178,81 @@ class TestScalingBounds:
         assert (scaling.min_instances, scaling.max_instances, scaling.provisioned) == (2, 2, 2)
 
 
+class TestKnativeKnobs:
+    def test_target_rps_needs_metric_rps(self, tmp_path: Path) -> None:
+        """An RPS target on a concurrency-scaled function is a mistake named as such."""
+        folder = make_spec(tmp_path, scaling={"target_rps": 50})
+        assert spec_errors(folder) == ["scaling: scaling.target_rps applies only to scaling.metric: rps"]
+
+    def test_concurrency_target_with_metric_rps(self, tmp_path: Path) -> None:
+        """metric rps with a concurrency target points at target_rps."""
+        folder = make_spec(tmp_path, scaling={"metric": "rps", "target_concurrency": 2})
+        assert spec_errors(folder) == [
+            "scaling: scaling.target_concurrency applies only to scaling.metric: concurrency "
+            "(with metric rps set scaling.target_rps)"
+        ]
+
+    def test_metric_rps_accepted(self, tmp_path: Path) -> None:
+        """metric rps with a target."""
+        scaling = load(make_spec(tmp_path, scaling={"metric": "rps", "target_rps": 50})).scaling
+        assert (scaling.metric, scaling.target_rps) == ("rps", 50)
+
+    def test_unknown_metric(self, tmp_path: Path) -> None:
+        """Only concurrency, rps and gpu_utilization exist."""
+        errors = spec_errors(make_spec(tmp_path, scaling={"metric": "cpu"}))
+        assert errors == ["scaling.metric: Input should be 'concurrency', 'rps' or 'gpu_utilization'"]
+
+    @pytest.mark.parametrize("tbc", [-2, -0.5])
+    def test_burst_capacity_negative(self, tmp_path: Path, tbc: float) -> None:
+        """target_burst_capacity is ≥ 0 or exactly -1, as in Knative."""
+        assert spec_errors(make_spec(tmp_path, scaling={"target_burst_capacity": tbc})) == [
+            f"scaling.target_burst_capacity: must be at least 0, or -1 for the gateway always in "
+            f"the path, got {tbc:g}"
+        ]
+
+    @pytest.mark.parametrize("tbc", [-1, 0, 10.5])
+    def test_burst_capacity_accepted(self, tmp_path: Path, tbc: float) -> None:
+        """-1 (always queue), 0 (never) and any positive capacity."""
+        scaling = load(make_spec(tmp_path, scaling={"target_burst_capacity": tbc})).scaling
+        assert scaling.target_burst_capacity == tbc
+
+    def test_activation_scale_bounds(self, tmp_path: Path) -> None:
+        """activation_scale is at least 1 and at most max_instances."""
+        assert spec_errors(make_spec(tmp_path, scaling={"activation_scale": 0})) == [
+            "scaling.activation_scale: Input should be greater than or equal to 1"]
+        assert spec_errors(make_spec(tmp_path, scaling={"activation_scale": 4, "max_instances": 3})) == [
+            "scaling: scaling.activation_scale (4) exceeds scaling.max_instances (3)"]
+
+    def test_stable_window_minimum(self, tmp_path: Path) -> None:
+        """Knative's 6 s minimum stable window."""
+        assert spec_errors(make_spec(tmp_path, scaling={"stable_window_s": 5})) == [
+            "scaling.stable_window_s: Input should be greater than or equal to 6"]
+
+    def test_negative_pod_retention(self, tmp_path: Path) -> None:
+        """scale_to_zero_pod_retention_s cannot be negative."""
+        assert spec_errors(make_spec(tmp_path, scaling={"scale_to_zero_pod_retention_s": -1})) == [
+            "scaling.scale_to_zero_pod_retention_s: Input should be greater than or equal to 0"]
+
+
+class TestScalingPolicy:
+    def test_default_is_kpa(self, tmp_path: Path) -> None:
+        """Knative's KPA unless the spec asks for another policy."""
+        scaling = load(make_spec(tmp_path)).scaling
+        assert (scaling.policy, scaling.keep_alive_s) == ("kpa", None)
+
+    def test_unknown_policy_lists_the_valid_ones(self, tmp_path: Path) -> None:
+        """An unknown policy name fails naming the field and the choices."""
+        assert spec_errors(make_spec(tmp_path, scaling={"policy": "fast"})) == [
+            "scaling.policy: Input should be 'kpa' or 'keepalive'"]
+
+    def test_keep_alive_needs_the_keepalive_policy(self, tmp_path: Path) -> None:
+        """keep_alive_s means nothing to the KPA."""
+        assert spec_errors(make_spec(tmp_path, scaling={"keep_alive_s": 5})) == [
+            "scaling: scaling.keep_alive_s applies only to scaling.policy: keepalive"]
+        scaling = load(make_spec(tmp_path, scaling={"policy": "keepalive", "keep_alive_s": 5})).scaling
+        assert (scaling.policy, scaling.keep_alive_s) == ("keepalive", 5)
+
+
 class TestFieldRanges:
     def test_gpu_memory_below_smallest_slice(self, tmp_path: Path) -> None:
         """gpu_memory_mb between 1 and 1023 is below the smallest GPU slice."""
@@ -400,6 +475,8 @@ class TestDefaults:
         assert scaling.max_scale_down_rate == 2.0
         assert scaling.scale_down_delay_s == 0.0
         assert scaling.tick_s == 2.0
+        assert (scaling.metric, scaling.target_rps, scaling.activation_scale) == ("concurrency", None, 1)
+        assert (scaling.target_burst_capacity, scaling.scale_to_zero_pod_retention_s) == (211.0, 0.0)
 
 
 class TestGpuScaling:
@@ -428,3 +505,19 @@ class TestGpuScaling:
         folder = make_spec(tmp_path, resources={"gpus": 1},
                            scaling={"metric": "gpu_utilization", "target": 150})
         assert spec_errors(folder) == ["scaling.target: Input should be less than or equal to 100"]
+
+    def test_rps_target_with_gpu_metric(self, tmp_path: Path) -> None:
+        """gpu_utilization averages requests in the system, so an RPS target is refused with it."""
+        folder = make_spec(tmp_path, resources={"gpus": 1},
+                           scaling={"metric": "gpu_utilization", "target_rps": 50})
+        assert spec_errors(folder) == ["scaling: scaling.target_rps applies only to scaling.metric: rps"]
+
+    def test_gpu_metric_keeps_the_kpa_on_concurrency(self, tmp_path: Path) -> None:
+        """The KPA beside the GPU rule averages requests in the system, at the concurrency target."""
+        from torpor.autoscaling.kpa import KpaConfig
+
+        spec = load(make_spec(tmp_path, resources={"gpus": 1}, scaling={
+            "metric": "gpu_utilization", "target": 60, "target_concurrency": 0.5}))
+        config = KpaConfig.from_spec(spec.scaling, spec.concurrency)
+        assert (config.metric, config.target_total, spec.scaling.gpu_target_pct) == (
+            "concurrency", 0.5, 60)

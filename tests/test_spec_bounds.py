@@ -24,6 +24,11 @@ EXTREME = [
     ("scaling.idle_after_s", 1e308),
     ("scaling.target_concurrency", 1e308),
     ("scaling.max_scale_up_rate", float("inf")),
+    ("scaling.activation_scale", 10**9),
+    ("scaling.scale_to_zero_pod_retention_s", 1e308),
+    ("scaling.target_burst_capacity", 1e308),
+    ("scaling.target_burst_capacity", float("inf")),
+    ("scaling.keep_alive_s", 1e308),
     ("timeout_s", float("inf")),
     ("timeout_s", float("nan")),
     ("concurrency", True),
@@ -56,7 +61,8 @@ class TestBounds:
     @pytest.mark.parametrize(("path", "value"), [
         ("timeout_s", 3600), ("timeout_s", 0.5), ("resources.memory_mb", 65536),
         ("queue.max_queued", 10_000), ("scaling.max_instances", 1000), ("scaling.tick_s", 0.1),
-        ("concurrency", 64), ("scaling.idle_mode", True)])
+        ("concurrency", 64), ("scaling.idle_mode", True), ("scaling.target_burst_capacity", -1),
+        ("scaling.target_burst_capacity", 10_000), ("scaling.scale_to_zero_pod_retention_s", 600)])
     def test_sane_values_accepted(self, tmp_path: Path, path: str, value: Any) -> None:
         """Large but reasonable values (ints for floats too) still pass."""
         parse_spec(with_field(path, value), source="torpor.yaml", base_dir=tmp_path)

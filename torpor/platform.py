@@ -613,6 +613,9 @@ def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None)
         "provisioned": fn.decision.provisioned,
         "panic": fn.decision.panic,
         "scaling_reason": fn.decision.reason,
+        "scaling_policy": fn.spec.scaling.policy,
+        "scaling_policy_why": ("scaling.policy in the spec" if "policy" in fn.spec.scaling.model_fields_set
+                               else "the default"),
         "waiting": fn.waiting,
         "source": fn.source,
         "code_digest": fn.code.digest,

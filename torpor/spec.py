@@ -25,6 +25,8 @@ PACKAGE_PREFIX = "package:"  # model.path "package:NAME/FILE": a file shipped in
 MAX_MEMORY_MB = 4 * 1024 * 1024  # 4 TiB: more than any one machine or GPU has
 MAX_INSTANCES = 1000  # per function
 MAX_DURATION_S = 86_400.0  # one day: the longest timeout, grace or delay a spec may ask for
+MAX_TARGET_RPS = 1_000_000.0  # requests per second per instance
+MAX_BURST_CAPACITY = MAX_INSTANCES * 10_000.0  # every instance at the highest target concurrency
 
 
 class _Strict(BaseModel):
@@ -109,9 +111,24 @@ class ScalingSpec(_Strict):
     min_instances: int = Field(default=0, ge=0, le=MAX_INSTANCES)
     max_instances: int = Field(default=10, ge=1, le=MAX_INSTANCES)
     initial_instances: int = Field(default=0, ge=0, le=MAX_INSTANCES)
+    # the least a scale-up from zero asks for
+    activation_scale: int = Field(default=1, ge=1, le=MAX_INSTANCES)
     provisioned: int = Field(default=0, ge=0, le=MAX_INSTANCES)
     scale_to_zero_grace_s: float = Field(default=30.0, ge=0, le=MAX_DURATION_S)
+    # how long the last instance stays once the function is inactive
+    scale_to_zero_pod_retention_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S)
+    metric: Literal["concurrency", "rps", "gpu_utilization"] = "concurrency"
+    """What the KPA's windows average: requests in the system (``concurrency``) or arrivals per
+    second (``rps``); ``gpu_utilization`` averages requests in the system too and also scales out
+    while the function's GPUs are busier than ``target`` percent SM utilisation (seed 004 scales
+    out above 50 %)."""
     target_concurrency: float | None = Field(default=None, gt=0, le=10000)
+    # metric rps; Knative's default is 200
+    target_rps: float | None = Field(default=None, gt=0, le=MAX_TARGET_RPS)
+    # Requests in the system the ready instances should absorb beyond the observed load before the
+    # gateway stops queueing for them (Knative's activator in the path); 0 never queues while any
+    # instance is ready and wanted, -1 always queues.
+    target_burst_capacity: float = Field(default=211.0, le=MAX_BURST_CAPACITY)
     target_utilization: float = Field(default=0.7, gt=0, le=1)
     stable_window_s: float = Field(default=60.0, ge=6, le=3600)
     panic_window_pct: float = Field(default=10.0, ge=1, le=100)
@@ -120,11 +137,12 @@ class ScalingSpec(_Strict):
     max_scale_down_rate: float = Field(default=2.0, gt=1, le=1e6)
     scale_down_delay_s: float = Field(default=0.0, ge=0, le=3600)
     tick_s: float = Field(default=2.0, ge=0.05, le=60)
+    # kpa: Knative's autoscaler; keepalive: instances per request in the system, each kept warm
+    # for a keep-alive sized from the measured cold start (torpor.autoscaling.keepalive)
+    policy: Literal["kpa", "keepalive"] = "kpa"
+    keep_alive_s: float | None = Field(default=None, ge=1, le=600)  # keepalive: fixed, not measured
     idle_mode: bool = False  # freeze provisioned instances with no request in flight
     idle_after_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S)
-    metric: Literal["concurrency", "gpu_utilization"] = "concurrency"
-    """``gpu_utilization``: also scale out while the function's GPUs are busier than ``target``
-    percent SM utilisation (seed 004 scales out above 50 %)."""
     target: float | None = Field(default=None, gt=0, le=100)  # percent, for gpu_utilization
 
     @property
@@ -142,8 +160,29 @@ class ScalingSpec(_Strict):
                              "scaling.target_concurrency)")
         return self
 
+    @field_validator("target_burst_capacity")
+    @classmethod
+    def _burst_capacity(cls, value: float) -> float:
+        if value < 0 and value != -1:
+            raise ValueError(f"must be at least 0, or -1 for the gateway always in the path, got {value:g}")
+        return value
+
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSpec:
+        if self.metric != "rps" and self.target_rps is not None:
+            raise ValueError("scaling.target_rps applies only to scaling.metric: rps")
+        if self.metric == "rps" and self.target_concurrency is not None:
+            raise ValueError(
+                "scaling.target_concurrency applies only to scaling.metric: concurrency "
+                "(with metric rps set scaling.target_rps)"
+            )
+        if self.keep_alive_s is not None and self.policy != "keepalive":
+            raise ValueError("scaling.keep_alive_s applies only to scaling.policy: keepalive")
+        if self.activation_scale > self.max_instances:
+            raise ValueError(
+                f"scaling.activation_scale ({self.activation_scale}) exceeds "
+                f"scaling.max_instances ({self.max_instances})"
+            )
         if self.min_instances > self.max_instances:
             raise ValueError(
                 f"scaling.min_instances ({self.min_instances}) exceeds "

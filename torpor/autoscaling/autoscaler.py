@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from torpor.autoscaling import kpa
+from torpor.autoscaling import keepalive, kpa
+from torpor.autoscaling.keepalive import KeepAliveConfig, PeakWindow
 from torpor.autoscaling.kpa import ConcurrencyWindow, KpaConfig, KpaInputs, KpaState
 from torpor.autoscaling.scaling_policies import (
     PolicyInputs,
@@ -21,12 +23,17 @@ from torpor.autoscaling.scaling_policies import (
 )
 
 
+class MetricsWindow(ConcurrencyWindow, PeakWindow, Protocol):
+    """Everything the policies read; ``metrics.ConcurrencyRecorder`` implements it."""
+
+
 @dataclass(frozen=True)
 class ScaleDecision:
     desired: int  # instances in all
     provisioned: int  # how many of them are provisioned (kept when idle)
     panic: bool
     reason: str
+    activator_in_path: bool = True  # the gateway queues requests while no instance has a free slot
 
 
 @dataclass(frozen=True)
@@ -56,19 +63,29 @@ class AutoscalerState:
 def decide(
     config: KpaConfig,
     provision: ProvisionConfig,
-    window: ConcurrencyWindow,
+    window: MetricsWindow,
     *,
     concurrency: int,
     ready: int,
     current_provisioned: int,
     now: float,
     state: AutoscalerState,
+    reachable: bool = True,
+    keep_alive: KeepAliveConfig | None = None,
+    cold_start_s: float | None = None,
     gpu: GpuSignal | None = None,
 ) -> tuple[ScaleDecision, AutoscalerState]:
-    inputs = KpaInputs.observe(window, config, now, ready)
-    kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
+    """``keep_alive`` set: the keep-alive policy decides the on-demand count instead of the KPA
+    (whose state is left as it was). ``gpu`` with a target: busy GPUs may raise it (HPA's rule)."""
+    if keep_alive is not None:
+        chosen = keepalive.decide(keep_alive, window, now, cold_start_s)
+        kpa_decision = kpa.KpaDecision(chosen.desired, False, chosen.reason, -1, True)
+        kpa_state = state.kpa
+    else:
+        inputs = KpaInputs.observe(window, config, now, ready, reachable)
+        kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
     policy_inputs = PolicyInputs(
-        in_system=inputs.stable_average,
+        in_system=window.window_average(now, config.stable_window_s),
         current_provisioned=current_provisioned,
         concurrency=concurrency,
         gpu_utilization=gpu.utilization_pct / 100 if gpu is not None else None,
@@ -84,5 +101,6 @@ def decide(
     desired = min(max(provisioned, on_demand), config.max_instances)
     if provisioned > on_demand:
         reason = f"provisioned {provisioned} ({target.reason}); KPA: {kpa_decision.reason}"
-    decision = ScaleDecision(desired, provisioned, kpa_decision.panic, reason)
+    decision = ScaleDecision(desired, provisioned, kpa_decision.panic, reason,
+                             kpa_decision.activator_in_path)
     return decision, AutoscalerState(kpa_state, policy_state)

@@ -30,13 +30,14 @@ DEFAULT_RETENTION_S = 3600  # the longest stable window ScalingSpec allows
 class _Bucket:
     """A second in which something changed; ``area`` is request·seconds from its start to ``t``."""
 
-    __slots__ = ("area", "level", "requests", "second", "t")
+    __slots__ = ("area", "level", "peak", "requests", "second", "t")
 
-    def __init__(self, second: int, area: float, t: float, level: int) -> None:
+    def __init__(self, second: int, area: float, t: float, level: int, peak: int) -> None:
         self.second = second
         self.area = area
         self.t = t  # time of the last change in this second
         self.level = level  # in-system count after that change, carried until the next bucket
+        self.peak = peak  # the most in the system at any moment of this second
         self.requests = 0
 
     def full_area(self) -> float:
@@ -67,6 +68,11 @@ class ConcurrencyRecorder:
         return len(self._buckets)
 
     @property
+    def has_data(self) -> bool:
+        """Whether anything was ever recorded (a window before that is no data, not zero)."""
+        return self._first_at is not None
+
+    @property
     def last_request_at(self) -> float | None:
         """When the last request arrived, or None if none ever did."""
         return self._last_request_at
@@ -75,7 +81,9 @@ class ConcurrencyRecorder:
         """The number of requests in the system changed to ``in_system`` at ``now``."""
         if in_system < 0:
             raise ValueError(f"in_system cannot be negative, got {in_system}")
-        self._touch(now).level = in_system
+        bucket = self._touch(now)
+        bucket.level = in_system
+        bucket.peak = max(bucket.peak, in_system)
 
     def record_request(self, now: float) -> None:
         """A request arrived at ``now`` (counted for ``rate`` and the scale-to-zero grace)."""
@@ -88,6 +96,24 @@ class ConcurrencyRecorder:
         area, _, span = self._window(now, window_s)
         return area / span if span > 0 else 0.0
 
+    def window_peak(self, now: float, window_s: float) -> int:
+        """The most requests in the system at any moment of the same window (0 with no data)."""
+        if self._first_at is None:
+            return 0
+        n = math.ceil(window_s)
+        if not 1 <= n <= self.retention_s:
+            raise ValueError(f"window_s must be within 1..{self.retention_s} s, got {window_s}")
+        start = int(max(now, self._buckets[-1].t)) - n + 1
+        peak, has_start = 0, False
+        for bucket in reversed(self._buckets):
+            if bucket.second < start:
+                # Its last level carried into the window, unless the first second has a bucket of
+                # its own (whose peak already counts what was carried, if it held at all).
+                return peak if has_start else max(peak, bucket.level)
+            peak = max(peak, bucket.peak)
+            has_start = bucket.second == start
+        return peak if has_start else max(peak, self._dropped_level or 0)
+
     def rate(self, now: float, window_s: float) -> float:
         """Arrivals per second over the same window as ``window_average``."""
         _, requests, span = self._window(now, window_s)
@@ -97,7 +123,7 @@ class ConcurrencyRecorder:
         """The bucket for ``now``, with its area brought up to ``now``; opens one per new second."""
         if not self._buckets:
             self._first_at = now
-            bucket = _Bucket(int(now), 0.0, now, 0)
+            bucket = _Bucket(int(now), 0.0, now, 0, 0)
             self._buckets.append(bucket)
             return bucket
         last = self._buckets[-1]
@@ -107,8 +133,10 @@ class ConcurrencyRecorder:
             last.area += last.level * (now - last.t)
             last.t = now
             return last
-        # The seconds between ``last`` and now carried last.level; the new one starts at that level.
-        bucket = _Bucket(second, last.level * (now - second), now, last.level)
+        # The seconds between ``last`` and now carried last.level; the new one starts at that level
+        # (part of its peak only if it held for a moment of this second).
+        carried_peak = last.level if now > second else 0
+        bucket = _Bucket(second, last.level * (now - second), now, last.level, carried_peak)
         self._buckets.append(bucket)
         oldest_kept = second - self.retention_s + 1
         while self._buckets[0].second < oldest_kept:

@@ -289,6 +289,9 @@ def get(name: str, server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> 
     out.print(f"  url {fn['url']}  concurrency {fn['concurrency']}  "
               f"instances {fn['min_instances']}..{fn['max_instances']}  source {fn['source']}")
     out.print(f"  traffic {_split(fn['traffic'])}")
+    if "scaling_policy" in fn:
+        out.print(f"  scaling {fn['scaling_policy']} ({fn['scaling_policy_why']}): "
+                  f"desired {fn['desired']} — {fn['scaling_reason']}")
     template = fn.get("template")
     if template and template.get("state") == "retired":
         out.print(f"  template retired at {_when(template['retired_at'])}: {template['reason']}")

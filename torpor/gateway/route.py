@@ -1,8 +1,10 @@
 """One function's routing table: its endpoints, its bounded queue, and load accounting.
 
 ``acquire`` returns a :class:`Lease` for an endpoint with a free slot, waiting in FIFO order while none
-has one (the activator role); ``Lease.release`` (idempotent, always in a ``finally``) frees the slot and
-hands it straight to the oldest waiter. All of this runs on the event loop with no locks and no I/O.
+has one (the activator role; while the autoscaler takes the queue out of the path, a request goes to
+the least loaded endpoint and waits there, see :func:`choose_endpoint`); ``Lease.release``
+(idempotent, always in a ``finally``) frees the slot and hands it straight to the oldest waiter. All
+of this runs on the event loop with no locks and no I/O.
 """
 
 from __future__ import annotations
@@ -147,6 +149,9 @@ class FunctionRoute:
         # Set while the function cannot start an instance (failed cold start, in backoff):
         # new requests fail fast with it instead of waiting for a queue timeout.
         self.failure: GatewayError | None = None
+        # The autoscaler's choice (Knative's activator in the path): while False and no endpoint
+        # has a free slot, a request goes to the least loaded endpoint and waits there instead.
+        self.activator_in_path = True
         self._waiters: deque[asyncio.Future[Endpoint]] = deque()
 
     @property
@@ -167,7 +172,7 @@ class FunctionRoute:
         self.requests += 1
         if self.observer is not None:
             self.observer.record_request(now)
-        endpoint = self.policy.choose(self.endpoints)
+        endpoint = choose_endpoint(self.policy, self.endpoints, self.activator_in_path)
         if endpoint is not None:
             self._take(endpoint)
             return Lease(self, endpoint)
@@ -277,3 +282,16 @@ class FunctionRoute:
             if not waiter.done():
                 waiter.set_exception(error)
         self._changed()
+
+
+def choose_endpoint(policy: RoutingPolicy, endpoints: list[Endpoint],
+                    activator_in_path: bool) -> Endpoint | None:
+    """Where a new request goes: an endpoint with a free slot by the routing policy; with none free
+    and the gateway queue out of the path (Knative's serve mode), the accepting endpoint with the
+    fewest requests in flight, full or not, where it waits; else None (it queues here). The
+    simulator routes with this too."""
+    endpoint = policy.choose(endpoints)
+    if endpoint is None and not activator_in_path:
+        accepting = [e for e in endpoints if e.accepting]
+        endpoint = min(accepting, key=lambda e: e.in_flight) if accepting else None
+    return endpoint

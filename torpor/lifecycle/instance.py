@@ -159,6 +159,7 @@ class RevisionRuntime:
     backoff_until: float = 0.0
     last_error: str | None = None
     prepared: bool = False  # the backend was asked to prepare it (a template), not yet retired
+    cold_start_s: float | None = None  # running mean of this revision's cold starts
 
     @property
     def plan(self) -> RevisionPlan:

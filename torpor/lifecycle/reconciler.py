@@ -19,6 +19,7 @@ from typing import Any
 
 from torpor.autoscaling import autoscaler
 from torpor.autoscaling.autoscaler import ScaleDecision
+from torpor.autoscaling.keepalive import KeepAliveConfig, mean_cold_start
 from torpor.autoscaling.scaling_policies import PolicyState, ProvisionConfig
 from torpor.backends import BackendError, CodeRef, InstanceBackend, InstancePlan, StartFailed
 from torpor.clock import Clock
@@ -310,12 +311,15 @@ class Reconciler:
             concurrency=rev.spec.concurrency, ready=ready,
             current_provisioned=sum(1 for i in live if i.provisioned),
             now=now, state=rev.autoscaler, gpu=self._gpu_signal(rev, live),
+            keep_alive=KeepAliveConfig.from_spec(rev.spec.scaling, rev.spec.concurrency),
+            cold_start_s=rev.cold_start_s,
         )
         rev.next_decision_at = now + rev.spec.scaling.tick_s
         if decision.desired != rev.decision.desired:
             self._event(fn.name, "scaled", f"{fn.name} {rev.decision.desired}→{decision.desired}: "
                                            f"{decision.reason} (revision {rev.number})")
         rev.decision = decision
+        rev.route.activator_in_path = decision.activator_in_path
 
     def _gpu_signal(self, rev: RevisionRuntime,
                     live: list[Instance]) -> autoscaler.GpuSignal | None:
@@ -447,6 +451,8 @@ class Reconciler:
         self._save(instance)
         self.on_ready(instance)
         total = instance.cold_start()["total_s"]
+        if isinstance(total, float):
+            rev.cold_start_s = mean_cold_start(rev.cold_start_s, total)
         self._event(fn.name, "started", f"instance {instance.id} ready in {total:.3f}s")
 
     async def _start_failed(self, fn: FunctionRuntime, rev: RevisionRuntime, instance: Instance,

@@ -14,7 +14,12 @@ plans out and serving would take, reduced to events on a heap:
   are ready ``cold_start_s`` later, drained ones gone ``stop_s`` later, frozen ones frozen
   ``freeze_s`` later;
 - the gateway queue is FIFO, bounded by ``queue.max_queued`` (503) and ``queue.timeout_s`` (504), and
-  asks for frozen endpoints to thaw (``thaw_s``) as ``FunctionRoute._thaw_for_waiters`` does;
+  asks for frozen endpoints to thaw (``thaw_s``) as ``FunctionRoute._thaw_for_waiters`` does; while
+  the decision takes the queue out of the path (``target_burst_capacity``), a request with no free
+  slot goes where :func:`~torpor.gateway.route.choose_endpoint` sends it and waits at that
+  instance, FIFO, as a real instance serves at most ``concurrency`` at a time;
+- the measured cold start the keep-alive policy reads is the same running mean the reconciler
+  keeps (``mean_cold_start`` of each start's ``cold_start_s``);
 - every instance state change is written to a ledger list in the billing code's own
   :class:`~torpor.metering.billing.LedgerInterval` form, ``busy`` folded into ``ready`` as the
   server's ledger does.
@@ -35,11 +40,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torpor.autoscaling import autoscaler
+from torpor.autoscaling.keepalive import KeepAliveConfig, mean_cold_start
 from torpor.autoscaling.kpa import KpaConfig
 from torpor.autoscaling.scaling_policies import ProvisionConfig
 from torpor.clock import FakeClock
 from torpor.constants import RECONCILE_INTERVAL_S
-from torpor.gateway.route import Endpoint
+from torpor.gateway.route import Endpoint, choose_endpoint
 from torpor.gateway.routing_policies import PowerOfTwo, RoutingPolicy
 from torpor.gateway.upstream import UpstreamResponse
 from torpor.lifecycle import planner
@@ -89,6 +95,8 @@ class _Instance:
     failure: str | None = None  # why it ended (the gateway's 502 reads it); a simulated one never fails
     state: InstanceState = InstanceState.STARTING  # the ledger's open interval: state and start
     since: float = 0.0
+    # requests sent past a full slot (gateway queue out of the path): (arrived, sent, service)
+    backlog: deque[tuple[float, float, float]] = field(default_factory=deque)
 
 
 @dataclass
@@ -127,6 +135,8 @@ class FunctionSim:
         self.clock = FakeClock()
         self.recorder = PrefixRecorder()  # the server's recorder, with faster window sums
         self.kpa = KpaConfig.from_spec(spec.scaling, spec.concurrency)
+        self.keep_alive = KeepAliveConfig.from_spec(spec.scaling, spec.concurrency)
+        self.cold_start_s: float | None = None  # running mean, as FunctionRuntime.cold_start_s
         self.provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
         self.time_dependent = bool(self.provision.target_tracking or self.provision.scheduled)
         self.policy = RoutingPolicy.make(spec.routing.policy)
@@ -162,7 +172,8 @@ class FunctionSim:
         scaling = self.spec.scaling
         end = self.end_s if self.end_s is not None else (
             (arrivals[-1] if n else 0.0) + SETTLE_LIMIT_S + scaling.scale_to_zero_grace_s
-            + scaling.stable_window_s + scaling.scale_down_delay_s)
+            + scaling.scale_to_zero_pod_retention_s + 2 * scaling.stable_window_s
+            + scaling.scale_down_delay_s)
         queue_timeout_s = self.spec.queue.timeout_s
         self.next_tick = arrivals[0] if n else _INF
         waiters = self.waiters
@@ -237,7 +248,7 @@ class FunctionSim:
         result = self.result
         result.requests += 1
         self.recorder.record_request(now)
-        endpoint = self.policy.choose(self.endpoints)
+        endpoint = choose_endpoint(self.policy, self.endpoints, self.decision.activator_in_path)
         if endpoint is not None:
             self._serve(endpoint, now, service_s)
             self.recorder.record(now, self.in_flight + len(self.waiters))
@@ -254,13 +265,22 @@ class FunctionSim:
         self._decide()  # a request waits: the reconciler decides at once
 
     def _serve(self, endpoint: Endpoint, arrived: float, service_s: float) -> None:
-        """Take a slot and answer: latency is the wait, the service time and the gateway's cost."""
-        now = self.clock.now()
+        """Take a slot and send: the instance runs it now, or after those ahead of it when the
+        request was sent past its ``concurrency`` (the gateway queue out of the path)."""
         endpoint.in_flight += 1
         self.in_flight += 1
+        if endpoint.in_flight > endpoint.capacity:
+            self.by_id[endpoint.instance_id].backlog.append((arrived, self.clock.now(), service_s))
+            return
+        self._run(endpoint, arrived, self.clock.now(), service_s)
+
+    def _run(self, endpoint: Endpoint, arrived: float, sent: float, service_s: float) -> None:
+        """The instance runs a request sent at ``sent``: latency is the wait (in the gateway queue
+        or at the instance), the service time and the gateway's cost."""
+        now = self.clock.now()
         result = self.result
         timeout_s = self.spec.timeout_s
-        if service_s > timeout_s:
+        if now - sent + service_s > timeout_s:
             # the client gets 504 after timeout_s; the slot stays taken until the instance has
             # really finished (as the gateway does: a timed-out request never frees a busy slot)
             result.timed_out += 1
@@ -279,6 +299,9 @@ class FunctionSim:
         now = self.clock.now()
         endpoint.in_flight -= 1
         self.in_flight -= 1
+        backlog = self.by_id[endpoint.instance_id].backlog
+        if backlog:
+            self._run(endpoint, *backlog.popleft())
         self._dispatch()
         if endpoint.in_flight == 0:
             endpoint.idle_since = now
@@ -345,7 +368,7 @@ class FunctionSim:
         self.decision, self.state = autoscaler.decide(
             self.kpa, self.provision, self.recorder,
             concurrency=self.spec.concurrency, ready=ready, current_provisioned=provisioned,
-            now=now, state=self.state,
+            now=now, state=self.state, keep_alive=self.keep_alive, cold_start_s=self.cold_start_s,
         )
         self.next_decision_at = now + self.spec.scaling.tick_s
         # while requests wait, every reconciler pass (each RECONCILE_INTERVAL_S) decides again
@@ -405,6 +428,7 @@ class FunctionSim:
                             provisioned=instance.provisioned, idle=instance)
         instance.endpoint = endpoint
         self.endpoints.append(endpoint)
+        self.cold_start_s = mean_cold_start(self.cold_start_s, self.timings.cold_start_s)
         self._ledger(instance, InstanceState.READY)
         self._dispatch()
         if endpoint.in_flight == 0:
