@@ -216,15 +216,17 @@ class Reconciler:
         nothing while nobody uses a revision that takes traffic: retire it; the next cold start
         builds it again. (A revision that loses its traffic is retired by :meth:`_retire_unused`.)"""
         for rev in fn.routed():
-            if self.backend.function_info(fn.name, rev.number) is None:
-                continue
             exits = (i.facts.exited_at or 0.0 for i in fn.instances.values()
                      if i.revision == rev.number)
             last_used_at = max(rev.route.last_request_at or 0.0, rev.created_at, fn.updated_at,
                                max(exits, default=0.0))
+            # whether a template exists is asked only once it would be retired: the backend's
+            # answer measures the template's memory (a /proc read, ~1-5 ms), and this runs on
+            # every pass, the one a waiting request (a cold start, a thaw) triggers included
             if should_retire(live_instances=len(fn.live(rev.number)), queued=rev.route.queued,
                              last_used_at=last_used_at, now=now,
-                             retire_idle_s=self.template_retire_idle_s):
+                             retire_idle_s=self.template_retire_idle_s) and \
+                    self.backend.function_info(fn.name, rev.number) is not None:
                 self.backend.retire(fn.name, rev.number)
                 self.retired_templates[(fn.name, rev.number)] = now
                 self._event(fn.name, "template", f"template of revision {rev.number} retired: no "
