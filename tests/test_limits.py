@@ -3,6 +3,7 @@ torch memory fraction applied before setup()."""
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -38,6 +39,33 @@ class TestCgroupV1Limits:
         assert not limits.oom_killed("i")
         control.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
         assert limits.oom_killed("i")
+
+    def test_spare_cgroup_renamed_onto_the_instance(self, tmp_path: Path) -> None:
+        """A spare's prepared cgroups become the instance's by renaming (limits kept, no process
+        moved); a failed rename leaves nothing half-renamed and says so with ()."""
+        limits = CgroupV1Limits(tmp_path / "memory", tmp_path / "cpu")
+        limits.prepare("spare-fn-1-aa", 256, 0.5)
+        assert limits.rename("spare-fn-1-aa", "fn-1-abc") == (
+            str(tmp_path / "memory/fn-1-abc/cgroup.procs"), str(tmp_path / "cpu/fn-1-abc/cgroup.procs"))
+        assert (tmp_path / "memory/fn-1-abc/memory.limit_in_bytes").read_text() == "268435456"
+        assert not (tmp_path / "memory/spare-fn-1-aa").exists()
+        (tmp_path / "cpu/taken").mkdir()
+        limits.prepare("spare-2", 256, 0.5)
+        (tmp_path / "cpu/taken/x").mkdir()  # the cpu rename cannot replace a non-empty folder
+        assert limits.rename("spare-2", "taken") == ()
+        assert (tmp_path / "memory/spare-2").is_dir() and (tmp_path / "cpu/spare-2").is_dir()
+        assert NoLimits().rename("a", "b") == ()
+
+    def test_join_skips_a_cgroup_it_is_in(self, tmp_path: Path) -> None:
+        """A forked instance already in its cgroup (inherited from the spare) does not move."""
+        from torpor.runtime.cgroups import join
+
+        inside, outside = tmp_path / "inside.procs", tmp_path / "outside.procs"
+        inside.write_text(f"1\n{os.getpid()}\n")
+        outside.write_text("1\n")
+        join([str(inside), str(outside)])
+        assert inside.read_text() == f"1\n{os.getpid()}\n"  # untouched
+        assert outside.read_text() == str(os.getpid())  # written (as cgroupfs would take it)
 
     def test_no_limits(self) -> None:
         """Without writable cgroups nothing is joined and nothing is ever an OOM kill."""

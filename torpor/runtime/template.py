@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torpor.runtime.cgroups import join_from_env
+from torpor.runtime.cgroups import SPARE_CGROUPS_ENV, join, join_from_env
 from torpor.runtime.instance import import_and_load, parse_args, setup_and_serve, watch_server
 from torpor.sdk import Model
 
@@ -60,7 +60,7 @@ class Spare:
     """
 
     def __init__(self, model: Model, listener: socket.socket, concurrency: int,
-                 load_s: float) -> None:
+                 load_s: float, cgroups: list[str] | None = None) -> None:
         request_r, self.request_w = os.pipe()
         self.reply_r, reply_w = os.pipe()
         self.pid = os.fork()
@@ -72,6 +72,11 @@ class Spare:
                 if sys.platform == "linux":
                     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                if cgroups:  # ahead of time: the instance forked from us inherits them
+                    try:
+                        join(cgroups)
+                    except OSError:
+                        pass  # the instance joins its own then
                 with os.fdopen(request_r, "rb") as requests:
                     line = requests.readline()
                 if line:
@@ -105,7 +110,9 @@ def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(control)
     listener.listen(64)
-    spare = Spare(model, listener, concurrency, load_s)
+    first = os.environ.pop(SPARE_CGROUPS_ENV, "")  # not for the instances to inherit
+    spare = Spare(model, listener, concurrency, load_s, first.split(":") if first else None)
+    next_cgroups: list[str] = []
 
     def stop(*_: object) -> None:
         spare.close()  # reaped here: a spare outliving us would be re-parented to the server
@@ -122,6 +129,7 @@ def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> 
             started = time.perf_counter()
             try:
                 request = json.loads(line)
+                next_cgroups = [str(p) for p in request.get("next_cgroups", [])]
                 try:
                     pid = spare.fork(request)
                 except (OSError, ValueError):  # the spare died: make one now and use it
@@ -136,9 +144,10 @@ def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> 
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
                 pass  # the server gave up on this fork; the child is still its to watch
-        # After the reply, off the critical path: reap the used spare, fork the next.
+        # After the reply, off the critical path: reap the used spare, fork the next (which joins
+        # the cgroups the server made for the next instance).
         spare.close()
-        spare = Spare(model, listener, concurrency, load_s)
+        spare = Spare(model, listener, concurrency, load_s, next_cgroups)
 
 
 def _become_instance(model: Model, request: dict[str, Any], concurrency: int, load_s: float) -> None:

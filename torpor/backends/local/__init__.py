@@ -17,9 +17,11 @@ Nothing above this package sees a pid, a socket path or a log file: only the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -52,10 +54,12 @@ from torpor.backends.local.launch import (
 from torpor.backends.local.limits import CGROUPS_ENV, Limits, make_limits
 from torpor.backends.local.memory import process_memory_bytes
 from torpor.backends.local.processes import InstanceProcess, tail
-from torpor.backends.local.templates import Templates
+from torpor.backends.local.templates import Template, Templates
 from torpor.clock import Clock
+from torpor.constants import STOP_GRACE_S
 from torpor.datadir import remove_socket, remove_sockets
 from torpor.placement.gpus import GpuDevice
+from torpor.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,8 @@ class LocalBackend:
         self.limits = limits
         if templates is None:
             templates = forking_supported() and enable_subreaper()
-        self.templates = Templates(data_dir, self.run_dir, clock) if templates else None
+        self.templates = Templates(data_dir, self.run_dir, clock,
+                                   self._next_spare_cgroups) if templates else None
         self._processes: dict[str, _Process] = {}
         self._stderr: OrderedDict[str, Path] = OrderedDict()
         self._ended: OrderedDict[str, Exit] = OrderedDict()  # for a wait() after stop()
@@ -146,8 +151,15 @@ class LocalBackend:
             self.templates.retire(plan.function, plan.revision)
 
     def retire(self, function: str, revision: int | None = None) -> None:
-        if self.templates is not None:
-            self.templates.retire(function, revision)
+        if self.templates is None:
+            return
+        spares = [t.spare_cgroup for (f, r), t in self.templates.by_revision.items()
+                  if f == function and revision in (None, r) and t.spare_cgroup is not None]
+        self.templates.retire(function, revision)
+        if spares:  # empty once the template (and so its spare) has stopped
+            loop = asyncio.get_running_loop()
+            for name in spares:
+                loop.call_later(STOP_GRACE_S + 1.0, self.limits.release, name)
 
     def function_info(self, function: str, revision: int | None = None) -> dict[str, Any] | None:
         template = self.templates.get(function, revision) if self.templates is not None else None
@@ -174,21 +186,22 @@ class LocalBackend:
             address = Address.unix(str(self.run_dir / f"{instance_id}.sock"))
         forked = self.templates is not None and uses_template(revision)
         env = placement_env(plan.placement, self.gpus)
-        try:
-            cgroups = self.limits.prepare(instance_id, spec.resources.memory_mb, spec.resources.cpus)
-        except OSError as exc:
-            log.warning("instance %s runs without limits: %s", instance_id, exc)
-            cgroups = ()
+        template = None
         if forked:
             assert self.templates is not None
             template = self.templates.ensure(spec, revision.revision, revision.code.path,
                                              _model_path(revision))
+        cgroups = self._instance_cgroups(instance_id, spec, template)
+        if template is not None:
+            assert self.templates is not None
             if cgroups:
                 env[CGROUPS_ENV] = ":".join(cgroups)
+            next_cgroups = self._next_spare_cgroups(template, spec)
             try:
                 handle: InstanceProcess = await self.templates.fork(
                     template, instance_id=instance_id, socket_path=listen_arg(address),
-                    stdout=stdout, stderr=stderr, timeout_s=spec.initialize_timeout_s, env=env)
+                    stdout=stdout, stderr=stderr, timeout_s=spec.initialize_timeout_s, env=env,
+                    next_cgroups=next_cgroups)
             except BaseException:
                 self.limits.release(instance_id)
                 raise
@@ -220,6 +233,38 @@ class LocalBackend:
     def instance_ids(self) -> list[str]:
         """The instances this backend runs now."""
         return list(self._processes)
+
+    def _instance_cgroups(self, instance_id: str, spec: FunctionSpec,
+                          template: Template | None) -> tuple[str, ...]:
+        """The instance's limit cgroups. A forked instance takes over the cgroup its template's
+        spare joined ahead of time (renamed to the instance's id: no process moves on the cold
+        start's path); otherwise, or where cgroups cannot be renamed, new ones it joins itself."""
+        spare = template.spare_cgroup if template is not None else None
+        if template is not None:
+            template.spare_cgroup = None
+        if spare is not None:
+            renamed = self.limits.rename(spare, instance_id)
+            if renamed:
+                return renamed
+            self.limits.release(spare)
+        try:
+            return self.limits.prepare(instance_id, spec.resources.memory_mb, spec.resources.cpus)
+        except OSError as exc:
+            log.warning("instance %s runs without limits: %s", instance_id, exc)
+            return ()
+
+    def _next_spare_cgroups(self, template: Template, spec: FunctionSpec) -> tuple[str, ...]:
+        """Limit cgroups for the instance after this one, which the template's next spare joins
+        while it waits (cgroup v1 only: v2 cannot rename them onto the instance)."""
+        if self.limits.name != "cgroup-v1":
+            return ()
+        name = f"spare-{template.function}-{template.revision}-{secrets.token_hex(3)}"
+        try:
+            cgroups = self.limits.prepare(name, spec.resources.memory_mb, spec.resources.cpus)
+        except OSError:
+            return ()
+        template.spare_cgroup = name
+        return cgroups
 
     def _process(self, instance_id: str) -> _Process:
         process = self._processes.get(instance_id)

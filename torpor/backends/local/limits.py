@@ -38,6 +38,10 @@ class Limits(Protocol):
     def prepare(self, instance_id: str, memory_mb: int, cpus: float) -> tuple[str, ...]:
         """Make the instance's cgroups with their limits; the ``cgroup.procs`` files to join."""
 
+    def rename(self, old: str, new: str) -> tuple[str, ...]:
+        """Rename a prepared cgroup (e.g. a template's spare's) to ``new``; its ``cgroup.procs``
+        files, or () where cgroups cannot be renamed (cgroup v2) or the rename failed."""
+
     def oom_killed(self, instance_id: str) -> bool:
         """Whether the kernel killed a process of the instance for passing its memory limit."""
 
@@ -51,6 +55,9 @@ class NoLimits:
     bases: tuple[Path, ...] = ()
 
     def prepare(self, instance_id: str, memory_mb: int, cpus: float) -> tuple[str, ...]:
+        return ()
+
+    def rename(self, old: str, new: str) -> tuple[str, ...]:
         return ()
 
     def oom_killed(self, instance_id: str) -> bool:
@@ -98,6 +105,23 @@ class CgroupV1Limits:
         (cpu / "cpu.cfs_quota_us").write_text(str(int(cpus * CPU_PERIOD_US)))
         return str(memory / "cgroup.procs"), str(cpu / "cgroup.procs")
 
+    def rename(self, old: str, new: str) -> tuple[str, ...]:
+        """cgroup v1 renames a cgroup in place, with its processes and limits (no migration)."""
+        done: list[Path] = []
+        try:
+            for base in (self.memory_base, self.cpu_base):
+                (base / old).rename(base / new)
+                done.append(base)
+        except OSError:
+            for base in done:
+                try:
+                    (base / new).rename(base / old)
+                except OSError:
+                    pass
+            return ()
+        return (str(self.memory_base / new / "cgroup.procs"),
+                str(self.cpu_base / new / "cgroup.procs"))
+
     def oom_killed(self, instance_id: str) -> bool:
         return _counter(self.memory_base / instance_id / "memory.oom_control", "oom_kill") > 0
 
@@ -132,6 +156,9 @@ class CgroupV2Limits:
             pass
         (group / "cpu.max").write_text(f"{int(cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
         return (str(group / "cgroup.procs"),)
+
+    def rename(self, old: str, new: str) -> tuple[str, ...]:
+        return ()  # cgroup v2 does not rename cgroups: the instance joins its own
 
     def oom_killed(self, instance_id: str) -> bool:
         return _counter(self.base / instance_id / "memory.events", "oom_kill") > 0

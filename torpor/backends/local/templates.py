@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from torpor.backends.local.launch import function_env, wait_listening
 from torpor.backends.local.processes import LaunchPlan, ProcessHandle, tail
 from torpor.clock import Clock
 from torpor.constants import STOP_GRACE_S
+from torpor.runtime.cgroups import SPARE_CGROUPS_ENV
 from torpor.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Template:
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     forks: int = 0
     crashes: int = 0  # consecutive deaths after being ready (drives the rebuild backoff)
+    spare_cgroup: str | None = None  # the limit cgroup its next spare joins ahead of time
 
     @property
     def alive(self) -> bool:
@@ -58,8 +60,11 @@ class Template:
 
 
 class Templates:
-    def __init__(self, data_dir: Path, run_dir: Path, clock: Clock) -> None:
+    def __init__(self, data_dir: Path, run_dir: Path, clock: Clock,
+                 spare_cgroups: Callable[[Template, FunctionSpec], tuple[str, ...]] | None = None
+                 ) -> None:
         self.clock = clock
+        self.spare_cgroups = spare_cgroups  # limit cgroups a template's first spare joins
         self.data_dir = data_dir
         self.run_dir = run_dir
         self.by_revision: dict[tuple[str, int], Template] = {}
@@ -97,6 +102,10 @@ class Templates:
             cwd=str(base_dir), env=function_env(spec, template.revision, model_path),
             stdout_path=template.stdout_path, stderr_path=template.stderr_path,
         )
+        if self.spare_cgroups is not None:
+            cgroups = self.spare_cgroups(template, spec)
+            if cgroups:
+                plan.env[SPARE_CGROUPS_ENV] = ":".join(cgroups)
         try:
             template.handle = await processes.spawn(plan)
             await wait_listening(template.handle, Address.unix(template.control), self.clock,
@@ -124,11 +133,14 @@ class Templates:
 
     async def fork(self, template: Template, *, instance_id: str, socket_path: str,
                    stdout: Path, stderr: Path, timeout_s: float,
-                   env: dict[str, str] | None = None) -> ForkedHandle:
-        """Fork an instance; ``env`` (its GPUs, its cgroups) is set in the child before setup()."""
+                   env: dict[str, str] | None = None,
+                   next_cgroups: tuple[str, ...] = ()) -> ForkedHandle:
+        """Fork an instance; ``env`` (its GPUs, its cgroups) is set in the child before setup();
+        ``next_cgroups``: what the template's next spare joins ahead of time."""
         await asyncio.wait_for(asyncio.shield(template.ready), timeout_s)
         request = {"instance": instance_id, "socket": socket_path, "stdout": str(stdout),
-                   "stderr": str(stderr), "env": {**(env or {}), "TORPOR_INSTANCE": instance_id}}
+                   "stderr": str(stderr), "env": {**(env or {}), "TORPOR_INSTANCE": instance_id},
+                   "next_cgroups": list(next_cgroups)}
         try:
             reader, writer = await asyncio.open_unix_connection(template.control)
             writer.write(json.dumps(request).encode() + b"\n")
