@@ -220,6 +220,19 @@ def _reference_average(changes: list[tuple[float, int]], now: float, window_s: f
     return area / (end - start)
 
 
+def replay(steps: list[tuple[float, int]], tail_s: float
+           ) -> tuple[ConcurrencyRecorder, list[tuple[float, int]], float]:
+    """Record ``(gap s, level)`` changes from t=500; the recorder, the changes and the end time."""
+    recorder = ConcurrencyRecorder(retention_s=120)
+    now = 500.0
+    changes: list[tuple[float, int]] = []
+    for gap_s, level in steps:
+        now += gap_s
+        recorder.record(now, level)
+        changes.append((now, level))
+    return recorder, changes, now + tail_s
+
+
 class TestAgainstBruteForce:
     @given(
         steps=st.lists(st.tuples(st.floats(0.0, 30.0), st.integers(0, 50)), min_size=1, max_size=40),
@@ -230,14 +243,7 @@ class TestAgainstBruteForce:
         self, steps: list[tuple[float, int]], tail_s: float, window_s: float
     ) -> None:
         """For any change sequence the bucketed average equals integrating the levels directly."""
-        recorder = ConcurrencyRecorder(retention_s=120)
-        now = 500.0
-        changes: list[tuple[float, int]] = []
-        for gap_s, level in steps:
-            now += gap_s
-            recorder.record(now, level)
-            changes.append((now, level))
-        now += tail_s
+        recorder, changes, now = replay(steps, tail_s)
         expected = _reference_average(changes, now, window_s)
         assert recorder.window_average(now, window_s) == pytest.approx(expected, abs=1e-9)
 
@@ -292,12 +298,5 @@ class TestPeakAgainstBruteForce:
         self, steps: list[tuple[float, int]], tail_s: float, window_s: float
     ) -> None:
         """For any change sequence the bucketed peak equals scanning the changes directly."""
-        recorder = ConcurrencyRecorder(retention_s=120)
-        now = 500.0
-        changes: list[tuple[float, int]] = []
-        for gap_s, level in steps:
-            now += gap_s
-            recorder.record(now, level)
-            changes.append((now, level))
-        now += tail_s
+        recorder, changes, now = replay(steps, tail_s)
         assert recorder.window_peak(now, window_s) == _reference_peak(changes, now, window_s)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from torpor.errors import GatewayError
-from torpor.gateway.proxy import _HOP_BY_HOP, Gateway, _error, _gateway_error, new_request_id
+from torpor.gateway.proxy import _HOP_BY_HOP, Gateway, _error, new_request_id
 from torpor.gateway.route import FunctionRoute
 from torpor.spec import FunctionSpec
 from torpor.types import Receive, Scope, Send
@@ -70,15 +70,8 @@ async def forward(gateway: Gateway, name: str, routes: Routes, scope: Scope, bod
     query: bytes = scope.get("query_string", b"")
     if query:
         target += b"?" + query
-    arrived_at = gateway.clock.now()
-    try:
-        lease = await route.acquire()
-    except GatewayError as exc:
-        route.errors += 1
-        await _gateway_error(send, exc, route.name, request_id)
-        return
-    await gateway._forward(route, lease, scope["method"], target, b"".join(lines), body, receive, send,
-                           request_id, arrived_at)
+    await gateway.dispatch(route, route.name, scope["method"], target, b"".join(lines), body,
+                           receive, send, request_id)
 
 
 async def read_body(receive: Receive, limit: int) -> bytes | None:

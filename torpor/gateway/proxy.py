@@ -172,6 +172,14 @@ class Gateway:
         query: bytes = scope.get("query_string", b"")
         if query:
             target += b"?" + query
+        await self.dispatch(route, name, scope["method"], target, b"".join(lines), body, receive,
+                            send, request_id)
+
+    async def dispatch(self, route: FunctionRoute, name: str, method: str, target: bytes,
+                       header_lines: bytes, body: bytes, receive: Receive, send: Send,
+                       request_id: str) -> None:
+        """Take a slot on ``route`` (queueing as its function's queue says) and forward the request;
+        the gateway's own answer when no slot comes. The protocol front doors end here too."""
         arrived_at = self.clock.now()
         try:
             lease = await route.acquire()
@@ -179,8 +187,8 @@ class Gateway:
             route.errors += 1
             await _gateway_error(send, exc, name, request_id)
             return
-        await self._forward(route, lease, scope["method"], target, b"".join(lines), body,
-                            receive, send, request_id, arrived_at)
+        await self._forward(route, lease, method, target, header_lines, body, receive, send,
+                            request_id, arrived_at)
 
     async def _forward(
         self,
