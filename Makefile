@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 test-setup: $(TEST_STAMP)
 
 # what the tests need on top: linters, pytest, Ray for the Ray backend's tests (ray==2.60.0, no
-# torch, no CUDA), nvidia-ml-py (the NVML inventory; it finds no GPU without a driver), and torch
+# torch, no CUDA), nvidia-ml-py (the NVML inventory; it finds no GPU without a driver), psycopg
+# (the PostgreSQL store's tests), and torch
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples,ray,gpu]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,examples,ray,gpu,postgres]'
 	# torch (CPU build, pinned) lets the CPU tests of torpor.weights and torpor.gpu_offload run;
 	# without it they skip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 \
@@ -49,21 +50,25 @@ typecheck: $(TEST_STAMP)
 test: lint typecheck test-deps $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
-# The console's browser test needs Debian's chromium, the metrics tests promtool (package prometheus).
-# Installed (as root, with apt-get) only where missing; elsewhere those tests skip, saying why.
+# The console's browser test needs Debian's chromium, the metrics tests promtool (package prometheus),
+# the PostgreSQL store's tests a PostgreSQL server (package postgresql; Debian keeps initdb and pg_ctl
+# in /usr/lib/postgresql/VERSION/bin). Installed (as root, with apt-get) only where missing;
+# elsewhere those tests skip, saying why.
 TEST_TOOLS := chromium:chromium promtool:prometheus
 test-deps:
 	@missing=""; for pair in $(TEST_TOOLS); do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null \
+		|| missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing$$missing for the console and metrics tests"; \
+		echo "installing$$missing for the console, metrics and PostgreSQL tests"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends $$missing >/dev/null) \
-		|| echo "could not install$$missing: the browser/promtool tests will be skipped"; \
+		|| echo "could not install$$missing: the browser/promtool/PostgreSQL tests will be skipped"; \
 	else \
 		echo "$$missing missing and cannot be installed here (needs root and apt-get):" \
-			"the browser/promtool tests will be skipped"; \
+			"the browser/promtool/PostgreSQL tests will be skipped"; \
 	fi
 
 # Refresh the console's vendored assets from npm at the pinned versions (torpor/api/ui/vendor).

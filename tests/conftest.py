@@ -179,3 +179,32 @@ def smollm2_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     data_dir = tmp_path_factory.mktemp("smollm2") / "data"
     yield data_dir, prepare(gguf, data_dir / "cache")
     shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL server for the session (tests/pg_server.py); skips, saying why, where
+    Debian's postgresql or psycopg is missing or the server cannot start."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'torpor[postgres]')")
+    from pg_server import PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (make test-deps installs Debian's postgresql)")
+    try:
+        server = PostgresServer(bin_dir)
+    except KeyError:
+        pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+    try:
+        server.start()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        server.stop()
+        pytest.skip(f"PostgreSQL would not start: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return str(postgres_server.create())

@@ -1,4 +1,4 @@
-"""The server config's resource sections: declared ``gpus:`` and ``limits:``.
+"""The server config's own sections: declared ``gpus:``, ``limits:`` and the ``store:`` URL.
 
 The same file (``--config`` or ``DATA_DIR/config.yaml``) holds ``prices:`` (``torpor.metering.prices``)
 and sections of other parts; each part reads its own and leaves the rest alone. Every problem is a
@@ -11,6 +11,7 @@ and sections of other parts; each part reads its own and leaves the rest alone. 
       - {name: H200, memory_mb: 143360}
     limits:
       gpus: 30            # all instances together hold at most 30 GPUs (slices counted by memory)
+    store: postgresql://torpor@db.internal/torpor   # the shared store; default DATA_DIR/torpor.db
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ class LimitsConfig(_Strict):
 class ServerConfig(_Strict):
     gpus: tuple[GpuConfig, ...] | None = None  # None: ask NVML; () declares a machine without GPUs
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    store: str | None = Field(default=None, min_length=1)
+    """``postgresql://USER@HOST[:PORT]/DATABASE``: the shared store (``--store`` wins over it);
+    None: SQLite in DATA_DIR/torpor.db."""
 
 
-_SECTIONS = ("gpus", "limits")
+_SECTIONS = ("gpus", "limits", "store")
 
 
 def read_config(path: Path | None) -> dict[str, Any]:

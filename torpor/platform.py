@@ -37,6 +37,7 @@ from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
 from torpor.placement.gpus import GpuDevice, GpuRequest, GpuSource, held_mb, unplaceable
 from torpor.rollouts import Rollouts
+from torpor.shared_files import SharedFileError, SharedFiles
 from torpor.spec import (
     FunctionSpec,
     is_package_model,
@@ -56,18 +57,28 @@ MAX_BILL_AHEAD_S = 366 * 86_400.0  # a bill's window may not end later than this
 
 
 class Platform:
+    """``store``: a PostgreSQL URL (``--store``; else the config's ``store:``; else SQLite in the
+    data directory). ``holder``: this server's name, to hold a shared store's lock under."""
+
     def __init__(self, data_dir: Path, clock: Clock | None = None,
                  config_path: Path | None = None, backend: InstanceBackend | None = None,
-                 gpu_source: GpuSource | None = None) -> None:
+                 gpu_source: GpuSource | None = None, store: str | None = None,
+                 holder: str | None = None) -> None:
         self.data_dir = data_dir
         if config_path is None and (data_dir / CONFIG_FILENAME).is_file():
             config_path = data_dir / CONFIG_FILENAME
         self.prices = load_prices(config_path)  # a bad config stops the server before it starts
         self.config = load_server_config(config_path)
         self.clock = clock or SystemClock()
-        self.store = Store(data_dir / DB_FILENAME)
+        if store is not None:
+            self.store = Store(store, "--store", holder)
+        elif self.config.store is not None:
+            self.store = Store(self.config.store, f"store in {config_path}", holder)
+        else:
+            self.store = Store(data_dir / DB_FILENAME)
         self.cache = ModelCache.in_data_dir(data_dir)
         self.code = CodeStore.in_data_dir(data_dir)
+        self.shared = SharedFiles(self.store, self.code, self.cache)
         if backend is None:
             from torpor.backends.local import LocalBackend
             from torpor.backends.local.nvml import NvmlSource, discover_gpus
@@ -117,8 +128,30 @@ class Platform:
                 log.error("cannot restore function %s: %s", record.name, exc)
         self.reconciler.start()
 
+    async def _bring_back(self, code_digest: str | None, model_digest: str | None) -> None:
+        """Copy a revision's code and model from a shared store into this data directory when it
+        lacks them (a server on a new machine); a no-op on SQLite."""
+        if not self.shared.enabled:
+            return
+        try:
+            if code_digest is not None:
+                await asyncio.to_thread(self.shared.code_ref, code_digest)
+            if model_digest is not None:
+                await asyncio.to_thread(self.shared.model, model_digest)
+        except (CodeError, SharedFileError, SpecError) as exc:
+            raise BadRequest(f"its files cannot be brought back from the store: {exc}") from None
+
+    async def _keep_shared(self, code: CodeRef, model_digest: str | None) -> None:
+        """On a shared store, copy a deploy's code and model into it before the revision is
+        written, so that every stored revision can run on another machine."""
+        if self.shared.enabled:
+            await asyncio.to_thread(self.shared.keep_code, code.digest)
+            if model_digest is not None:
+                await asyncio.to_thread(self.shared.keep_model, model_digest)
+
     async def _restore(self, record: FunctionRecord) -> None:
         """Install a stored function: its newest revision and every revision its split names."""
+        await self._bring_back(record.code_digest, record.model_digest)
         code = self.code.get(record.code_digest) if record.code_digest else None
         if code is None and record.code_digest is None and Path(record.base_dir).is_dir():
             # deployed by a torpor that ran code from the user's folder: keep a copy now
@@ -132,9 +165,11 @@ class Platform:
         traffic = (TrafficConfig.from_json(record.traffic) if record.traffic
                    else TrafficConfig.only(record.revision))
         try:
-            others = [(r, self._revision_parts(r)) for r in [
-                await self._revision_record(record.name, n)
-                for n in sorted(traffic.routed - {record.revision})]]
+            routed = [await self._revision_record(record.name, n)
+                      for n in sorted(traffic.routed - {record.revision})]
+            for other in routed:
+                await self._bring_back(other.code_digest, other.model_digest)
+            others = [(r, self._revision_parts(r)) for r in routed]
         except BadRequest as exc:
             log.error("function %s: %s; all its traffic goes to revision %d", record.name, exc,
                       record.revision)
@@ -161,7 +196,9 @@ class Platform:
     async def _load_revisions(self, fn: FunctionRuntime, numbers: frozenset[int]) -> None:
         """Bring stored revisions back into memory (a rollback to one that scaled to zero)."""
         for number in sorted(numbers - fn.revisions.keys()):
-            self._add_stored(fn, await self._revision_record(fn.name, number))
+            record = await self._revision_record(fn.name, number)
+            await self._bring_back(record.code_digest, record.model_digest)
+            self._add_stored(fn, record)
 
     async def _revision_record(self, name: str, number: int) -> RevisionRecord:
         record = await self.store.run(self.store.get_revision, name, number)
@@ -250,6 +287,7 @@ class Platform:
                        "tags": dict(existing.config.tags)}
         model_source = self._model_source(spec, code, model_code, source)
         cached = await self._cache_model(model_source, source)
+        await self._keep_shared(code, cached.digest if cached else None)
         record = await self.store.run(
             self.store.put_function, spec.name, raw, str(code.path), source, self.clock.now(),
             cached.digest if cached else None, code.digest, created_by,

@@ -150,7 +150,7 @@ def ray_backend(data_dir: Path, config: Path | None, ray_address: str | None
 
 def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info",
           config: Path | None = None, log_format: str = "text",
-          ray_address: str | None = None) -> None:
+          ray_address: str | None = None, store: str | None = None) -> None:
     if log_format not in ("text", "json"):
         raise TorporError(f"--log-format must be text or json, not {log_format!r}")
     data_dir = data_dir.resolve()
@@ -165,11 +165,13 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
     handler.setFormatter(JsonFormatter() if log_format == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), handlers=[handler])
-    platform = Platform(data_dir, config_path=config, backend=backend)
+    holder = f"torpor serve pid {os.getpid()} on {socket.gethostname()}"
+    platform = Platform(data_dir, config_path=config, backend=backend, store=store, holder=holder)
     # torpor's own lean HTTP/1.1 server (uvloop + httptools): the gateway's cost is part of the
     # product (bench/gateway.py); a finished graceful shutdown on SIGINT/SIGTERM exits with 0
     server = HttpServer(RootApp(platform, deploy), lifespan=True, graceful_timeout_s=10)
-    log.info("torpor %s serving on http://%s:%d (data dir %s)", __version__, host, port, data_dir)
+    log.info("torpor %s serving on http://%s:%d (data dir %s, store %s)", __version__, host, port,
+             data_dir, platform.store.describe())
     try:
         server.run(host=host, port=port)
     finally:

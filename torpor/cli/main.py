@@ -92,6 +92,13 @@ def serve(
                      help="Run instances on a Ray cluster: `auto` or its GCS address host:port "
                           "(also `backend: ray` and `ray_address` in the config)."),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", metavar="URL", envvar="TORPOR_STORE",
+                     help="Keep the store in PostgreSQL: postgresql://USER@HOST[:PORT]/DATABASE "
+                          "(also `store:` in the config; default: SQLite in DATA_DIR/torpor.db). "
+                          "Needs pip install 'torpor[postgres]'."),
+    ] = None,
 ) -> None:
     """Run the gateway, control API, reconciler and store in one process."""
     from torpor.server import serve as run_server
@@ -101,7 +108,8 @@ def serve(
     if log_level.lower() not in LOG_LEVELS:
         raise CliError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
 
-    run_server(host, port, data_dir, deploy or [], log_level, config, log_format, ray_address=ray)
+    run_server(host, port, data_dir, deploy or [], log_level, config, log_format, ray_address=ray,
+               store=store)
 
 
 @app.command()

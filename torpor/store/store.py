@@ -1,7 +1,15 @@
-"""The store: SQLAlchemy 2 Core on a SQLite file in the data directory.
+"""The store: SQLAlchemy 2 Core on a SQLite file in the data directory (the default), or on a
+PostgreSQL database shared by the servers that follow one another (``torpor serve --store
+postgresql://...``).
+
+The same tables (:mod:`torpor.store.tables`) through the same additive migration on both; the only
+per-dialect parts are SQLite's pragmas and, on PostgreSQL, the session lock that keeps a second
+server off a database one is using (:meth:`Store.lock`). On a shared store the uploaded code and
+the cached models are kept in the database too (``blobs``), so that a server on another machine
+can bring them back (:mod:`torpor.store.blobs`).
 
 All writes go through one worker thread (:meth:`Store.run`), so the event loop never blocks on disk
-and SQLite sees a single writer. Nothing on the request path touches the store.
+and the database sees a single writer. Nothing on the request path touches the store.
 """
 
 from __future__ import annotations
@@ -15,8 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select, text, update
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    insert,
+    inspect,
+    make_url,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from torpor.errors import TorporError
 from torpor.store import tables
 
 T = TypeVar("T")
@@ -51,15 +74,144 @@ class RevisionRecord:
     created_by: str | None = None
 
 
+class StoreError(TorporError):
+    """The store cannot be opened: a bad ``--store`` URL, or a database that cannot be reached."""
+
+
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+CONNECT_TIMEOUT_S = 10
+# the PostgreSQL advisory lock a serving torpor holds on its store (an arbitrary, fixed number)
+SERVE_LOCK_KEY = 0x746F72706F72  # "torpor"
+# how soon PostgreSQL notices that the holder of the lock is gone when its machine is lost without
+# closing the connection (keepalive probes; a SIGKILLed process's socket closes at once)
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
+
+
+def store_url(raw: str, what: str = "--store") -> URL:
+    """``postgresql://user[:password]@host[:port]/db`` as SQLAlchemy's URL for psycopg 3.
+
+    ``what`` names where the URL came from (the option or the config file's field) in the error.
+    """
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError:
+        raise StoreError(f"{what}: {_hide_password(raw)!r} is not a database URL; give "
+                         "postgresql://USER@HOST[:PORT]/DATABASE") from None
+    if url.drivername not in POSTGRES_SCHEMES:
+        raise StoreError(f"{what}: {url.render_as_string(hide_password=True)!r} is not a "
+                         "PostgreSQL URL (postgresql://USER@HOST[:PORT]/DATABASE); without "
+                         "--store torpor keeps its store in DATA_DIR/torpor.db")
+    if not url.database:
+        raise StoreError(f"{what}: {url.render_as_string(hide_password=True)!r} names no "
+                         "database; give postgresql://USER@HOST[:PORT]/DATABASE")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def _hide_password(raw: str) -> str:
+    """``raw`` with whatever sits between ``user:`` and ``@`` replaced by ``***``."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep or "@" not in rest:
+        return raw
+    credentials, _, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.engine: Engine = create_engine(f"sqlite:///{path}", future=True)
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        tables.metadata.create_all(self.engine)
-        migrate(self.engine)
-        backfill_revisions(self.engine)
+    """``Store(path)``: a SQLite file; ``Store("postgresql://...")``: a PostgreSQL database.
+
+    ``what`` names where a URL came from (``--store``, or the config file's ``store``) in errors.
+    ``holder`` (a server's name, PostgreSQL only): hold the store's lock for as long as this store
+    is open, taken before any table is touched, so that a second server cannot start on a database
+    a server is using (on SQLite the data directory's lock covers the file in it).
+    """
+
+    def __init__(self, target: Path | str, what: str = "--store", holder: str | None = None) -> None:
+        self.path: Path | None = None
+        self._lock_conn: Connection | None = None
+        if isinstance(target, Path):
+            self.path = target
+            self.shown = str(target)
+            self.url = make_url(f"sqlite:///{target}")
+            self.engine: Engine = create_engine(self.url)
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            _create(self.engine)
+        else:
+            self.url = store_url(target, what)
+            shown = self.url.set(drivername="postgresql").render_as_string(hide_password=True)
+            self.shown = shown
+            try:
+                self.engine = create_engine(
+                    self.url, pool_pre_ping=True,
+                    connect_args={"connect_timeout": CONNECT_TIMEOUT_S,
+                                  "application_name": "torpor"})
+                if holder is not None:
+                    self._lock(holder, what)
+                _create(self.engine)
+            except StoreError:
+                self.engine.dispose()
+                raise
+            except NoSuchModuleError:
+                raise StoreError(f"{what} {shown}: PostgreSQL needs psycopg; pip install "
+                                 "'torpor[postgres]'") from None
+            except ModuleNotFoundError as exc:
+                raise StoreError(f"{what} {shown}: PostgreSQL needs {exc.name}; pip install "
+                                 "'torpor[postgres]'") from None
+            except SQLAlchemyError as exc:
+                raise StoreError(f"{what} {shown}: cannot open the database: "
+                                 f"{_reason(exc)}") from None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torpor-store")
+
+    def _lock(self, holder: str, what: str) -> None:
+        """Hold PostgreSQL's session lock on the store for the life of this server, or raise
+        :class:`StoreError` naming the server that holds it.
+
+        The lock goes with the connection: a server that stops or is killed frees it at once; one
+        whose machine is lost frees it when PostgreSQL's keepalive probes go unanswered (about
+        ``KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT`` seconds).
+        """
+        conn = self.engine.connect()
+        try:
+            conn.execute(text("SELECT set_config('application_name', :name, false)"),
+                         {"name": holder[:63]})
+            for setting, value in (("tcp_keepalives_idle", KEEPALIVE_IDLE_S),
+                                   ("tcp_keepalives_interval", KEEPALIVE_INTERVAL_S),
+                                   ("tcp_keepalives_count", KEEPALIVE_COUNT)):
+                conn.execute(text("SELECT set_config(:setting, :value, false)"),
+                             {"setting": setting, "value": str(value)})
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
+                               {"key": SERVE_LOCK_KEY}).scalar_one()
+            conn.commit()
+            if not got:
+                who = conn.execute(text(
+                    "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN "
+                    "pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
+                    "l.granted AND (l.classid::bigint << 32) + l.objid::bigint = :key"),
+                    {"key": SERVE_LOCK_KEY}).first()
+                conn.commit()
+                holder_text = (f"{who.application_name} from {who.client_addr or 'a local socket'}"
+                               if who else "another server")
+                raise StoreError(
+                    f"{what} {self.shown}: another torpor serve ({holder_text}) is using this "
+                    "database; two servers on one store at once are not supported (if its machine "
+                    f"is lost, PostgreSQL lets go within about "
+                    f"{KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT} s)")
+        except BaseException:
+            conn.close()
+            raise
+        self._lock_conn = conn
+
+    @property
+    def shared(self) -> bool:
+        """True on a database that outlives this machine (PostgreSQL): code and models go in it."""
+        return self.engine.dialect.name != "sqlite"
+
+    def describe(self) -> str:
+        """Where the store is, for the log (never the password)."""
+        if self.path is not None:
+            return str(self.path)
+        return self.shown
+
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store method on the store's own thread."""
@@ -76,6 +228,9 @@ class Store:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._lock_conn is not None:
+            self._lock_conn.close()
+            self._lock_conn = None
         self.engine.dispose()
 
     # functions -----------------------------------------------------------------------------
@@ -312,17 +467,33 @@ def backfill_revisions(engine: Engine) -> int:
     return len(missing)
 
 
+def _create(engine: Engine) -> None:
+    """Create the tables a database lacks, then migrate and backfill: the same on every dialect."""
+    tables.metadata.create_all(engine)
+    migrate(engine)
+    backfill_revisions(engine)
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's first line, without SQLAlchemy's wrapping (it never holds the password)."""
+    original = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    return lines[0].rstrip(".") if lines else type(original).__name__
+
+
 def migrate(engine: Engine) -> list[str]:
     """Add the columns a newer schema has and an older database lacks; returns what was added."""
     added = []
     inspector = inspect(engine)
+    quote = engine.dialect.identifier_preparer.quote
     with engine.begin() as conn:
         for table in tables.metadata.sorted_tables:
             present = {column["name"] for column in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in present:
                     kind = column.type.compile(dialect=engine.dialect)
-                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                    conn.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN "
+                                      f"{quote(column.name)} {kind}"))
                     added.append(f"{table.name}.{column.name}")
     if added:
         log.info("store: added columns %s", ", ".join(added))

@@ -6,7 +6,7 @@ adds the missing columns to a data directory written by an older torpor.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -115,4 +115,17 @@ samples = Table(
     Column("resolution_s", Float, nullable=False),
     Column("data_json", Text, nullable=False),
     Index("samples_function_at", "function", "at"),
+)
+
+# On a shared store (PostgreSQL) the files a function needs, so that a server on another machine can
+# bring them back (torpor.store.blobs): "code" archives by their sha256, "model" cache entries by
+# their cache digest (a tar of the entry), each in parts of at most blobs.PART_BYTES, written in one
+# transaction. Empty on SQLite: the data directory holds the files and the database alike.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("digest", String(64), primary_key=True),
+    Column("part", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
 )
