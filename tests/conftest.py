@@ -208,3 +208,12 @@ def postgres_server() -> Iterator[Any]:
 def postgres_url(postgres_server: Any) -> str:
     """The URL of a new, empty database on the session's PostgreSQL server."""
     return str(postgres_server.create())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a store test keeps its store: a SQLite file, then a PostgreSQL database (each store
+    test runs on both)."""
+    if request.param == "sqlite":
+        return tmp_path / "torpor.db"
+    return str(request.getfixturevalue("postgres_url"))

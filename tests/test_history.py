@@ -23,8 +23,9 @@ def make_sample(at: float, function: str = "f", **overrides: Any) -> Sample:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "torpor.db")
+def store(store_target: Path | str) -> Iterator[Store]:
+    """A store on SQLite, then on PostgreSQL."""
+    store = Store(store_target)
     yield store
     store.close()
 
