@@ -121,6 +121,19 @@ class TestLedgerAndInstances:
         assert (instance["state"], instance["exited_at"], instance["failure"]) == (
             "stopped", 160.25, "server stopped")
 
+    def test_a_transition_after_the_last_heartbeat_is_a_later_sign_of_life(
+            self, store: Store) -> None:
+        """Heartbeat at 160, then a second instance starts at 160.7 and the server dies: both open
+        intervals end at 160.7, none before it starts."""
+        assert store.last_alive() is None
+        store.ledger_transition(INFO, "ready", 100.0)
+        store.heartbeat(160.0)
+        store.ledger_transition({**INFO, "instance_id": "fn-1-def"}, "starting", 160.7)
+        assert store.last_alive() == 160.7
+        assert store.close_open_intervals(160.7) == 2
+        assert [(r["start"], r["end"]) for r in store.ledger_rows(0.0, float("inf"))] == [
+            (100.0, 160.7), (160.7, 160.7)]
+
     def test_events_and_provisioning(self, store: Store) -> None:
         store.add_event("fn", 1.0, "deployed", "revision 1")
         store.add_event("fn", 2.0, "traffic", "1=100")

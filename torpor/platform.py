@@ -113,14 +113,15 @@ class Platform:
     async def startup(self) -> None:
         """Close what a previous server left open, restore deployed functions, start reconciling."""
         await self.backend.startup()
-        # What a crashed server left open ends at its last heartbeat: the last moment it was
-        # known to be alive (a clean stop closes everything itself).
-        last_alive = await self.store.run(self.store.last_heartbeat) or self.clock.now()
+        # What a crashed server left open ends at the last moment it was known to be alive: its
+        # last heartbeat or a later ledger write (a clean stop closes everything itself). The same
+        # on a shared store after the previous server's machine was lost.
+        last_alive = await self.store.run(self.store.last_alive) or self.clock.now()
         closed = await self.store.run(self.store.close_open_instances, last_alive)
         intervals = await self.store.run(self.store.close_open_intervals, last_alive)
         if closed or intervals:
             log.info("closed %d instance records and %d ledger intervals left open by a previous "
-                     "server at its last heartbeat", closed, intervals)
+                     "server at its last sign of life (%.3f)", closed, intervals, last_alive)
         for record in await self.store.run(self.store.list_functions):
             try:
                 await self._restore(record)

@@ -30,6 +30,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     inspect,
     make_url,
@@ -388,6 +389,17 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(select(t.c.value).where(t.c.key == "heartbeat")).first()
         return float(row.value) if row else None
+
+    def last_alive(self) -> float | None:
+        """The last moment the previous server is known to have been alive: its last heartbeat,
+        or a later ledger write (a transition written after the last heartbeat proves it was
+        alive then; closing its interval at the heartbeat would end it before it started)."""
+        t = tables.ledger
+        heartbeat = self.last_heartbeat()
+        with self.engine.connect() as conn:
+            latest_start, latest_end = conn.execute(select(func.max(t.c.start), func.max(t.c.end))).one()
+        known = [value for value in (heartbeat, latest_start, latest_end) if value is not None]
+        return max(known) if known else None
 
     def close_open_instances(self, now: float) -> int:
         """Instances left live by a server that died are stopped as of ``now``; returns how many."""
