@@ -46,3 +46,19 @@ class TestGpus:
     def test_bad_config(self, tmp_path: Path, text: str, error: str) -> None:
         """Each bad value is refused naming its field."""
         assert config_errors(tmp_path, text) == [error]
+
+
+class TestStore:
+    def test_the_store_url(self, tmp_path: Path) -> None:
+        """``store:`` holds the shared store's URL; without it, None (SQLite in the data dir)."""
+        path = tmp_path / "config.yaml"
+        path.write_text("store: postgresql://torpor@db.internal/torpor\n", encoding="utf-8")
+        assert load_server_config(path).store == "postgresql://torpor@db.internal/torpor"
+        assert load_server_config(None).store is None
+
+    @pytest.mark.parametrize(("text", "error"), [
+        ("store: 5432\n", "store: Input should be a valid string"),
+        ("store: ''\n", "store: String should have at least 1 character"),
+    ])
+    def test_bad_store(self, tmp_path: Path, text: str, error: str) -> None:
+        assert config_errors(tmp_path, text) == [error]

@@ -176,3 +176,25 @@ def test_serve_refuses_a_store_another_server_uses(tmp_path: Path, postgres_url:
 
 
 pytestmark = pytest.mark.timeout(180)
+
+
+def test_the_config_names_the_store(tmp_path: Path, postgres_url: str) -> None:
+    """``store:`` in the server config opens that database; a bad one is named with the file."""
+    from torpor.platform import Platform
+    from torpor.store.store import StoreError
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"gpus: []\nstore: {postgres_url}\n", encoding="utf-8")
+    platform = Platform(tmp_path / "data", config_path=config)
+    try:
+        assert platform.store.shared and platform.store.describe() == postgres_url
+        assert not (tmp_path / "data" / "torpor.db").exists()
+    finally:
+        platform.store.close()
+    config.write_text("gpus: []\nstore: mysql://ana:pw@db/torpor\n", encoding="utf-8")
+    with pytest.raises(StoreError) as caught:
+        Platform(tmp_path / "data", config_path=config)
+    assert str(caught.value) == (
+        f"store in {config}: 'mysql://ana:***@db/torpor' is not a PostgreSQL URL "
+        "(postgresql://USER@HOST[:PORT]/DATABASE); without --store torpor keeps its store in "
+        "DATA_DIR/torpor.db")
