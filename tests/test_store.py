@@ -5,7 +5,9 @@ in; instances, the ledger and the heartbeat; blobs; on SQLite and on a real Post
 from __future__ import annotations
 
 import io
+import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,12 @@ class TestRevisions:
         store.put_traffic("fn", {"weights": {"1": 100}, "tags": {}}, 3.0)
         stored = store.get_function("fn")
         assert stored is not None and stored.traffic == {"weights": {"1": 100}, "tags": {}}
+
+    def test_who_deployed_is_kept_whatever_its_length(self, store: Store) -> None:
+        """The client names who deploys; 300 characters are kept whole on both databases."""
+        who = "ana@" + "h" * 296
+        store.put_function("fn", {"name": "fn"}, "/code", "torpor.yaml", 1.0, None, "c" * 64, who)
+        assert store.list_revisions("fn")[0].created_by == who
 
     def test_delete_forgets_the_revisions(self, store: Store) -> None:
         """A deleted function deployed again starts at revision 1."""
@@ -216,3 +224,28 @@ class TestServeLock:
         second = Store(postgres_url, holder="torpor serve pid 2 on b")
         assert second.list_functions() == []
         second.close()
+
+    def test_a_lock_lost_with_its_session_is_taken_again(self, postgres_url: str) -> None:
+        """The database ends the session holding the lock (as a restart does): the next heartbeat
+        takes it again, and a second server is still refused."""
+        first = Store(postgres_url, holder="torpor serve pid 1 on a")
+        assert first.keep_lock() is True
+        admin = create_engine(store_url(postgres_url))
+        with admin.begin() as conn:
+            ended = conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+                "'torpor serve pid 1 on a'")).scalars().all()
+        assert ended == [True]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the ended session is gone, and its lock with it
+            with admin.connect() as conn:
+                if not conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = "
+                                         "'advisory'")).scalar_one():
+                    break
+            time.sleep(0.02)
+        admin.dispose()
+        first.heartbeat(5.0)
+        assert first.last_heartbeat() == 5.0
+        with pytest.raises(StoreError, match=re.escape("(torpor serve pid 1 on a from 127.0.0.1)")):
+            Store(postgres_url, holder="torpor serve pid 2 on b")
+        first.close()

@@ -130,6 +130,7 @@ class Store:
     def __init__(self, target: Path | str, what: str = "--store", holder: str | None = None) -> None:
         self.path: Path | None = None
         self._lock_conn: Connection | None = None
+        self._holder: tuple[str, str] | None = None
         if isinstance(target, Path):
             self.path = target
             self.shown = str(target)
@@ -147,6 +148,7 @@ class Store:
                     connect_args={"connect_timeout": CONNECT_TIMEOUT_S,
                                   "application_name": "torpor"})
                 if holder is not None:
+                    self._holder = (holder, what)
                     self._lock(holder, what)
                 _create(self.engine)
             except StoreError:
@@ -378,7 +380,36 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query.order_by(t.c.id))]
 
+    def keep_lock(self) -> bool:
+        """Check that this server still holds the store's lock (a database restart ends the
+        session that held it) and take it again if it was lost; False, logged, if another server
+        has it now. True on SQLite and on a store opened without a holder."""
+        if self._holder is None:
+            return True
+        if self._lock_conn is not None:
+            try:
+                held = self._lock_conn.execute(text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                    "pid = pg_backend_pid()")).scalar_one()
+                self._lock_conn.commit()
+                if held:
+                    return True
+            except SQLAlchemyError:
+                pass
+            self._lock_conn.invalidate()
+            self._lock_conn.close()
+            self._lock_conn = None
+        try:
+            self._lock(*self._holder)
+        except (StoreError, SQLAlchemyError) as exc:
+            log.error("store: this server lost the store's lock and cannot take it again: %s", exc)
+            return False
+        log.warning("store: the store's lock was lost (did the database restart?) and is held "
+                    "again")
+        return True
+
     def heartbeat(self, at: float) -> None:
+        self.keep_lock()
         t = tables.server_state
         with self.engine.begin() as conn:
             conn.execute(delete(t).where(t.c.key == "heartbeat"))

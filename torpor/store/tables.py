@@ -37,7 +37,9 @@ revisions = Table(
     Column("code_digest", String(64)),
     Column("model_digest", String(64)),
     Column("created_at", Float, nullable=False),
-    Column("created_by", String(255)),  # who deployed it (as the client said)
+    # who deployed it, as the client said: free text of any length (Text, not VARCHAR(255):
+    # PostgreSQL enforces a VARCHAR's length where SQLite does not)
+    Column("created_by", Text),
 )
 
 instances = Table(
