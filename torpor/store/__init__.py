@@ -1,4 +1,5 @@
-"""Durable state: functions, instance records and events, in SQLite (SQLAlchemy 2)."""
+"""Durable state: functions, revisions, instance records, events and the ledger, in SQLite or
+PostgreSQL (SQLAlchemy 2)."""
 
 from torpor.store.store import Store
 
