@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,6 +195,15 @@ class TestStoreUrl:
         with pytest.raises(StoreError) as caught:
             Store(url)
         assert str(caught.value) == message
+
+    def test_without_psycopg_the_error_says_what_to_install(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A plain ``pip install torpor`` has no PostgreSQL driver: the error names the extra."""
+        monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg fails, as if missing
+        with pytest.raises(StoreError) as caught:
+            Store("postgresql://ana:pw@127.0.0.1:5/torpor")
+        assert str(caught.value) == ("--store postgresql://ana:***@127.0.0.1:5/torpor: PostgreSQL "
+                                     "needs psycopg; pip install 'torpor[postgres]'")
 
     def test_postgresql_urls_use_psycopg_3(self) -> None:
         for url in ("postgresql://ana@db/t", "postgres://ana@db/t", "postgresql+psycopg://ana@db/t"):

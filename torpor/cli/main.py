@@ -97,7 +97,7 @@ def serve(
         typer.Option("--store", metavar="URL", envvar="TORPOR_STORE",
                      help="Keep the store in PostgreSQL: postgresql://USER@HOST[:PORT]/DATABASE "
                           "(also `store:` in the config; default: SQLite in DATA_DIR/torpor.db). "
-                          "Needs pip install 'torpor[postgres]'."),
+                          "Needs pip install 'torpor\\[postgres]'."),
     ] = None,
 ) -> None:
     """Run the gateway, control API, reconciler and store in one process."""
