@@ -161,6 +161,18 @@ def test_serve_refuses_a_database_it_cannot_reach(tmp_path: Path) -> None:
     assert "serving on" not in result.stderr
 
 
+def test_serve_refuses_a_malformed_store_url_before_anything(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "torpor", "serve", "--port", str(free_port()),
+                             "--data-dir", str(tmp_path / "data"),
+                             "--store", "mysql://ana:hunter2@db/torpor"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (result.returncode, result.stderr) == (1, (
+        "error: --store: 'mysql://ana:***@db/torpor' is not a PostgreSQL URL "
+        "(postgresql://USER@HOST[:PORT]/DATABASE); without --store torpor keeps its store in "
+        "DATA_DIR/torpor.db\n"))
+    assert not (tmp_path / "data").exists()
+
+
 def test_serve_refuses_a_store_another_server_uses(tmp_path: Path, postgres_url: str) -> None:
     a = TorporServer(tmp_path / "a" / "data", extra_args=["--store", postgres_url])
     try:

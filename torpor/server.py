@@ -35,6 +35,7 @@ from torpor.log_format import JsonFormatter
 from torpor.platform import CONFIG_FILENAME, Platform
 from torpor.safe_yaml import read_yaml
 from torpor.spec import load_spec_file
+from torpor.store.store import store_url
 from torpor.types import Receive, Scope, Send
 
 log = logging.getLogger("torpor")
@@ -154,6 +155,8 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
     if log_format not in ("text", "json"):
         raise TorporError(f"--log-format must be text or json, not {log_format!r}")
     data_dir = data_dir.resolve()
+    if store is not None:
+        store_url(store)  # a malformed --store fails before anything starts; reaching it, below
     for path in deploy:  # fail before starting anything
         load_spec_file(path)
     backend = ray_backend(data_dir, config, ray_address)
