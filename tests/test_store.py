@@ -259,3 +259,18 @@ class TestServeLock:
         with pytest.raises(StoreError, match=re.escape("(torpor serve pid 1 on a from 127.0.0.1)")):
             Store(postgres_url, holder="torpor serve pid 2 on b")
         first.close()
+
+    def test_a_holder_whose_heartbeat_stopped_is_waited_for(self, postgres_url: str) -> None:
+        """The holder wrote its last heartbeat a minute ago (its machine is gone, its connection
+        not yet): the new server waits until PostgreSQL lets go of the lock, then starts."""
+        import threading
+
+        lost = Store(postgres_url, holder="torpor serve pid 1 on lost")
+        lost.heartbeat(time.time() - 60)
+        started = time.monotonic()
+        threading.Timer(1.5, lost.close).start()  # PostgreSQL ends the dead session 1.5 s later
+        taker = Store(postgres_url, holder="torpor serve pid 2 on b")
+        waited = time.monotonic() - started
+        assert 1.5 <= waited < 10
+        assert taker.keep_lock() is True
+        taker.close()

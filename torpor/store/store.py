@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,6 +87,11 @@ SERVE_LOCK_KEY = 0x746F72706F72  # "torpor"
 # how soon PostgreSQL notices that the holder of the lock is gone when its machine is lost without
 # closing the connection (keepalive probes; a SIGKILLed process's socket closes at once)
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
+KEEPALIVE_TOTAL_S = KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT
+# A holder whose heartbeat (every second) is older than this is presumed lost with its machine: a
+# new server waits up to LOST_HOLDER_WAIT_S for PostgreSQL to let go of its lock instead of refusing.
+HOLDER_SILENT_S = 5.0
+LOST_HOLDER_WAIT_S = KEEPALIVE_TOTAL_S + 15.0
 
 
 def store_url(raw: str, what: str = "--store") -> URL:
@@ -165,13 +171,15 @@ class Store:
                                  f"{_reason(exc)}") from None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torpor-store")
 
-    def _lock(self, holder: str, what: str) -> None:
+    def _lock(self, holder: str, what: str, wait: bool = True) -> None:
         """Hold PostgreSQL's session lock on the store for the life of this server, or raise
         :class:`StoreError` naming the server that holds it.
 
         The lock goes with the connection: a server that stops or is killed frees it at once; one
         whose machine is lost frees it when PostgreSQL's keepalive probes go unanswered (about
-        ``KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT`` seconds).
+        ``KEEPALIVE_TOTAL_S``). When the holder's heartbeat has been silent for
+        ``HOLDER_SILENT_S`` (``wait``), it is presumed lost and this waits up to
+        ``LOST_HOLDER_WAIT_S`` for the lock; a holder that is alive is refused at once.
         """
         conn = self.engine.connect()
         try:
@@ -182,9 +190,16 @@ class Store:
                                    ("tcp_keepalives_count", KEEPALIVE_COUNT)):
                 conn.execute(text("SELECT set_config(:setting, :value, false)"),
                              {"setting": setting, "value": str(value)})
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
-                               {"key": SERVE_LOCK_KEY}).scalar_one()
-            conn.commit()
+            got = _try_lock(conn)
+            deadline = time.monotonic() + LOST_HOLDER_WAIT_S
+            silent = _silent_for(conn) if not got and wait else None
+            if silent is not None:
+                log.warning("%s %s: the server holding it has not written a heartbeat for %.0f s; "
+                            "waiting up to %.0f s for PostgreSQL to let go of its lock",
+                            what, self.shown, silent, LOST_HOLDER_WAIT_S)
+                while not got and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    got = _try_lock(conn)
             if not got:
                 who = conn.execute(text(
                     "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN "
@@ -197,8 +212,7 @@ class Store:
                 raise StoreError(
                     f"{what} {self.shown}: another torpor serve ({holder_text}) is using this "
                     "database; two servers on one store at once are not supported (if its machine "
-                    f"is lost, PostgreSQL lets go within about "
-                    f"{KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT} s)")
+                    f"is lost, PostgreSQL lets go within about {KEEPALIVE_TOTAL_S} s)")
         except BaseException:
             conn.close()
             raise
@@ -400,7 +414,7 @@ class Store:
             self._lock_conn.close()
             self._lock_conn = None
         try:
-            self._lock(*self._holder)
+            self._lock(*self._holder, wait=False)
         except (StoreError, SQLAlchemyError) as exc:
             log.error("store: this server lost the store's lock and cannot take it again: %s", exc)
             return False
@@ -508,6 +522,29 @@ def backfill_revisions(engine: Engine) -> int:
                 code_digest=row.code_digest, model_digest=row.model_digest,
                 created_at=row.updated_at, created_by=None))
     return len(missing)
+
+
+def _try_lock(conn: Connection) -> bool:
+    got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
+                            {"key": SERVE_LOCK_KEY}).scalar_one())
+    conn.commit()
+    return got
+
+
+def _silent_for(conn: Connection) -> float | None:
+    """Seconds since the store's last heartbeat when longer than ``HOLDER_SILENT_S``; None when
+    it is recent, or there is none yet (a server that is starting)."""
+    t = tables.server_state
+    try:
+        value = conn.execute(select(t.c.value).where(t.c.key == "heartbeat")).scalar()
+        conn.commit()
+    except SQLAlchemyError:  # no table yet: its holder is creating it
+        conn.rollback()
+        return None
+    if value is None:
+        return None
+    silent = time.time() - float(value)
+    return silent if silent > HOLDER_SILENT_S else None
 
 
 def _create(engine: Engine) -> None:
