@@ -67,3 +67,34 @@ class TestRevisions:
             7, {"name": "old"}, "d", 5.0)
         record = store.get_function("old")
         assert record is not None and record.traffic is None
+
+
+def _info(instance_id: str) -> dict[str, object]:
+    return {"instance_id": instance_id, "function": "fn", "revision": 1, "pool": "local",
+            "node": "local", "device": "cpu", "gpu_memory_mb": 0, "cpus": 1.0, "memory_mb": 512}
+
+
+class TestCrashRecovery:
+    def test_last_alive_is_the_later_of_heartbeat_and_last_ledger_write(self, tmp_path: Path) -> None:
+        """A server SIGKILLed 0.5 s after its last heartbeat had opened an interval at 100.5: what
+        it left open closes at 100.5, so no interval ends before it begins (a bill over such a row
+        was a 500) and the instance's intervals still meet end to start."""
+        store = Store(tmp_path / "t.db")
+        assert store.last_alive() is None  # a fresh store: the caller uses its clock
+        store.ledger_transition(_info("a"), "starting", 99.0)
+        store.ledger_transition(_info("b"), "starting", 99.5)
+        store.heartbeat(100.0)
+        store.ledger_transition(_info("a"), "ready", 100.5)  # after the last heartbeat
+        assert store.last_alive() == 100.5
+        assert store.close_open_intervals(store.last_alive()) == 2
+        rows = [(r["instance_id"], r["state"], r["start"], r["end"])
+                for r in store.ledger_rows(0.0, 200.0)]
+        assert rows == [("a", "starting", 99.0, 100.5), ("b", "starting", 99.5, 100.5),
+                        ("a", "ready", 100.5, 100.5)]
+
+    def test_heartbeat_after_the_last_write_wins(self, tmp_path: Path) -> None:
+        store = Store(tmp_path / "t.db")
+        store.ledger_transition(_info("a"), "starting", 99.0)
+        store.ledger_transition(_info("a"), None, 99.2)
+        store.heartbeat(101.0)
+        assert store.last_alive() == 101.0

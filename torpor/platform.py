@@ -102,9 +102,10 @@ class Platform:
     async def startup(self) -> None:
         """Close what a previous server left open, restore deployed functions, start reconciling."""
         await self.backend.startup()
-        # What a crashed server left open ends at its last heartbeat: the last moment it was
-        # known to be alive (a clean stop closes everything itself).
-        last_alive = await self.store.run(self.store.last_heartbeat) or self.clock.now()
+        # What a crashed server left open ends at the last moment it was known to be alive: its
+        # last heartbeat or, when later, its last ledger write (an interval opened after the last
+        # heartbeat must not end before it began). A clean stop closes everything itself.
+        last_alive = await self.store.run(self.store.last_alive) or self.clock.now()
         closed = await self.store.run(self.store.close_open_instances, last_alive)
         intervals = await self.store.run(self.store.close_open_intervals, last_alive)
         if closed or intervals:

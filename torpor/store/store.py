@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, inspect, select, text, update
 
 from torpor.store import tables
 
@@ -221,6 +221,15 @@ class Store:
             query = query.where(t.c.function == function)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query.order_by(t.c.id))]
+
+    def last_alive(self) -> float | None:
+        """The last moment a server that died is known to have been alive: its last heartbeat, or
+        a later ledger write (a transition between two heartbeats). None on a fresh store."""
+        t = tables.ledger
+        with self.engine.connect() as conn:
+            row = conn.execute(select(func.max(t.c.start), func.max(t.c.end))).first()
+        times = [value for value in (self.last_heartbeat(), *(row or ())) if value is not None]
+        return max(times) if times else None
 
     def heartbeat(self, at: float) -> None:
         t = tables.server_state
