@@ -49,6 +49,7 @@ HEARTBEAT_SLACK_S = 3.0  # an interval open at a kill closes no earlier than thi
 ALLOWED = {"200", "502", "503", "504", "refused", "dropped"}
 PRICES = {"cpu_per_vcpu_s": "0.001", "cpu_idle_per_vcpu_s": "0.0002",
           "memory_per_gb_s": "0.0001", "memory_idle_per_gb_s": "0.00005"}
+FUNCTIONS = ("echo", "slow", "spawned", "idle")
 ACTIVE = {"starting", "ready", "busy", "draining"}
 MICROSECOND = Decimal("1e-6")
 
@@ -137,7 +138,7 @@ class Cluster:
 
 
 def client(url: str, functions: list[str], stop: threading.Event,
-           out: list[Request], seed: int) -> None:
+           out: list[Request], seed: int, pause_s: float = 0.0) -> None:
     rng = random.Random(seed)
     timeout = httpx.Timeout(CLIENT_TIMEOUT_S, connect=2.0)
     with httpx.Client(base_url=url, timeout=timeout) as http:
@@ -156,6 +157,7 @@ def client(url: str, functions: list[str], stop: threading.Event,
             out.append(Request(name, started, time.time(), outcome))
             if outcome == "refused":
                 time.sleep(0.05)  # the server is down: a load balancer would retry, not spin
+            stop.wait(pause_s)
 
 
 def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos) -> None:
@@ -165,7 +167,7 @@ def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos)
     next_server_kill = MIN_ANSWERED // (SERVER_KILLS + 1)
     try:
         while not stop.is_set():
-            time.sleep(rng.uniform(0.2, 0.5))
+            time.sleep(rng.uniform(0.1, 0.4))
             server = cluster.server
             if len(record.server_kills) < SERVER_KILLS and answered() >= next_server_kill:
                 kill_server(cluster, record)
@@ -173,7 +175,7 @@ def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos)
                 continue
             try:
                 instances = [i for i in server.instances() if i.get("pid")]
-                templates = [fn["template"]["pid"] for name in ("echo", "slow")
+                templates = [fn["template"]["pid"] for name in ("echo", "slow", "idle")
                              if (fn := server.function(name)).get("template")
                              and fn["template"].get("pid")]
             except httpx.HTTPError:
@@ -282,6 +284,9 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
                       **limits),
         make_function(tmp_path, "echo", name="spawned", scaling=scaling,
                       runtime={"handler": "model:Echo", "templates": False}, **limits),
+        # a provisioned instance in idle mode, frozen between its slow-paced requests
+        make_function(tmp_path, "echo", name="idle", **limits,
+                      scaling={**scaling, "provisioned": 1, "idle_mode": True, "idle_after_s": 0.2}),
     ]
     since = time.time()
     cluster = Cluster(make_server, data_dir, functions)
@@ -297,6 +302,8 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
                                 args=(cluster.url, ["echo", "echo", "slow", "spawned"], stop,
                                       requests, seed))
                for seed in range(WORKERS)]
+    workers.append(threading.Thread(target=client, daemon=True,
+                                    args=(cluster.url, ["idle"], stop, requests, WORKERS, 0.4)))
     monkey = threading.Thread(target=chaos, args=(cluster, answered, stop, record), daemon=True)
     started = time.monotonic()
     for thread in [*workers, monkey]:
@@ -314,7 +321,7 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
 
     outcomes = Counter(r.outcome for r in requests)
     by_function = {name: dict(Counter(r.outcome for r in requests if r.function == name))
-                   for name in ("echo", "slow", "spawned")}
+                   for name in FUNCTIONS}
     longest = max(r.ended - r.started for r in requests)
     summary = (f"chaos: {len(requests)} requests in {load_s:.1f} s, by outcome {dict(outcomes)} "
                f"(per function {by_function}; longest {longest:.2f} s); "
@@ -349,7 +356,7 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
     billed_seconds = sum(Decimal(line["active_seconds"]) + Decimal(line["idle_seconds"])
                          for line in bill["functions"])
     assert (Decimal(bill["cost"]), billed_seconds) == (cost, seconds)
-    assert {line["function"] for line in bill["functions"]} == {"echo", "slow", "spawned"}
+    assert {line["function"] for line in bill["functions"]} == set(FUNCTIONS)
 
     # the last server stops cleanly, and nothing of any server is left
     assert cluster.server.stop(signal.SIGTERM) == 0
