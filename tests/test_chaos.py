@@ -46,6 +46,7 @@ CLIENT_TIMEOUT_S = 10.0  # a request still unanswered after this hangs: a failur
 REQUEST_TIMEOUT_S = 3.0  # the functions' timeout_s and queue.timeout_s
 DEADLINE_S = 75.0  # the load stops here even if short of MIN_ANSWERED (then the test fails)
 HEARTBEAT_SLACK_S = 3.0  # an interval open at a kill closes no earlier than this before it
+NOTICE_S = 3.0  # a SIGKILLed instance's last interval ends no later than this after the kill
 ALLOWED = {"200", "502", "503", "504", "refused", "dropped"}
 PRICES = {"cpu_per_vcpu_s": "0.001", "cpu_idle_per_vcpu_s": "0.0002",
           "memory_per_gb_s": "0.0001", "memory_idle_per_gb_s": "0.00005"}
@@ -67,6 +68,7 @@ class Chaos:
     """What the chaos thread did, for the checks and the summary."""
 
     instance_kills: int = 0
+    killed: list[tuple[str, str, float]] = field(default_factory=list)  # instance id, state, when
     template_kills: int = 0
     server_kills: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -137,11 +139,12 @@ class Cluster:
         self.pids.add(self.server.process.pid)
 
 
-def client(url: str, functions: list[str], stop: threading.Event,
+def client(url: str, headers: httpx.Headers, functions: list[str], stop: threading.Event,
            out: list[Request], seed: int, pause_s: float = 0.0) -> None:
+    """Send requests until ``stop``; ``headers``: the fixture's (its credentials, if any)."""
     rng = random.Random(seed)
     timeout = httpx.Timeout(CLIENT_TIMEOUT_S, connect=2.0)
-    with httpx.Client(base_url=url, timeout=timeout) as http:
+    with httpx.Client(base_url=url, timeout=timeout, headers=headers) as http:
         while not stop.is_set():
             name = rng.choice(functions)
             payload: dict[str, Any] = {"sleep_s": 0.05} if name == "slow" else {"n": rng.random()}
@@ -181,10 +184,12 @@ def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos)
             except httpx.HTTPError:
                 continue
             marker = f"TORPOR_SERVER_PID={server.process.pid}".encode()
+            instance: dict[str, Any] = {}
             if templates and rng.random() < 0.08:
                 victim, kind = rng.choice(templates), "template"
             elif instances:
-                victim, kind = rng.choice(instances)["pid"], "instance"
+                instance = rng.choice(instances)
+                victim, kind = instance["pid"], "instance"
             else:
                 continue
             try:  # the pid must still be this server's (never a reused pid)
@@ -197,6 +202,7 @@ def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos)
                 record.template_kills += 1
             else:
                 record.instance_kills += 1
+                record.killed.append((instance["id"], instance["state"], time.time()))
     except Exception as exc:  # reported by the test, not lost in a thread
         record.errors.append(f"chaos thread: {exc!r}")
         raise
@@ -217,7 +223,8 @@ def kill_server(cluster: Cluster, record: Chaos) -> None:
                                 "cleanup_s": round(cleaned_at - killed_at, 2)})
 
 
-def check_ledger(rows: list[dict[str, Any]], kills: list[dict[str, Any]]) -> str:
+def check_ledger(rows: list[dict[str, Any]], kills: list[dict[str, Any]],
+                 killed: list[tuple[str, str, float]]) -> str:
     """No open interval, no gap or overlap per instance; the crash-closed ones closed sensibly."""
     problems = []
     by_instance: dict[str, list[dict[str, Any]]] = {}
@@ -235,6 +242,13 @@ def check_ledger(rows: list[dict[str, Any]], kills: list[dict[str, Any]]) -> str
                 kind = "gap" if (before["end"] or 0) < after["start"] else "overlap"
                 problems.append(f"{kind} in {instance}: {before['state']} ends {before['end']!r}, "
                                 f"{after['state']} starts {after['start']!r}")
+    # a killed instance is billed no longer than it takes the server to notice (a frozen one lives on
+    # until it is thawed: a cgroup-frozen process acts on no signal, SIGKILL included)
+    for instance, state, killed_at in killed:
+        last_end = max(row["end"] or 0 for row in by_instance.get(instance, []))
+        if state != "frozen" and last_end > killed_at + NOTICE_S:
+            problems.append(f"{instance} ({state}) was SIGKILLed at {killed_at!r} and billed until "
+                            f"{last_end!r}")
     by_id = {row["id"]: row for row in rows}
     for kill in kills:
         for row in kill["open_rows"]:
@@ -247,7 +261,7 @@ def check_ledger(rows: list[dict[str, Any]], kills: list[dict[str, Any]]) -> str
     assert not problems, "ledger:\n" + "\n".join(problems[:20])
     closed = sum(len(kill["open_rows"]) for kill in kills)
     return (f"{len(rows)} intervals of {len(by_instance)} instances, no gap or overlap; "
-            f"{closed} left open by the killed servers closed at their last heartbeat")
+            f"{closed} left open by the killed servers closed at the last moment each was known alive")
 
 
 def expected_cost(rows: list[dict[str, Any]], since: float, until: float) -> tuple[Decimal, Decimal]:
@@ -299,11 +313,13 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
         return sum(1 for r in list(requests) if r.outcome.isdigit())
 
     workers = [threading.Thread(target=client, daemon=True,
-                                args=(cluster.url, ["echo", "echo", "slow", "spawned"], stop,
+                                args=(cluster.url, cluster.server.http.headers,
+                                      ["echo", "echo", "slow", "spawned"], stop,
                                       requests, seed))
                for seed in range(WORKERS)]
     workers.append(threading.Thread(target=client, daemon=True,
-                                    args=(cluster.url, ["idle"], stop, requests, WORKERS, 0.4)))
+                                    args=(cluster.url, cluster.server.http.headers, ["idle"], stop,
+                                          requests, WORKERS, 0.4)))
     monkey = threading.Thread(target=chaos, args=(cluster, answered, stop, record), daemon=True)
     started = time.monotonic()
     for thread in [*workers, monkey]:
@@ -364,6 +380,6 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
     assert left == [], f"left after the last stop: {left}"
 
     rows = ledger_rows(data_dir)
-    ledger_summary = check_ledger(rows, record.server_kills)
+    ledger_summary = check_ledger(rows, record.server_kills, record.killed)
     print(f"{summary}; ledger: {ledger_summary}; bill {bill['cost']} {bill['currency']} = "
           f"ledger seconds × prices ({seconds} instance-seconds)")
