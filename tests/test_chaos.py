@@ -47,6 +47,8 @@ REQUEST_TIMEOUT_S = 3.0  # the functions' timeout_s and queue.timeout_s
 DEADLINE_S = 75.0  # the load stops here even if short of MIN_ANSWERED (then the test fails)
 HEARTBEAT_SLACK_S = 3.0  # an interval open at a kill closes no earlier than this before it
 NOTICE_S = 3.0  # a SIGKILLed instance's last interval ends no later than this after the kill
+CONTROL_READS = ("/api/v1/billing", "/metrics", "/api/v1/functions", "/api/v1/instances?all=true",
+                 "/api/v1/functions/idle", "/healthz")
 ALLOWED = {"200", "502", "503", "504", "refused", "dropped"}
 PRICES = {"cpu_per_vcpu_s": "0.001", "cpu_idle_per_vcpu_s": "0.0002",
           "memory_per_gb_s": "0.0001", "memory_idle_per_gb_s": "0.00005"}
@@ -70,6 +72,7 @@ class Chaos:
     instance_kills: int = 0
     killed: list[tuple[str, str, float]] = field(default_factory=list)  # instance id, state, when
     template_kills: int = 0
+    api: Counter[str] = field(default_factory=Counter)  # control API reads during the chaos
     server_kills: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -176,6 +179,9 @@ def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos)
                 kill_server(cluster, record)
                 next_server_kill = answered() + MIN_ANSWERED // (SERVER_KILLS + 1)
                 continue
+            # the control API answers through it all (the server is up: only this thread kills it)
+            path = rng.choice(CONTROL_READS)
+            record.api[f"{path} {server.http.get(path).status_code}"] += 1
             try:
                 instances = [i for i in server.instances() if i.get("pid")]
                 templates = [fn["template"]["pid"] for name in ("echo", "slow", "idle")
@@ -242,11 +248,12 @@ def check_ledger(rows: list[dict[str, Any]], kills: list[dict[str, Any]],
                 kind = "gap" if (before["end"] or 0) < after["start"] else "overlap"
                 problems.append(f"{kind} in {instance}: {before['state']} ends {before['end']!r}, "
                                 f"{after['state']} starts {after['start']!r}")
-    # a killed instance is billed no longer than it takes the server to notice (a frozen one lives on
-    # until it is thawed: a cgroup-frozen process acts on no signal, SIGKILL included)
+    # a killed instance is billed no longer than it takes the server to notice (not one in idle mode:
+    # frozen, perhaps since its state was read, it lives on until thawed, as a cgroup-frozen process
+    # acts on no signal, SIGKILL included)
     for instance, state, killed_at in killed:
         last_end = max(row["end"] or 0 for row in by_instance.get(instance, []))
-        if state != "frozen" and last_end > killed_at + NOTICE_S:
+        if not instance.startswith("idle-") and last_end > killed_at + NOTICE_S:
             problems.append(f"{instance} ({state}) was SIGKILLed at {killed_at!r} and billed until "
                             f"{last_end!r}")
     by_id = {row["id"]: row for row in rows}
@@ -343,7 +350,8 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
                f"(per function {by_function}; longest {longest:.2f} s); "
                f"{record.instance_kills} instance and {record.template_kills} template SIGKILLs, "
                f"{len(record.server_kills)} server SIGKILLs and restarts "
-               f"(guard clean-up {[k['cleanup_s'] for k in record.server_kills]} s)")
+               f"(guard clean-up {[k['cleanup_s'] for k in record.server_kills]} s); "
+               f"{sum(record.api.values())} control API reads meanwhile")
     print("\n" + summary)
 
     # every request ended, within its timeout, with an allowed outcome
@@ -353,6 +361,7 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
     assert outcomes["200"] >= 0.8 * answered(), summary
     assert len(record.server_kills) == SERVER_KILLS, summary
     assert record.instance_kills >= 10, summary
+    assert record.api and all(key.endswith(" 200") for key in record.api), record.api
     # a refused or dropped request met a server that was down (killed, not yet listening again)
     downs = [(kill["killed_at"] - 0.5, kill["up_at"]) for kill in record.server_kills]
     stray = [r for r in requests if r.outcome in ("refused", "dropped")
