@@ -182,13 +182,9 @@ def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos)
             # the control API answers through it all (the server is up: only this thread kills it)
             path = rng.choice(CONTROL_READS)
             record.api[f"{path} {server.http.get(path).status_code}"] += 1
-            try:
-                instances = [i for i in server.instances() if i.get("pid")]
-                templates = [fn["template"]["pid"] for name in ("echo", "slow", "idle")
-                             if (fn := server.function(name)).get("template")
-                             and fn["template"].get("pid")]
-            except httpx.HTTPError:
-                continue
+            instances = [i for i in server.instances() if i.get("pid")]
+            templates = [fn["template"]["pid"] for name in ("echo", "slow", "idle")
+                         if (fn := server.function(name)).get("template") and fn["template"].get("pid")]
             marker = f"TORPOR_SERVER_PID={server.process.pid}".encode()
             instance: dict[str, Any] = {}
             if templates and rng.random() < 0.08:
@@ -388,7 +384,8 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
     left = wait_no_leftovers(cluster.pids, data_dir, timeout_s=10)
     assert left == [], f"left after the last stop: {left}"
 
+    guard = (data_dir / "logs" / "guard.log").read_text().strip().splitlines()
     rows = ledger_rows(data_dir)
     ledger_summary = check_ledger(rows, record.server_kills, record.killed)
-    print(f"{summary}; ledger: {ledger_summary}; bill {bill['cost']} {bill['currency']} = "
+    print(f"{summary}; guard: {guard}; ledger: {ledger_summary}; bill {bill['cost']} {bill['currency']} = "
           f"ledger seconds × prices ({seconds} instance-seconds)")
