@@ -88,39 +88,47 @@ def ledger_rows(data_dir: Path) -> list[dict[str, Any]]:
         return [dict(row) for row in db.execute("SELECT * FROM ledger ORDER BY id")]
 
 
-def ours(pid: int, server_pids: set[int], data_dir: Path) -> bool:
-    """A process started for one of these servers: an instance or template (its environment names
-    the server), a guard (its command line names the server), or anything naming the data dir."""
+def server_of(pid: int) -> int | None:
+    """The server a process was started for: an instance's or template's ``TORPOR_SERVER_PID``,
+    a guard's ``--server-pid``, a server's own pid; None for anything else (or gone)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
-        return False
+        return None
     if not process_alive(pid):
-        return False
-    markers = {f"TORPOR_SERVER_PID={server}".encode() for server in server_pids}
-    if markers & set(environ):
-        return True
-    args = [arg.decode(errors="replace") for arg in cmdline]
-    if "torpor.backends.local.guard" in args and any(
-            args[i] == "--server-pid" and int(args[i + 1]) in server_pids
-            for i in range(len(args) - 1)):
-        return True
-    return any(str(data_dir) in arg for arg in args)
+        return None
+    for item in environ:
+        if item.startswith(b"TORPOR_SERVER_PID="):
+            return int(item.split(b"=", 1)[1])
+    if "torpor.backends.local.guard" in args and "--server-pid" in args:
+        return int(args[args.index("--server-pid") + 1])
+    if args[1:4] == ["-m", "torpor", "serve"]:
+        return pid
+    return None
 
 
-def leftovers(server_pids: set[int], data_dir: Path) -> list[str]:
+def leftovers(server_pids: set[int], data_dir: Path, live: int | None = None) -> list[str]:
+    """Processes of these servers, and any other naming the data dir, except those of ``live``."""
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid() and ours(int(entry), server_pids, data_dir):
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-            found.append(f"{entry}: {cmdline.decode(errors='replace')[:200]}")
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        server = server_of(int(entry))
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except OSError:
+            continue
+        if server != live and (server in server_pids or str(data_dir) in cmdline):
+            found.append(f"{entry} (server {server}): {cmdline[:200]}")
     return found
 
 
-def wait_no_leftovers(server_pids: set[int], data_dir: Path, timeout_s: float) -> list[str]:
+def wait_no_leftovers(server_pids: set[int], data_dir: Path, timeout_s: float,
+                      live: int | None = None) -> list[str]:
     deadline = time.monotonic() + timeout_s
-    while (left := leftovers(server_pids, data_dir)) and time.monotonic() < deadline:
+    while (left := leftovers(server_pids, data_dir, live)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 
@@ -170,7 +178,8 @@ def client(url: str, headers: httpx.Headers, functions: list[str], stop: threadi
 
 def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos) -> None:
     """Kill random instances (sometimes a template) every few tenths of a second; SIGKILL the server
-    after every MIN_ANSWERED / (SERVER_KILLS + 1) answered requests and restart it."""
+    after every MIN_ANSWERED / (SERVER_KILLS + 1) answered requests and restart it (the first time
+    once its guard has cleaned up, the second at once)."""
     rng = random.Random(12)
     next_server_kill = MIN_ANSWERED // (SERVER_KILLS + 1)
     try:
@@ -178,7 +187,7 @@ def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos)
             time.sleep(rng.uniform(0.1, 0.4))
             server = cluster.server
             if len(record.server_kills) < SERVER_KILLS and answered() >= next_server_kill:
-                kill_server(cluster, record)
+                kill_server(cluster, record, wait_for_guard=len(record.server_kills) % 2 == 0)
                 next_server_kill = answered() + MIN_ANSWERED // (SERVER_KILLS + 1)
                 continue
             # the control API answers through it all (the server is up: only this thread kills it)
@@ -212,17 +221,24 @@ def chaos(cluster: Cluster, answered: Any, stop: threading.Event, record: Chaos)
         raise
 
 
-def kill_server(cluster: Cluster, record: Chaos) -> None:
-    """SIGKILL the server; note what the ledger left open; wait for its guard to clean up; restart."""
+def kill_server(cluster: Cluster, record: Chaos, wait_for_guard: bool) -> None:
+    """SIGKILL the server; note what the ledger left open; restart it, after its guard has cleaned
+    up or at once (as a supervisor would), and check that nothing of the killed one is left."""
     server = cluster.server
     pid = server.process.pid
     killed_at = time.time()
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL
     open_rows = [row for row in ledger_rows(cluster.data_dir) if row["end"] is None]
-    left = wait_no_leftovers({pid}, cluster.data_dir, timeout_s=10)
+    if wait_for_guard:
+        left = wait_no_leftovers({pid}, cluster.data_dir, timeout_s=10)
     cleaned_at = time.time()
     cluster.restart()
-    record.server_kills.append({"pid": pid, "killed_at": killed_at, "up_at": time.time(),
+    up_at = time.time()
+    if not wait_for_guard:
+        left = wait_no_leftovers({pid}, cluster.data_dir, timeout_s=10,
+                                 live=cluster.server.process.pid)
+        cleaned_at = time.time()
+    record.server_kills.append({"pid": pid, "killed_at": killed_at, "up_at": up_at,
                                 "open_rows": open_rows, "left": left,
                                 "cleanup_s": round(cleaned_at - killed_at, 2)})
 
