@@ -364,7 +364,8 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
                f"(per function {by_function}; longest {longest:.2f} s); "
                f"{record.instance_kills} instance and {record.template_kills} template SIGKILLs, "
                f"{len(record.server_kills)} server SIGKILLs and restarts "
-               f"(guard clean-up {[k['cleanup_s'] for k in record.server_kills]} s); "
+               f"(nothing of the killed server left {[k['cleanup_s'] for k in record.server_kills]} s "
+               f"after the kill; the second one restarted at once, checked after the restart); "
                f"{sum(record.api.values())} control API reads meanwhile")
     print("\n" + summary)
 
