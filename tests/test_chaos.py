@@ -234,12 +234,16 @@ def kill_server(cluster: Cluster, record: Chaos, wait_for_guard: bool) -> None:
     cleaned_at = time.time()
     cluster.restart()
     up_at = time.time()
+    # the dead server's instances are history: none is listed live, each stopped as of the crash
+    ended = {row["instance_id"] for row in open_rows}
+    ghosts = [i["id"] for i in cluster.server.instances(all=True)
+              if i["id"] in ended and (i["exited_at"] is None or i["state"] != "stopped")]
     if not wait_for_guard:
         left = wait_no_leftovers({pid}, cluster.data_dir, timeout_s=10,
                                  live=cluster.server.process.pid)
         cleaned_at = time.time()
     record.server_kills.append({"pid": pid, "killed_at": killed_at, "up_at": up_at,
-                                "open_rows": open_rows, "left": left,
+                                "open_rows": open_rows, "left": left, "ghosts": ghosts,
                                 "cleanup_s": round(cleaned_at - killed_at, 2)})
 
 
@@ -388,6 +392,7 @@ def test_chaos_requests_end_nothing_orphaned_ledger_sums_to_bill(make_server: An
     # the guard left nothing of a killed server
     for kill in record.server_kills:
         assert kill["left"] == [], f"server {kill['pid']} was SIGKILLed; left: {kill['left']}"
+        assert kill["ghosts"] == [], f"listed live after server {kill['pid']}'s death: {kill['ghosts']}"
 
     # the bill is the ledger's seconds × prices, exactly
     time.sleep(1.0)
