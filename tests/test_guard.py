@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from torpor.backends.local.guard import clean_up, server_processes
 
 
@@ -33,5 +35,29 @@ class TestGuard:
             assert other.poll() is None and unmarked.poll() is None
         finally:
             for process in (mine, stopped, other, unmarked):
+                process.kill()
+                process.wait()
+
+    def test_signals_through_pidfds_never_a_bare_pid(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The guard holds a pidfd for each process it found before it reads its environment and
+        signals through it: a pid that changes hands meanwhile (pids wrap around quickly on a busy
+        machine) is never killed in its place. No bare ``os.kill`` is sent."""
+        fake_server = 4_000_002
+        mine = sleeper({"TORPOR_SERVER_PID": str(fake_server)})
+        other = sleeper({})
+        try:
+            time.sleep(0.2)
+
+            def no_bare_kill(pid: int, sig: int) -> None:
+                raise AssertionError(f"os.kill({pid}, {sig}): a bare pid")
+
+            monkeypatch.setattr(os, "kill", no_bare_kill)
+            assert clean_up(fake_server, None) == (0, 1)
+            monkeypatch.undo()
+            assert mine.wait(5) == -9
+            assert other.poll() is None
+        finally:
+            monkeypatch.undo()
+            for process in (mine, other):
                 process.kill()
                 process.wait()

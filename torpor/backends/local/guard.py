@@ -25,17 +25,34 @@ EXIT_WAIT_S = 5.0
 
 def server_processes(server_pid: int) -> list[int]:
     """Processes started for this server (instances, templates, their children)."""
+    found = _marked(server_pid)
+    for _, pidfd in found:
+        os.close(pidfd)
+    return [pid for pid, _ in found]
+
+
+def _marked(server_pid: int) -> list[tuple[int, int]]:
+    """(pid, pidfd) of each process started for this server. The pidfd is opened before the
+    environment is read, so it names the very process that was checked: one that exits meanwhile
+    and whose pid goes to another process (pids wrap around quickly on a busy machine) is never
+    signalled in its place."""
     marker = f"TORPOR_SERVER_PID={server_pid}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            pidfd = os.pidfd_open(int(entry))
         except OSError:
             continue
-        if marker in environ.split(b"\0"):
-            found.append(int(entry))
+        try:
+            marked = marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            marked = False
+        if marked:
+            found.append((int(entry), pidfd))
+        else:
+            os.close(pidfd)
     return found
 
 
@@ -72,13 +89,14 @@ def clean_up(server_pid: int, cgroup_base: Path | None,
     watches the server too, and only had to be able to run.
     """
     thawed = thaw_all(cgroup_base) if cgroup_base is not None else 0
-    victims = server_processes(server_pid)
-    for pid in victims:
+    victims = _marked(server_pid)
+    for _, pidfd in victims:
         for sig in (signal.SIGCONT, signal.SIGKILL):
             try:
-                os.kill(pid, sig)
+                signal.pidfd_send_signal(pidfd, sig)
             except ProcessLookupError:
                 break
+        os.close(pidfd)
     deadline = time.monotonic() + EXIT_WAIT_S  # a cgroup can go only once it is empty
     for base in ((cgroup_base,) if cgroup_base is not None else ()) + limit_bases:
         while _busy(base) and time.monotonic() < deadline:
