@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-from torpor.backends.local.freezer import remove_groups
-
 EXIT_WAIT_S = 5.0
 
 
@@ -56,11 +54,15 @@ def _marked(server_pid: int) -> list[tuple[int, int]]:
     return found
 
 
-def thaw_all(base: Path) -> int:
-    """Thaw every cgroup below ``base``; returns how many there were."""
-    if not base.is_dir():
-        return 0
-    groups = [group for group in base.iterdir() if group.is_dir()]
+def groups_below(base: Path | None) -> list[Path]:
+    """The cgroups below ``base`` now."""
+    if base is None or not base.is_dir():
+        return []
+    return [group for group in base.iterdir() if group.is_dir()]
+
+
+def thaw(groups: list[Path]) -> int:
+    """Thaw each of ``groups`` (cgroup v1 or v2); returns how many there were."""
     for group in groups:
         for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
             try:
@@ -70,10 +72,15 @@ def thaw_all(base: Path) -> int:
     return len(groups)
 
 
-def _busy(base: Path) -> bool:
-    for procs in base.glob("*/cgroup.procs"):
+def thaw_all(base: Path) -> int:
+    """Thaw every cgroup below ``base``; returns how many there were."""
+    return thaw(groups_below(base))
+
+
+def _busy(groups: list[Path]) -> bool:
+    for group in groups:
         try:
-            if procs.read_text().strip():
+            if (group / "cgroup.procs").read_text().strip():
                 return True
         except OSError:
             pass
@@ -85,10 +92,14 @@ def clean_up(server_pid: int, cgroup_base: Path | None,
     """Thaw, then SIGKILL (SIGCONT first, for SIGSTOPped ones) what is left; remove the freezer
     cgroups and the instances' limit cgroups (``limit_bases``) once empty.
 
-    Returns (cgroups thawed, processes killed). A thawed instance usually exits by itself: it
-    watches the server too, and only had to be able to run.
+    Only the cgroups there were when the server died are thawed, waited for and removed: a server
+    restarted on the same data dir (at once, by a supervisor) makes its own below the same bases
+    meanwhile, and those are not ours. Returns (cgroups thawed, processes killed). A thawed instance
+    usually exits by itself: it watches the server too, and only had to be able to run.
     """
-    thawed = thaw_all(cgroup_base) if cgroup_base is not None else 0
+    bases = ((cgroup_base,) if cgroup_base is not None else ()) + limit_bases
+    left = {base: groups_below(base) for base in bases}  # the dead server's, as it left them
+    thawed = thaw(left[cgroup_base]) if cgroup_base is not None else 0
     victims = _marked(server_pid)
     for _, pidfd in victims:
         for sig in (signal.SIGCONT, signal.SIGKILL):
@@ -98,10 +109,18 @@ def clean_up(server_pid: int, cgroup_base: Path | None,
                 break
         os.close(pidfd)
     deadline = time.monotonic() + EXIT_WAIT_S  # a cgroup can go only once it is empty
-    for base in ((cgroup_base,) if cgroup_base is not None else ()) + limit_bases:
-        while _busy(base) and time.monotonic() < deadline:
+    for base, groups in left.items():
+        while _busy(groups) and time.monotonic() < deadline:
             time.sleep(0.01)
-        remove_groups(base)
+        for group in groups:
+            try:
+                group.rmdir()
+            except OSError:
+                pass  # still busy
+        try:
+            base.rmdir()  # only when no server's cgroup is left below it
+        except OSError:
+            pass
     return thawed, len(victims)
 
 
