@@ -51,9 +51,9 @@ class TorporServer:
     """A real server process; ``stop()`` sends SIGTERM and returns its exit code."""
 
     def __init__(self, data_dir: Path, deploy: list[Path] | None = None,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, port: int | None = None) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port or free_port()  # a restart on the same data dir may keep its port
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "torpor", "serve", "--port", str(self.port),
                 "--data-dir", str(data_dir), *(extra_args or [])]
@@ -61,7 +61,7 @@ class TorporServer:
             args += ["--deploy", str(path)]
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (a restart on the port appends)
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.http = httpx.Client(base_url=self.url, timeout=60)
         self._wait_healthy()
@@ -132,8 +132,9 @@ class TorporServer:
 def make_server(tmp_path: Path) -> Iterator[Any]:
     servers: list[TorporServer] = []
 
-    def make(deploy: list[Path] | None = None, data_dir: Path | None = None) -> TorporServer:
-        server = TorporServer(data_dir or tmp_path / f"data{len(servers)}", deploy)
+    def make(deploy: list[Path] | None = None, data_dir: Path | None = None,
+             port: int | None = None) -> TorporServer:
+        server = TorporServer(data_dir or tmp_path / f"data{len(servers)}", deploy, port=port)
         servers.append(server)
         return server
 

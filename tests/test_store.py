@@ -274,3 +274,12 @@ class TestServeLock:
         assert 1.5 <= waited < 10
         assert taker.keep_lock() is True
         taker.close()
+
+
+class TestCrashRecovery:
+    def test_a_heartbeat_after_the_last_ledger_write_is_the_last_sign_of_life(
+            self, store: Store) -> None:
+        store.ledger_transition(INFO, "starting", 99.0)
+        store.ledger_transition(INFO, None, 99.2)
+        store.heartbeat(101.0)
+        assert store.last_alive() == 101.0

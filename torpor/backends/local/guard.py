@@ -18,32 +18,51 @@ import sys
 import time
 from pathlib import Path
 
-from torpor.backends.local.freezer import remove_groups
-
 EXIT_WAIT_S = 5.0
 
 
 def server_processes(server_pid: int) -> list[int]:
     """Processes started for this server (instances, templates, their children)."""
+    found = _marked(server_pid)
+    for _, pidfd in found:
+        os.close(pidfd)
+    return [pid for pid, _ in found]
+
+
+def _marked(server_pid: int) -> list[tuple[int, int]]:
+    """(pid, pidfd) of each process started for this server. The pidfd is opened before the
+    environment is read, so it names the very process that was checked: one that exits meanwhile
+    and whose pid goes to another process (pids wrap around quickly on a busy machine) is never
+    signalled in its place."""
     marker = f"TORPOR_SERVER_PID={server_pid}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            pidfd = os.pidfd_open(int(entry))
         except OSError:
             continue
-        if marker in environ.split(b"\0"):
-            found.append(int(entry))
+        try:
+            marked = marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            marked = False
+        if marked:
+            found.append((int(entry), pidfd))
+        else:
+            os.close(pidfd)
     return found
 
 
-def thaw_all(base: Path) -> int:
-    """Thaw every cgroup below ``base``; returns how many there were."""
-    if not base.is_dir():
-        return 0
-    groups = [group for group in base.iterdir() if group.is_dir()]
+def groups_below(base: Path | None) -> list[Path]:
+    """The cgroups below ``base`` now."""
+    if base is None or not base.is_dir():
+        return []
+    return [group for group in base.iterdir() if group.is_dir()]
+
+
+def thaw(groups: list[Path]) -> int:
+    """Thaw each of ``groups`` (cgroup v1 or v2); returns how many there were."""
     for group in groups:
         for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
             try:
@@ -53,10 +72,15 @@ def thaw_all(base: Path) -> int:
     return len(groups)
 
 
-def _busy(base: Path) -> bool:
-    for procs in base.glob("*/cgroup.procs"):
+def thaw_all(base: Path) -> int:
+    """Thaw every cgroup below ``base``; returns how many there were."""
+    return thaw(groups_below(base))
+
+
+def _busy(groups: list[Path]) -> bool:
+    for group in groups:
         try:
-            if procs.read_text().strip():
+            if (group / "cgroup.procs").read_text().strip():
                 return True
         except OSError:
             pass
@@ -68,22 +92,35 @@ def clean_up(server_pid: int, cgroup_base: Path | None,
     """Thaw, then SIGKILL (SIGCONT first, for SIGSTOPped ones) what is left; remove the freezer
     cgroups and the instances' limit cgroups (``limit_bases``) once empty.
 
-    Returns (cgroups thawed, processes killed). A thawed instance usually exits by itself: it
-    watches the server too, and only had to be able to run.
+    Only the cgroups there were when the server died are thawed, waited for and removed: a server
+    restarted on the same data dir (at once, by a supervisor) makes its own below the same bases
+    meanwhile, and those are not ours. Returns (cgroups thawed, processes killed). A thawed instance
+    usually exits by itself: it watches the server too, and only had to be able to run.
     """
-    thawed = thaw_all(cgroup_base) if cgroup_base is not None else 0
-    victims = server_processes(server_pid)
-    for pid in victims:
+    bases = ((cgroup_base,) if cgroup_base is not None else ()) + limit_bases
+    left = {base: groups_below(base) for base in bases}  # the dead server's, as it left them
+    thawed = thaw(left[cgroup_base]) if cgroup_base is not None else 0
+    victims = _marked(server_pid)
+    for _, pidfd in victims:
         for sig in (signal.SIGCONT, signal.SIGKILL):
             try:
-                os.kill(pid, sig)
+                signal.pidfd_send_signal(pidfd, sig)
             except ProcessLookupError:
                 break
+        os.close(pidfd)
     deadline = time.monotonic() + EXIT_WAIT_S  # a cgroup can go only once it is empty
-    for base in ((cgroup_base,) if cgroup_base is not None else ()) + limit_bases:
-        while _busy(base) and time.monotonic() < deadline:
+    for base, groups in left.items():
+        while _busy(groups) and time.monotonic() < deadline:
             time.sleep(0.01)
-        remove_groups(base)
+        for group in groups:
+            try:
+                group.rmdir()
+            except OSError:
+                pass  # still busy
+        try:
+            base.rmdir()  # only when no server's cgroup is left below it
+        except OSError:
+            pass
     return thawed, len(victims)
 
 
