@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from torpor.httpserver import ClientDisconnected, HttpServer
+from torpor.httpserver import ClientDisconnected, HttpServer, Limits
 from torpor.types import Message, Receive, Scope, Send
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -149,7 +149,7 @@ class TestConnections:
 
     async def test_idle_keep_alive_connections_are_closed(self, serve: Serve) -> None:
         """With keep_alive_s, a connection idle that long is closed by the server."""
-        path = await serve(echo, keep_alive_s=0.05)
+        path = await serve(echo, limits=Limits(keep_alive_s=0.05))
         reader, writer = await asyncio.open_unix_connection(path)
         writer.write(request())
         await reader.readuntil(b"POST /  ")

@@ -21,6 +21,22 @@ What it implements of ASGI 3.0 (spec 2.4):
   requests finish for up to ``graceful_timeout_s``, then the lifespan shutdown; a second signal
   skips the wait.
 
+Hostile clients (:class:`Limits`; ``torpor serve`` reads them from the server config's ``http:``):
+
+- a request line and headers over ``max_header_bytes`` get 431 and the connection is closed; bytes
+  are counted as they arrive, so a 100 MB header costs one read buffer past the limit, not 100 MB;
+- a request whose headers are not complete ``header_timeout_s`` after it began (after the
+  connection opened, for its first request) gets 408 and is closed (a connection that sent nothing
+  is closed without an answer); a kept-alive connection idle for ``keep_alive_s`` is closed;
+- at most ``max_connections_per_client`` connections from one address and ``max_connections`` in
+  all: at the total cap a new connection closes the oldest one that has no request running (still
+  sending its headers first, then idle ones), so thousands of half-sent requests cannot lock out
+  ``/healthz`` or the data plane; one over the per-address cap gets 503 and is closed. Each is
+  logged, at most once per ``CAP_LOG_INTERVAL_S`` per kind, with the count since the last line;
+- after a 431 or 408 the server stops reading requests, closes its sending side and discards what
+  the client still sends for up to ``LINGER_S`` (a lingering close): closing with unread data would
+  make the kernel answer with a reset, which can destroy the response before the client reads it.
+
 Not implemented: HTTP/2, WebSockets (an upgrade request gets 400), TLS.
 """
 
@@ -31,22 +47,33 @@ import email.utils
 import http
 import logging
 import os
+import resource
 import signal
 import socket
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from torpor.error_shape import error_json
 from torpor.types import ASGIApp, Message
 
 log = logging.getLogger(__name__)
 
 BODY_HIGH_WATER_BYTES = 256 * 1024
 MAX_PIPELINED = 16
+MAX_HEADER_BYTES = 64 * 1024
+HEADER_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 75.0
+LINGER_S = 1.0  # after a 431/408, discard what the client still sends for at most this long
+LINGER_MAX_BYTES = 4 * 1024 * 1024  # ... or this many bytes
+CAP_LOG_INTERVAL_S = 10.0
+MAX_DEFAULT_CONNECTIONS = 10_000
+FD_LIMIT_CEILING = 1 << 20  # the soft fd limit torpor raises itself to when the hard one is unlimited
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -57,6 +84,60 @@ _STATUS_LINES = {
 
 class ClientDisconnected(OSError):
     """``send()`` was called after the client closed the connection."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may cost the server; None turns a bound off (an instance's runtime, whose
+    only client is the gateway, runs without them)."""
+
+    max_header_bytes: int | None = MAX_HEADER_BYTES
+    header_timeout_s: float | None = HEADER_TIMEOUT_S
+    keep_alive_s: float | None = KEEP_ALIVE_S
+    max_connections: int | None = None
+    max_connections_per_client: int | None = None
+
+
+UNLIMITED = Limits(max_header_bytes=None, header_timeout_s=None, keep_alive_s=None)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_LIMIT_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # e.g. above fs.nr_open: keep what there is
+            pass
+    return FD_LIMIT_CEILING if soft == resource.RLIM_INFINITY else soft
+
+
+def default_max_connections(fd_limit: int) -> int:
+    """Half the fd limit (the other half for instances, their pipes and sockets, the store, logs),
+    at least 64 and at most ``MAX_DEFAULT_CONNECTIONS``."""
+    return max(64, min(MAX_DEFAULT_CONNECTIONS, fd_limit // 2))
+
+
+class _RateLimitedLog:
+    """One warning per kind per ``CAP_LOG_INTERVAL_S``, counting the events it did not log."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < CAP_LOG_INTERVAL_S:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        more = self._suppressed.pop(kind, 0)
+        if more:
+            message += f" ({more} more like it in the last {now - last:.0f} s)" if last else ""
+        log.warning("%s", message)
 
 
 def _status_line(status: int) -> bytes:
@@ -237,12 +318,20 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
+        # header phase: from the end of one request's headers to the end of the next one's
+        self.in_head = True
+        self.head_bytes = 0  # bytes received in this header phase (bounded by max_header_bytes)
+        self.head_since: float | None = None  # when the awaited headers began (timed); None: idle
+        self.begun = 0  # requests begun and requests whose headers completed, on this connection
+        self.heads = 0
+        self.lingering = False  # answered 431/408: discarding input until closed
+        self.counted: str | None = None  # the address this connection counts against
 
     # transport callbacks ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
-        self.server.connections.add(self)
+        server = self.server
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client = (str(peer[0]), int(peer[1]))
@@ -252,10 +341,22 @@ class _Connection(asyncio.Protocol):
             s = transport.get_extra_info("socket")
             if s is not None and s.family in (socket.AF_INET, socket.AF_INET6):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not server.admit(self):
+            return
+        server.connections.add(self)
+        self.head_since = self.loop.time()
+        server.heading[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        server = self.server
+        server.connections.discard(self)
+        server.heading.pop(self, None)
+        server.idle.pop(self, None)
+        server.closing.pop(self, None)
+        if self.counted is not None:
+            server.release(self.counted)
+            self.counted = None
         if self.active is not None:
             self.active._disconnected()
         for cycle in self.pipeline:
@@ -288,12 +389,28 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.head_bytes += len(data)
+            if self.head_bytes > LINGER_MAX_BYTES:
+                self.transport.close()
+            return
+        in_head, heads = self.in_head, self.heads
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(400, b"upgrades (WebSocket, h2c) are not supported\n")
+            return
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed HTTP request: {exc}\n".encode())
+            return
+        if self.in_head and in_head and heads == self.heads:
+            # the whole chunk belongs to the headers being received (a chunk that also ended an
+            # earlier request is not counted: the bound is then one read buffer looser)
+            self.head_bytes += len(data)
+            limit = self.server.limits.max_header_bytes
+            if limit is not None and self.head_bytes > limit:
+                self._refuse(431, f"the request line and headers exceed {limit} bytes, the server's "
+                             "limit (http.max_header_bytes)", "headers_too_large")
 
     def _reject(self, status: int, body: bytes) -> None:
         if self.active is None and not self.closed:
@@ -301,11 +418,60 @@ class _Connection(asyncio.Protocol):
                                  b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
         self.transport.close()
 
+    def _refuse(self, status: int, message: str, reason: str) -> None:
+        """Answer ``status`` with torpor's JSON error (unless a response is under way) and close
+        the connection lingering (see the module's docs)."""
+        if self.closed or self.lingering:
+            return
+        if self.active is None:
+            body = error_json(message, reason)
+            self.transport.write(_status_line(status) + _Date.header() +
+                                 b"content-type: application/json\r\nconnection: close\r\n"
+                                 b"content-length: %d\r\n\r\n" % len(body) + body)
+        self.linger()
+
+    def linger(self) -> None:
+        """Stop parsing, send FIN, discard input until the client closes or ``LINGER_S`` passes."""
+        server = self.server
+        server.heading.pop(self, None)
+        server.idle.pop(self, None)
+        self.lingering = True
+        self.head_bytes = 0
+        self.resume_reading()
+        server.closing[self] = None
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self.transport.close()
+                return
+        except OSError:
+            self.transport.close()
+            return
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def header_timeout(self) -> None:
+        """The awaited headers did not complete in time: 408 if any byte of them came, else close."""
+        if self.begun != self.heads:
+            timeout = self.server.limits.header_timeout_s
+            self._refuse(408, f"the request's headers were not complete within {timeout:g} s "
+                         "(http.header_timeout_s)", "header_timeout")
+        else:
+            self.server.heading.pop(self, None)
+            self.transport.close()
+
     # parser callbacks ------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self.begun += 1
+        if self.head_since is None:  # the first byte after an idle keep-alive wait
+            self.head_since = self.loop.time()
+            if self.active is None:
+                server = self.server
+                server.idle.pop(self, None)
+                server.heading[self] = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -314,6 +480,11 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_bytes = 0
+        self.head_since = None
+        self.heads += 1
+        self.server.heading.pop(self, None)
         parser = self.parser
         url = self._url
         if url[:1] != b"/":  # absolute-form (a proxy request) or '*'
@@ -369,6 +540,7 @@ class _Connection(asyncio.Protocol):
         cycle = self.parsing
         assert cycle is not None
         cycle.more_body = False
+        self.in_head = True
         cycle._wake()
 
     # running the app -------------------------------------------------------------------------------
@@ -415,13 +587,21 @@ class _Connection(asyncio.Protocol):
         self.task = None
         if not cycle.keep_alive or cycle.more_body or self.closed:
             # close when asked to, or when the request body was not fully read (the rest of it
-            # would be parsed as the next request)
-            if not self.closed:
+            # would be parsed as the next request: discard it for a moment, so that the client
+            # sees the response, a 413 say, rather than a reset)
+            if cycle.more_body and not self.closed:
+                self.linger()
+            elif not self.closed:
                 self.transport.close()
             return
-        self.idle_since = self.loop.time()
+        self.idle_since = now = self.loop.time()
         if self.pipeline:
             self._start(self.pipeline.popleft())
+        elif self.head_since is not None:  # the next request's headers are arriving: time them now
+            self.head_since = now
+            self.server.heading[self] = None
+        else:
+            self.server.idle[self] = None
         if self.reading_paused and len(self.pipeline) < MAX_PIPELINED and (
                 self.parsing is None or self.parsing.body_size <= BODY_HIGH_WATER_BYTES):
             self.resume_reading()
@@ -438,13 +618,22 @@ class HttpServer:
         *,
         lifespan: bool = False,
         graceful_timeout_s: float = 10.0,
-        keep_alive_s: float | None = 75.0,
+        limits: Limits | None = None,
     ) -> None:
         self.app = app
         self.lifespan = lifespan
         self.graceful_timeout_s = graceful_timeout_s
-        self.keep_alive_s = keep_alive_s
+        self.limits = limits if limits is not None else Limits()
         self.connections: set[_Connection] = set()
+        # connections without a running request, oldest first: awaiting or receiving headers
+        # (``head_since``), idle between kept-alive requests (``idle_since``), and lingering after
+        # a 431/408; the sweeper times the first two out, a new connection at the cap evicts from
+        # the front of all three
+        self.heading: OrderedDict[_Connection, None] = OrderedDict()
+        self.idle: OrderedDict[_Connection, None] = OrderedDict()
+        self.closing: OrderedDict[_Connection, None] = OrderedDict()
+        self.per_client: dict[str, int] = {}
+        self._cap_log = _RateLimitedLog()
         self.state: dict[str, Any] = {}
         self.started = False
         self.stopping = False
@@ -473,7 +662,10 @@ class HttpServer:
             return
         listener = await self._listen(host, port, uds)
         self.started = True
-        sweeper = self.loop.create_task(self._sweep_idle()) if self.keep_alive_s else None
+        limits = self.limits
+        timed = [t for t in (limits.header_timeout_s, limits.keep_alive_s) if t is not None]
+        sweeper = self.loop.create_task(self._sweep(max(0.01, min(1.0, *(t / 4 for t in timed))))
+                                        ) if timed else None
         try:
             await self._should_exit.wait()
         finally:
@@ -510,14 +702,91 @@ class HttpServer:
         if self._should_exit is not None:
             self._should_exit.set()
 
-    async def _sweep_idle(self) -> None:
-        assert self.keep_alive_s is not None
+    # hostile clients ------------------------------------------------------------------------------
+
+    async def _sweep(self, interval_s: float) -> None:
+        """Every ``interval_s``: 408 for headers past ``header_timeout_s``, close connections idle
+        past ``keep_alive_s``. Both lists are in time order, so a pass touches only what expired."""
+        header_timeout_s, keep_alive_s = self.limits.header_timeout_s, self.limits.keep_alive_s
+        heading, idle = self.heading, self.idle
         while True:
-            await asyncio.sleep(min(1.0, self.keep_alive_s))
-            limit = self.loop.time() - self.keep_alive_s
-            for conn in list(self.connections):
-                if conn.active is None and conn.idle_since < limit:
+            await asyncio.sleep(interval_s)
+            now = self.loop.time()
+            if header_timeout_s is not None:
+                while heading:
+                    conn = next(iter(heading))
+                    since = conn.head_since
+                    if since is not None and since > now - header_timeout_s:
+                        break
+                    heading.pop(conn)
+                    conn.header_timeout()
+            if keep_alive_s is not None:
+                while idle:
+                    conn = next(iter(idle))
+                    if conn.idle_since > now - keep_alive_s:
+                        break
+                    idle.pop(conn)
                     conn.transport.close()
+
+    def admit(self, conn: _Connection) -> bool:
+        """Count a new connection against the caps; False when it was refused (and is closing)."""
+        limits = self.limits
+        address = conn.client[0] if conn.client is not None else None
+        per_client = limits.max_connections_per_client
+        if address is not None and per_client is not None:
+            count = self.per_client.get(address, 0)
+            if count >= per_client:
+                self._cap_log.warning("per_client", (
+                    f"connection cap: {address} already has {count} connections "
+                    f"(http.max_connections_per_client {per_client}); refusing its new ones"))
+                self._turn_away(conn, f"too many connections from {address} (at most {per_client})")
+                return False
+            self.per_client[address] = count + 1
+            conn.counted = address
+        total = limits.max_connections
+        if total is not None and len(self.connections) >= total:
+            victim = self._oldest_unbusy()
+            if victim is None:
+                self._cap_log.warning("total_refused", (
+                    f"connection cap: {len(self.connections)} connections, every one running a request "
+                    f"(http.max_connections {total}); refusing new ones"))
+                if conn.counted is not None:
+                    self.release(conn.counted)
+                    conn.counted = None
+                self._turn_away(conn, f"the server is at its connection limit ({total})")
+                return False
+            waited = self.loop.time() - (victim.head_since or victim.idle_since)
+            self._cap_log.warning("total_evict", (
+                f"connection cap: {len(self.connections)} connections (http.max_connections "
+                f"{total}); closing the oldest without a running request (from "
+                f"{victim.client[0] if victim.client else 'a local socket'}, "
+                f"{'still sending headers' if victim.head_since is not None else 'idle'} "
+                f"for {waited:.1f} s) to admit a new one"))
+            self.connections.discard(victim)  # it no longer counts; its fd goes within a loop turn
+            victim.transport.abort()
+        return True
+
+    def _oldest_unbusy(self) -> _Connection | None:
+        for pool in (self.closing, self.heading, self.idle):
+            if pool:
+                conn, _ = pool.popitem(last=False)
+                return conn
+        return None
+
+    def release(self, address: str) -> None:
+        count = self.per_client.get(address, 0) - 1
+        if count > 0:
+            self.per_client[address] = count
+        else:
+            self.per_client.pop(address, None)
+
+    @staticmethod
+    def _turn_away(conn: _Connection, message: str) -> None:
+        body = error_json(message, "too_many_connections")
+        conn.transport.write(_status_line(503) + b"content-type: application/json\r\n"
+                             b"retry-after: 1\r\nconnection: close\r\n"
+                             b"content-length: %d\r\n\r\n" % len(body) + body)
+        conn.transport.close()
 
     async def _drain_connections(self) -> None:
         for conn in list(self.connections):
