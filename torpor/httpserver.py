@@ -145,6 +145,14 @@ def _status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
 
 
+def _header_end(data: bytes) -> int:
+    """Where the header block ends in ``data`` (after its blank line), or -1."""
+    crlf, lf = data.find(b"\n\r\n"), data.find(b"\n\n")
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    return crlf + 3 if lf < 0 or crlf < lf else lf + 2
+
+
 class _Date:
     """The ``date`` header, formatted at most once a second."""
 
@@ -326,6 +334,7 @@ class _Connection(asyncio.Protocol):
         self.heads = 0
         self.lingering = False  # answered 431/408: discarding input until closed
         self.counted: str | None = None  # the address this connection counts against
+        self.max_header_bytes = server.limits.max_header_bytes
 
     # transport callbacks ---------------------------------------------------------------------------
 
@@ -395,6 +404,12 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
             return
         in_head, heads = self.in_head, self.heads
+        limit = self.max_header_bytes
+        if in_head and limit is not None and self.head_bytes + len(data) > limit:
+            end = _header_end(data)  # only a chunk that could pass the limit is searched
+            if end >= 0 and self.head_bytes + end > limit:
+                self._refuse_headers(limit)
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -407,10 +422,12 @@ class _Connection(asyncio.Protocol):
             # the whole chunk belongs to the headers being received (a chunk that also ended an
             # earlier request is not counted: the bound is then one read buffer looser)
             self.head_bytes += len(data)
-            limit = self.server.limits.max_header_bytes
             if limit is not None and self.head_bytes > limit:
-                self._refuse(431, f"the request line and headers exceed {limit} bytes, the server's "
-                             "limit (http.max_header_bytes)", "headers_too_large")
+                self._refuse_headers(limit)
+
+    def _refuse_headers(self, limit: int) -> None:
+        self._refuse(431, f"the request line and headers exceed {limit} bytes, the server's limit "
+                     "(http.max_header_bytes)", "headers_too_large")
 
     def _reject(self, status: int, body: bytes) -> None:
         if self.active is None and not self.closed:
