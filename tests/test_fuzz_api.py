@@ -3,7 +3,8 @@
 
 Every operation gets ``EXAMPLES`` generated cases, positive and negative ones; an operation with a
 ``{name}`` in its path also runs each case against ``echo``, a function that exists (else most cases
-would only reach the 404), except the one that deletes it. Requests carry ``Authorization: Bearer``
+would only reach the 404), except the one that deletes it; a deploy also runs with ``echo``'s code,
+so that its spec gets parsed rather than refused for unknown code. Requests carry ``Authorization: Bearer``
 with the server's admin key when it wrote one (``DATA_DIR/admin.key``). Schemathesis's pytest plugin
 is not used: its lazy fixture loader fails under pytest 9 (``Function`` has no ``_nodeid``)."""
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import EXAMPLES as EXAMPLE_FUNCTIONS
 from tests.conftest import TorporServer
+from torpor.code import pack_dir
 
 EXAMPLES = 20  # per operation: 24 operations, ~15 s in all on a quiet machine
 
@@ -54,6 +56,7 @@ def test_no_server_errors(fuzzed_server: TorporServer) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzzed_server.url}/api/v1/openapi.json", headers=headers)
     failures: list[str] = []
     calls = 0
+    code = pack_dir(EXAMPLE_FUNCTIONS / "echo").digest
     operations = [result.ok() for result in schema.get_all_operations()]
     for operation in operations:
         strategy = st.one_of(operation.as_strategy(schemathesis.GenerationMode.POSITIVE),
@@ -71,8 +74,21 @@ def test_no_server_errors(fuzzed_server: TorporServer) -> None:
                 case.path_parameters = {**names, "name": "echo"}
                 check(case, headers, failures)
                 calls += 1
+            if (case.method, case.path) == ("POST", "/api/v1/functions") and isinstance(case.body, dict):
+                case.body = {**case.body, "code": code}  # code that exists: the spec gets parsed
+                check(case, headers, failures)
+                calls += 1
 
         fuzz()
     print(f"schemathesis: {len(operations)} operations, {calls} requests, {len(failures)} 5xx")
     assert len(operations) >= 20
-    assert failures == []
+    assert failures == [], "\n".join(failures)
+
+
+@pytest.mark.parametrize("name", ["a" * 300, "..", "echo%0A", "%2E%2E"])
+def test_names_no_function_can_have_are_404(fuzzed_server: TorporServer, name: str) -> None:
+    """Found by the fuzz: a function's logs under a name too long for a file name answered 500
+    (the name was looked up on disk); now every such name is 404 in torpor's shape."""
+    response = fuzzed_server.http.get(f"/api/v1/functions/{name}/logs",
+                                      headers=admin_headers(fuzzed_server))
+    assert (response.status_code, response.json()["reason"]) == (404, "not_found")

@@ -99,10 +99,12 @@ class TestSpecFuzz:
         assert (isinstance(spec, FunctionSpec), base_dir) == (True, CODE.resolve())
 
     def test_known_cases(self) -> None:
-        """Values seen to matter: the valid base is accepted; dates, NaN, huge ints and non-string
-        keys are refused as spec errors."""
+        """Values seen to matter: the valid base is accepted; dates, NaN, huge ints, non-string
+        keys and names or handlers with a trailing newline are refused as spec errors."""
         assert outcome(BASE) == "accepted"
         for bad in ({**BASE, "env": {"A": datetime.date(2020, 1, 1)}}, {**BASE, "timeout_s": float("nan")},
                     {**BASE, "concurrency": 2**70}, {**BASE, 1: 2}, {**BASE, None: "x"},
-                    {**BASE, "runtime": {"handler": "\x00:A"}}):
+                    {**BASE, "runtime": {"handler": "\x00:A"}},
+                    # found by thinking about what the fuzz accepted: ``$`` let a trailing newline in
+                    {**BASE, "name": "echo\n"}, {**BASE, "runtime": {"handler": "model:Echo\n"}}):
             assert outcome(bad) == "refused", bad
