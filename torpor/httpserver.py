@@ -86,6 +86,10 @@ class ClientDisconnected(OSError):
     """``send()`` was called after the client closed the connection."""
 
 
+class _HeadersTooLarge(Exception):
+    """Raised in a parser callback to stop parsing at a request whose headers are too large."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one client may cost the server; None turns a bound off (an instance's runtime, whose
@@ -332,7 +336,9 @@ class _Connection(asyncio.Protocol):
         self.head_since: float | None = None  # when the awaited headers began (timed); None: idle
         self.begun = 0  # requests begun and requests whose headers completed, on this connection
         self.heads = 0
-        self.lingering = False  # answered 431/408: discarding input until closed
+        self.discarding = False  # refused (431/408) or lingering: input is dropped until closed
+        self.refusal: bytes | None = None  # a 431 to send once the requests before it are answered
+        self.big_chunk = False  # the chunk being parsed is larger than max_header_bytes
         self.counted: str | None = None  # the address this connection counts against
         self.max_header_bytes = server.limits.max_header_bytes
 
@@ -398,26 +404,37 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering:
+        if self.discarding:
             self.head_bytes += len(data)
             if self.head_bytes > LINGER_MAX_BYTES:
                 self.transport.close()
             return
         in_head, heads = self.in_head, self.heads
         limit = self.max_header_bytes
-        if in_head and limit is not None and self.head_bytes + len(data) > limit:
-            end = _header_end(data)  # only a chunk that could pass the limit is searched
-            if end >= 0 and self.head_bytes + end > limit:
-                self._refuse_headers(limit)
-                return
+        if limit is not None and len(data) + self.head_bytes > limit:
+            if in_head:
+                end = _header_end(data)  # only a chunk that could pass the limit is searched
+                if end >= 0 and self.head_bytes + end > limit:
+                    self._refuse_headers(limit)
+                    return
+            # the chunk may hold whole requests after the first: on_headers_complete sizes them
+            self.big_chunk = len(data) > limit
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self.big_chunk = False
+            if isinstance(exc.__context__, _HeadersTooLarge) and limit is not None:
+                self._refuse_headers(limit)
+                return
+            self._reject(400, f"malformed HTTP request: {exc}\n".encode())
+            return
         except httptools.HttpParserUpgrade:
             self._reject(400, b"upgrades (WebSocket, h2c) are not supported\n")
             return
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed HTTP request: {exc}\n".encode())
             return
+        self.big_chunk = False
         if self.in_head and in_head and heads == self.heads:
             # the whole chunk belongs to the headers being received (a chunk that also ended an
             # earlier request is not counted: the bound is then one read buffer looser)
@@ -436,15 +453,22 @@ class _Connection(asyncio.Protocol):
         self.transport.close()
 
     def _refuse(self, status: int, message: str, reason: str) -> None:
-        """Answer ``status`` with torpor's JSON error (unless a response is under way) and close
-        the connection lingering (see the module's docs)."""
-        if self.closed or self.lingering:
+        """Answer ``status`` with torpor's JSON error and close the connection lingering (see the
+        module's docs); behind pipelined requests, once they are answered. Input stops here."""
+        if self.closed or self.discarding:
             return
+        self.discarding = True
+        body = error_json(message, reason)
+        self.refusal = (_status_line(status) + _Date.header() +
+                        b"content-type: application/json\r\nconnection: close\r\n"
+                        b"content-length: %d\r\n\r\n" % len(body) + body)
         if self.active is None:
-            body = error_json(message, reason)
-            self.transport.write(_status_line(status) + _Date.header() +
-                                 b"content-type: application/json\r\nconnection: close\r\n"
-                                 b"content-length: %d\r\n\r\n" % len(body) + body)
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        if self.refusal is not None:
+            self.transport.write(self.refusal)
+            self.refusal = None
         self.linger()
 
     def linger(self) -> None:
@@ -452,7 +476,7 @@ class _Connection(asyncio.Protocol):
         server = self.server
         server.heading.pop(self, None)
         server.idle.pop(self, None)
-        self.lingering = True
+        self.discarding = True
         self.head_bytes = 0
         self.resume_reading()
         server.closing[self] = None
@@ -497,6 +521,13 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self.big_chunk:
+            limit = self.max_header_bytes
+            assert limit is not None
+            # a lower bound of the header block's size (the separators counted as 4 bytes a line)
+            size = len(self._url) + 16 + sum(len(n) + len(v) + 4 for n, v in self._headers)
+            if size > limit:
+                raise _HeadersTooLarge()
         self.in_head = False
         self.head_bytes = 0
         self.head_since = None
@@ -614,6 +645,9 @@ class _Connection(asyncio.Protocol):
         self.idle_since = now = self.loop.time()
         if self.pipeline:
             self._start(self.pipeline.popleft())
+        elif self.refusal is not None:  # the requests before a refused one are answered
+            self._send_refusal()
+            return
         elif self.head_since is not None:  # the next request's headers are arriving: time them now
             self.head_since = now
             self.server.heading[self] = None
