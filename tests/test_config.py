@@ -89,6 +89,7 @@ class TestHttp:
          "http.max_header_bytes: Input should be greater than or equal to 1024"),
         ("http: {max_header_bytes: 64 KiB}\n", "http.max_header_bytes: Input should be a valid integer"),
         ("http: {header_timeout_s: 0}\n", "http.header_timeout_s: Input should be greater than 0"),
+        ("http: {header_timeout_s: yes}\n", "http.header_timeout_s: Input should be a valid number"),
         ("http: {keep_alive_s: .inf}\n",
          "http.keep_alive_s: Input should be less than or equal to 86400"),
         ("http: {max_connections: 0}\n", "http.max_connections: Input should be greater than or equal to 1"),

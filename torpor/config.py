@@ -58,9 +58,9 @@ class HttpConfig(_Strict):
 
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024, strict=True)
     """Request line and headers; beyond: 431 and the connection closed."""
-    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600, strict=True)
     """A request's headers not complete this long after it began: 408 and closed."""
-    keep_alive_s: float = Field(default=75.0, gt=0, le=86400)
+    keep_alive_s: float = Field(default=75.0, gt=0, le=86400, strict=True)
     """A kept-alive connection idle this long is closed."""
     max_connections: int | None = Field(default=None, ge=1, le=10_000_000, strict=True)
     """Open client connections in all (None: half the fd limit, at most 10,000)."""
