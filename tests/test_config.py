@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from torpor.config import GpuConfig, load_server_config
+from torpor.config import GpuConfig, HttpConfig, load_server_config
 from torpor.errors import SpecError
+from torpor.httpserver import Limits, default_max_connections
+from torpor.server import http_limits
 
 
 def config_errors(tmp_path: Path, text: str) -> list[str]:
@@ -61,4 +63,60 @@ class TestStore:
         ("store: ''\n", "store: String should have at least 1 character"),
     ])
     def test_bad_store(self, tmp_path: Path, text: str, error: str) -> None:
+        assert config_errors(tmp_path, text) == [error]
+
+
+class TestHttp:
+    def test_defaults(self) -> None:
+        """Without an http: section: 64 KiB headers, 10 s header timeout, 75 s idle, 32 MiB data
+        plane bodies, 4 MiB control API bodies; the caps follow the fd limit."""
+        config = load_server_config(None).http
+        assert config == HttpConfig(max_header_bytes=65536, header_timeout_s=10.0, keep_alive_s=75.0,
+                                    max_connections=None, max_connections_per_client=None,
+                                    max_body_bytes=32 * 1024 * 1024, api_max_body_bytes=4 * 1024 * 1024)
+        assert http_limits(config, fd_limit=1024) == Limits(
+            max_header_bytes=65536, header_timeout_s=10.0, keep_alive_s=75.0, max_connections=512,
+            max_connections_per_client=128)
+        assert [default_max_connections(n) for n in (100, 1024, 20000, 1 << 20)] == [64, 512, 10000, 10000]
+
+    def test_set_values(self, tmp_path: Path) -> None:
+        """Every field is read; the per-client cap defaults to a quarter of the total."""
+        path = tmp_path / "config.yaml"
+        path.write_text("http:\n  max_header_bytes: 8192\n  header_timeout_s: 2.5\n  keep_alive_s: 5\n"
+                        "  max_connections: 300\n  max_body_bytes: 1000\n  api_max_body_bytes: 2048\n",
+                        encoding="utf-8")
+        config = load_server_config(path).http
+        assert (config.max_body_bytes, config.api_max_body_bytes) == (1000, 2048)
+        assert http_limits(config, fd_limit=20000) == Limits(
+            max_header_bytes=8192, header_timeout_s=2.5, keep_alive_s=5.0, max_connections=300,
+            max_connections_per_client=75)
+
+    def test_more_connections_than_fds_is_refused(self) -> None:
+        """A total cap the fd limit cannot hold stops the server before it listens."""
+        with pytest.raises(SpecError) as excinfo:
+            http_limits(HttpConfig(max_connections=5000), fd_limit=1024, source="config.yaml")
+        assert excinfo.value.errors == [
+            "http.max_connections: 5000 needs more file descriptors than this process may open "
+            "(1024 (RLIMIT_NOFILE) less 256 for instances and the store); lower it to at most 768 "
+            "or raise the hard limit (ulimit -Hn)"]
+
+    @pytest.mark.parametrize(("text", "error"), [
+        ("http: {max_header_bytes: 100}\n",
+         "http.max_header_bytes: Input should be greater than or equal to 1024"),
+        ("http: {max_header_bytes: 64 KiB}\n", "http.max_header_bytes: Input should be a valid integer"),
+        ("http: {header_timeout_s: 0}\n", "http.header_timeout_s: Input should be greater than 0"),
+        ("http: {header_timeout_s: yes}\n", "http.header_timeout_s: Input should be a valid number"),
+        ("http: {keep_alive_s: .inf}\n",
+         "http.keep_alive_s: Input should be less than or equal to 86400"),
+        ("http: {max_connections: 0}\n", "http.max_connections: Input should be greater than or equal to 1"),
+        ("http: {max_connections_per_client: 1.5}\n",
+         "http.max_connections_per_client: Input should be a valid integer"),
+        ("http: {max_body_bytes: 0}\n", "http.max_body_bytes: Input should be greater than or equal to 1"),
+        ("http: {api_max_body_bytes: 10}\n",
+         "http.api_max_body_bytes: Input should be greater than or equal to 1024"),
+        ("http: {max_conections: 10}\n", "http.max_conections: unknown field"),
+        ("http: 5\n", "http: Input should be a valid dictionary or instance of HttpConfig"),
+    ])
+    def test_bad_http_config(self, tmp_path: Path, text: str, error: str) -> None:
+        """Each bad value is refused naming its field."""
         assert config_errors(tmp_path, text) == [error]

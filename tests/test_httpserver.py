@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from torpor.httpserver import ClientDisconnected, HttpServer
+from torpor.httpserver import ClientDisconnected, HttpServer, Limits
 from torpor.types import Message, Receive, Scope, Send
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -149,7 +150,7 @@ class TestConnections:
 
     async def test_idle_keep_alive_connections_are_closed(self, serve: Serve) -> None:
         """With keep_alive_s, a connection idle that long is closed by the server."""
-        path = await serve(echo, keep_alive_s=0.05)
+        path = await serve(echo, limits=Limits(keep_alive_s=0.05))
         reader, writer = await asyncio.open_unix_connection(path)
         writer.write(request())
         await reader.readuntil(b"POST /  ")
@@ -255,3 +256,67 @@ class TestLifespan:
         server = HttpServer(app, lifespan=True)
         await asyncio.wait_for(server.serve(uds=str(tmp_path / "f.sock")), 5)
         assert server.started is False
+
+
+class TestHostileClients:
+    async def test_eviction_order_at_the_total_cap(self, serve: Serve) -> None:
+        """max_connections 3: a new connection closes the oldest half-sent one, else the oldest
+        idle one; with every connection running a request it is refused with 503, and no running
+        request is ever cut."""
+        release = asyncio.Event()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            await receive()
+            if scope["path"] == "/wait":
+                await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+        async def answered(conn: Any, path: bytes) -> bool:
+            return (await asyncio.wait_for(conn[0].readuntil(path), 5)).startswith(b"HTTP/1.1 200 OK")
+
+        async def closed(conn: Any) -> bool:
+            return await asyncio.wait_for(conn[0].read(), 5) == b""
+
+        path = await serve(app, limits=Limits(max_connections=3))
+        running = await asyncio.open_unix_connection(path)
+        running[1].write(request("/wait"))
+        idle = await asyncio.open_unix_connection(path)
+        idle[1].write(request("/idle"))
+        assert await answered(idle, b"/idle")
+        half = await asyncio.open_unix_connection(path)
+        half[1].write(b"GET / HTTP/1.1\r\nhost:")
+        await asyncio.sleep(0.05)
+
+        fourth = await asyncio.open_unix_connection(path)  # evicts the half-sent one, not the idle one
+        assert await closed(half)
+        fourth[1].write(request("/fourth"))
+        assert await answered(fourth, b"/fourth")
+        fifth = await asyncio.open_unix_connection(path)  # evicts the oldest idle one
+        assert await closed(idle)
+        fifth[1].write(request("/wait"))
+        sixth = await asyncio.open_unix_connection(path)  # evicts the other idle one
+        assert await closed(fourth)
+        sixth[1].write(request("/wait"))
+        await asyncio.sleep(0.05)
+        seventh = await asyncio.open_unix_connection(path)  # all three run a request: refused
+        refused = await asyncio.wait_for(seventh[0].read(), 5)
+        assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b'"reason": "too_many_connections"' in refused
+        release.set()
+        for conn in (running, fifth, sixth):
+            assert await answered(conn, b"/wait")
+        for conn in (running, idle, half, fourth, fifth, sixth, seventh):
+            conn[1].close()
+
+    async def test_header_bound_counts_each_request(self, serve: Serve) -> None:
+        """max_header_bytes 2048: pipelined requests of 1.5 KiB headers each, sent in one write,
+        are all answered, in order; one of 3 KiB after them gets 431 once they are, and the
+        connection is closed."""
+        path = await serve(echo, limits=Limits(max_header_bytes=2048))
+        pad = "x-pad: " + "p" * 1500 + "\r\n"
+        raw = b"".join(request(f"/{i}", extra=pad) for i in range(5))
+        raw += request("/big", extra="x-pad: " + "q" * 3000 + "\r\n")
+        data = await exchange(path, raw, until=b"headers_too_large")
+        assert re.findall(rb"HTTP/1.1 (\d+)", data) == [b"200"] * 5 + [b"431"]
+        assert re.findall(rb"POST /(\w+) ", data) == [b"0", b"1", b"2", b"3", b"4"]

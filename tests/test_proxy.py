@@ -24,7 +24,7 @@ from torpor.gateway.proxy import Gateway
 from torpor.gateway.route import Endpoint, FunctionRoute
 from torpor.gateway.routing_policies import RoutingPolicy
 from torpor.gateway.upstream import UpstreamClient
-from torpor.httpserver import HttpServer
+from torpor.httpserver import UNLIMITED, HttpServer
 from torpor.runtime.app import ModelApp
 
 
@@ -56,7 +56,7 @@ class Stack:
     async def instance(self, route: FunctionRoute, model: torpor.Model, concurrency: int = 1,
                        instance_id: str | None = None) -> Endpoint:
         instance_id = instance_id or f"{route.name}-{len(route.endpoints)}"
-        path = await self._serve(ModelApp(model, concurrency), instance_id, keep_alive_s=None)
+        path = await self._serve(ModelApp(model, concurrency), instance_id, limits=UNLIMITED)
         return self.endpoint(route, path, concurrency, instance_id)
 
     def endpoint(self, route: FunctionRoute, socket_path: str, capacity: int,

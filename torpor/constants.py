@@ -13,4 +13,5 @@ BACKOFF_MAX_S = 30.0
 STOP_GRACE_S = 5.0  # SIGTERM → SIGKILL
 DRAIN_POLL_S = 0.02
 HEARTBEAT_S = 1.0  # how often the server records that it is alive (ledger crash recovery)
+DATA_PLANE_MAX_BODY_BYTES = 32 * 1024 * 1024  # /fn, /v1, /v2 request bodies (the http.max_body_bytes default)
 API_MAX_BODY_BYTES = 4 * 1024 * 1024  # control API request bodies (specs, provisioning configs)

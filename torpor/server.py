@@ -25,12 +25,13 @@ from torpor.api.app import create_api
 from torpor.api.metrics import LlmCollector
 from torpor.api.sampler import Sampler
 from torpor.backends import InstanceBackend
+from torpor.config import HttpConfig
 from torpor.datadir import PRIVATE_UMASK, make_private
 from torpor.errors import DataDirLocked, SpecError, TorporError
 from torpor.gateway.oip import OipFrontDoor
 from torpor.gateway.openai import OpenAIFrontDoor
 from torpor.gateway.proxy import Gateway
-from torpor.httpserver import HttpServer
+from torpor.httpserver import HttpServer, Limits, default_max_connections, raise_fd_limit
 from torpor.log_format import JsonFormatter
 from torpor.platform import CONFIG_FILENAME, Platform
 from torpor.safe_yaml import read_yaml
@@ -40,6 +41,7 @@ from torpor.types import Receive, Scope, Send
 
 log = logging.getLogger("torpor")
 LOCK_FILENAME = "serve.lock"
+FD_RESERVE = 256  # file descriptors http.max_connections must leave to instances, the store, logs
 
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
@@ -68,7 +70,8 @@ class RootApp:
         self.platform = platform
         self.deploy_paths = deploy
         metrics = platform.metrics
-        self.gateway = Gateway(platform.reconciler.routes, platform.clock, observer=metrics.requests)
+        self.gateway = Gateway(platform.reconciler.routes, platform.clock, observer=metrics.requests,
+                               max_body_bytes=platform.config.http.max_body_bytes)
         self.sampler = Sampler(platform, metrics.requests)
         self.api = create_api(platform)
         console.install(self.api, platform, self.sampler)
@@ -149,6 +152,25 @@ def ray_backend(data_dir: Path, config: Path | None, ray_address: str | None
     return RayBackend(settings)
 
 
+def http_limits(config: HttpConfig, fd_limit: int, source: str = "config") -> Limits:
+    """The HTTP server's bounds from the config's ``http:`` section; connection caps default to
+    what ``fd_limit`` (the soft RLIMIT_NOFILE, already raised to the hard one) allows."""
+    total = config.max_connections
+    if total is None:
+        total = default_max_connections(fd_limit)
+    elif total > fd_limit - FD_RESERVE:
+        raise SpecError(source, [
+            f"http.max_connections: {total} needs more file descriptors than this process may open "
+            f"({fd_limit} (RLIMIT_NOFILE) less {FD_RESERVE} for instances and the store); lower it "
+            f"to at most {max(1, fd_limit - FD_RESERVE)} or raise the hard limit (ulimit -Hn)"])
+    per_client = config.max_connections_per_client
+    if per_client is None:
+        per_client = max(1, total // 4)
+    return Limits(max_header_bytes=config.max_header_bytes, header_timeout_s=config.header_timeout_s,
+                  keep_alive_s=config.keep_alive_s, max_connections=total,
+                  max_connections_per_client=per_client)
+
+
 def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info",
           config: Path | None = None, log_format: str = "text",
           ray_address: str | None = None, store: str | None = None) -> None:
@@ -170,9 +192,13 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), handlers=[handler])
     holder = f"torpor serve pid {os.getpid()} on {socket.gethostname()}"
     platform = Platform(data_dir, config_path=config, backend=backend, store=store, holder=holder)
+    fd_limit = raise_fd_limit()
+    limits = http_limits(platform.config.http, fd_limit, str(config or data_dir / CONFIG_FILENAME))
+    log.info("connections: at most %d (%d per client address) of %d file descriptors",
+             limits.max_connections, limits.max_connections_per_client, fd_limit)
     # torpor's own lean HTTP/1.1 server (uvloop + httptools): the gateway's cost is part of the
     # product (bench/gateway.py); a finished graceful shutdown on SIGINT/SIGTERM exits with 0
-    server = HttpServer(RootApp(platform, deploy), lifespan=True, graceful_timeout_s=10)
+    server = HttpServer(RootApp(platform, deploy), lifespan=True, graceful_timeout_s=10, limits=limits)
     log.info("torpor %s serving on http://%s:%d (data dir %s, store %s)", __version__, host, port,
              data_dir, platform.store.describe())
     try:

@@ -17,8 +17,14 @@ from torpor.errors import SpecError
 from torpor.safe_yaml import read_yaml
 
 SPEC_FILENAME = "torpor.yaml"
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# matched with fullmatch: ``$`` would also accept a trailing newline (``"echo\n"``)
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_HANDLER = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def is_function_name(value: str) -> bool:
+    """A DNS label: what a function's name must be."""
+    return _DNS_LABEL.fullmatch(value) is not None
 MIN_GPU_SLICE_MB = 1024  # seed 001: the smallest vGPU memory slice is 1 GB
 DEFAULT_GPU_TARGET_PCT = 50.0  # seed 004: scale out above 50 % GPU utilisation
 PACKAGE_PREFIX = "package:"  # model.path "package:NAME/FILE": a file shipped in an installed package
@@ -44,7 +50,7 @@ class RuntimeSpec(_Strict):
     @field_validator("handler")
     @classmethod
     def _handler_shape(cls, value: str | None) -> str | None:
-        if value is not None and not _HANDLER.match(value):
+        if value is not None and not _HANDLER.fullmatch(value):
             raise ValueError(f"must look like 'module:Class', got {value!r}")
         return value
 
@@ -252,7 +258,7 @@ class FunctionSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value):
+        if not is_function_name(value):
             raise ValueError(
                 "must be a DNS label: 1-63 lowercase letters, digits or '-', "
                 f"starting and ending with a letter or digit (got {value!r})"

@@ -101,7 +101,8 @@ def create_api(platform: Platform) -> FastAPI:
 
     install_error_handlers(app)
     # code uploads have their own, larger limit (MAX_CODE_UPLOAD_BYTES, checked by put_code)
-    app.add_middleware(BodyLimit, exempt_prefixes=("/api/v1/code/",))
+    app.add_middleware(BodyLimit, max_body_bytes=platform.config.http.api_max_body_bytes,
+                       exempt_prefixes=("/api/v1/code/",))
 
     @app.exception_handler(PayloadTooLarge)
     async def _too_large(request: Request, exc: PayloadTooLarge) -> JSONResponse:

@@ -3,7 +3,8 @@
 Every error the control API answers is ``{"error", "reason", "function", "request_id"}``
 (:mod:`torpor.error_shape`); a spec that fails validation adds ``errors``, one ``"field: message"``
 line per problem. Validation errors never echo the request back: only the field and the message.
-Bodies above :data:`~torpor.constants.API_MAX_BODY_BYTES` are refused with 413 before anything
+Bodies above the server config's ``http.api_max_body_bytes`` (default
+:data:`~torpor.constants.API_MAX_BODY_BYTES`) are refused with 413 before anything
 parses them, so a huge POST cannot hold the event loop (and with it the data plane).
 """
 
@@ -108,8 +109,8 @@ class BodyLimit:
     async def _too_large(self, scope: Scope, send: Send) -> None:
         request_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"),
                           None) or new_request_id()
-        body = error_json(f"request body exceeds {self.max_body_bytes} bytes, the control API's limit",
-                          "body_too_large", None, request_id)
+        body = error_json(f"request body exceeds {self.max_body_bytes} bytes, the control API's limit "
+                          "(http.api_max_body_bytes)", "body_too_large", None, request_id)
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"x-torpor-request-id", request_id.encode("latin-1")),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torpor.errors import NotFound
+from torpor.spec import is_function_name
 
 FOLLOW_POLL_S = 0.2
 MAX_TAIL_LINES = 10_000
@@ -32,7 +33,9 @@ class LogFile:
 
 
 def log_dir(data_dir: Path, function: str) -> Path:
-    if "/" in function or function.startswith("."):
+    """Where a function's logs are; a name no function can have (too long for a file name, a '..')
+    is not found, never looked up on disk."""
+    if not is_function_name(function):
         raise NotFound(f"function {function!r} not found")
     return data_dir / "logs" / function
 

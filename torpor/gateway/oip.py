@@ -15,7 +15,7 @@ import json
 
 from torpor import __version__
 from torpor.gateway.frontdoor import Functions, forward, read_body, reply, request_id_of
-from torpor.gateway.proxy import MAX_BODY_BYTES, Gateway
+from torpor.gateway.proxy import Gateway
 from torpor.types import Receive, Scope, Send
 
 PREFIX = "/v2/models/"
@@ -57,8 +57,8 @@ class OipFrontDoor:
             else:
                 await reply(send, 503, _error(failure.message), request_id)
             return
-        body = await read_body(receive, MAX_BODY_BYTES)
+        body = await read_body(receive, self.gateway.max_body_bytes)
         if body is None:
-            await reply(send, 413, _error(f"request body exceeds {MAX_BODY_BYTES} bytes"), request_id)
+            await reply(send, 413, _error(self.gateway.too_large_message()), request_id)
             return
         await forward(self.gateway, name, fn.route, scope, body, receive, send, request_id)

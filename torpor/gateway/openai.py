@@ -23,7 +23,7 @@ from typing import Any
 from torpor.clock import Clock
 from torpor.gateway.frontdoor import Functions, forward, read_body, reply, request_id_of
 from torpor.gateway.llm_stats import LlmStats
-from torpor.gateway.proxy import MAX_BODY_BYTES, Gateway
+from torpor.gateway.proxy import Gateway
 from torpor.types import Message, Receive, Scope, Send
 
 POST_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
@@ -84,9 +84,9 @@ class OpenAIFrontDoor:
         return {"object": "list", "data": data}
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        body = await read_body(receive, MAX_BODY_BYTES)
+        body = await read_body(receive, self.gateway.max_body_bytes)
         if body is None:
-            message = f"request body exceeds {MAX_BODY_BYTES} bytes"
+            message = self.gateway.too_large_message()
             await reply(send, 413, error_body(message, 413, None, "body_too_large"), request_id)
             return
         try:

@@ -32,6 +32,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
 from torpor.clock import Clock
+from torpor.constants import DATA_PLANE_MAX_BODY_BYTES
 from torpor.error_shape import error_json
 from torpor.errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from torpor.gateway.route import Endpoint, FunctionRoute, Lease
@@ -43,7 +44,7 @@ from torpor.gateway.upstream import (
 )
 from torpor.types import Receive, Scope, Send
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_BODY_BYTES = DATA_PLANE_MAX_BODY_BYTES  # the default; ``torpor serve`` takes http.max_body_bytes
 EXIT_REASON_WAIT_S = 0.5  # a broken connection waits at most this for the instance's exit reason
 EXIT_REASON_POLL_S = 0.01
 _HOP_BY_HOP = frozenset(
@@ -114,10 +115,15 @@ _START_NAMES = {b"cold": "cold", b"warm": "warm", b"thawed": "thawed", b"none": 
 
 class Gateway:
     def __init__(self, routes: Mapping[str, RouteTable], clock: Clock,
-                 observer: RequestObserver | None = None) -> None:
+                 observer: RequestObserver | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.routes = routes
         self.clock = clock
         self.observer = observer
+        self.max_body_bytes = max_body_bytes  # also the OpenAI and OIP front doors' bound
+
+    def too_large_message(self) -> str:
+        return (f"request body exceeds {self.max_body_bytes} bytes, the data plane's limit "
+                "(http.max_body_bytes)")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         observer = self.observer
@@ -140,8 +146,11 @@ class Gateway:
         name, _, tag = name.partition("@")
         request_id = None
         lines = []
+        declared = 0
         for key, value in scope["headers"]:
             if key in _HOP_BY_HOP:
+                if key == b"content-length" and value.isdigit():
+                    declared = int(value)
                 continue
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")
@@ -158,10 +167,10 @@ class Gateway:
             await _error(send, 404, f"function {name!r} has no revision tagged {tag!r}",
                          "not_found", name, request_id)
             return
-        body = await _read_body(receive)
+        body = None if declared > self.max_body_bytes else await _read_body(receive,
+                                                                            self.max_body_bytes)
         if body is None:
-            message = f"request body exceeds {MAX_BODY_BYTES} bytes"
-            await _error(send, 413, message, "body_too_large", name, request_id)
+            await _error(send, 413, self.too_large_message(), "body_too_large", name, request_id)
             return
         raw_path: bytes = scope.get("raw_path") or path.encode()
         target = b"/" + raw_path[4:].partition(b"/")[2]
@@ -363,9 +372,12 @@ async def _error(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None past ``limit`` bytes."""
     message = await receive()
     body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        return None
     if not message.get("more_body"):
         return body
     chunks = [body]
@@ -374,7 +386,7 @@ async def _read_body(receive: Receive) -> bytes | None:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             return None
         chunks.append(chunk)
     return b"".join(chunks)

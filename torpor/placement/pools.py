@@ -28,7 +28,7 @@ from typing import Any
 
 DEFAULT_POOL = "default"
 POOL_RESOURCE_PREFIX = "pool:"
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9_]{0,61}[a-z0-9])?")  # fullmatch: no trailing newline
 _FIELDS = {"name", "priority", "elastic"}
 
 
@@ -84,7 +84,7 @@ def parse_pools(raw: Any, field: str = "pools") -> tuple[Pool, ...]:
         if unknown:
             raise PoolConfigError(f"{where}.{unknown[0]}: unknown field")
         name = entry.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise PoolConfigError(
                 f"{where}.name: must be 1-63 lowercase letters, digits, '-' or '_' (got {name!r})")
         priority = entry.get("priority", 0)

@@ -2,12 +2,13 @@
 
 The instance's side of the hot path: :class:`torpor.httpserver.HttpServer` on uvloop, no access log,
 connections from the gateway kept alive for as long as it likes (no idle timeout: the gateway owns
-the pool). SIGTERM finishes the requests in flight (up to ``GRACEFUL_TIMEOUT_S``) and exits with 0.
+the pool) and none of the bounds for hostile clients (the gateway, its only client, applies them).
+SIGTERM finishes the requests in flight (up to ``GRACEFUL_TIMEOUT_S``) and exits with 0.
 """
 
 from __future__ import annotations
 
-from torpor.httpserver import HttpServer
+from torpor.httpserver import UNLIMITED, HttpServer
 from torpor.runtime.app import ModelApp
 from torpor.sdk import Model
 
@@ -16,7 +17,7 @@ GRACEFUL_TIMEOUT_S = 5.0
 
 def make_server(model: Model, concurrency: int, timings: dict[str, float] | None = None) -> HttpServer:
     return HttpServer(ModelApp(model, concurrency, timings), graceful_timeout_s=GRACEFUL_TIMEOUT_S,
-                      keep_alive_s=None)
+                      limits=UNLIMITED)
 
 
 def serve_unix(
