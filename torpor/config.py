@@ -11,6 +11,9 @@ and sections of other parts; each part reads its own and leaves the rest alone. 
       - {name: H200, memory_mb: 143360}
     limits:
       gpus: 30            # all instances together hold at most 30 GPUs (slices counted by memory)
+    isolation:            # when torpor runs as root (docs/isolation.md)
+      instance_user: auto # auto: a uid of each function's own; off: root; or a user name or uid
+      instance_uids: 2000000-2099999  # the uids auto gives out
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from torpor.backends.local.isolation import parse_uid_range
 from torpor.errors import SpecError
 from torpor.metering.prices import format_errors
 from torpor.safe_yaml import read_config_mapping
@@ -42,12 +46,30 @@ class LimitsConfig(_Strict):
     """GPUs all instances may hold at once (seed 001's quota); a slice counts as its share."""
 
 
+class IsolationConfig(_Strict):
+    instance_user: str = Field(default="auto", min_length=1)
+    """``auto``: as root, each function runs as a uid of its own from ``instance_uids``;
+    ``off``: instances run as the server's user; a user name or uid: every function runs as it."""
+    instance_uids: str = "2000000-2099999"
+
+    @field_validator("instance_uids")
+    @classmethod
+    def _range(cls, value: str) -> str:
+        parse_uid_range(value)
+        return value
+
+    @property
+    def uid_range(self) -> tuple[int, int]:
+        return parse_uid_range(self.instance_uids)
+
+
 class ServerConfig(_Strict):
     gpus: tuple[GpuConfig, ...] | None = None  # None: ask NVML; () declares a machine without GPUs
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    isolation: IsolationConfig = Field(default_factory=IsolationConfig)
 
 
-_SECTIONS = ("gpus", "limits")
+_SECTIONS = ("gpus", "limits", "isolation")
 
 
 def read_config(path: Path | None) -> dict[str, Any]:

@@ -31,9 +31,9 @@ def make_private(data_dir: Path) -> None:
 
 
 def remove_sockets(run_dir: Path) -> int:
-    """Remove the Unix sockets left in ``run_dir``; returns how many."""
+    """Remove the Unix sockets left in ``run_dir`` and its per-user folders; returns how many."""
     removed = 0
-    for path in run_dir.glob("*.sock"):
+    for path in [*run_dir.glob("*.sock"), *run_dir.glob("*/*.sock")]:  # */: per-uid folders
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed += 1
