@@ -232,13 +232,13 @@ class Platform:
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
         self._check_pools(spec, source)
         self._check_placeable(spec, source)
-        problem = await handler_problem(spec, code.path)
-        if problem is not None:
-            raise SpecError(source, [problem])
         if spec.isolation == "sandbox":
             problem = await asyncio.to_thread(self._sandbox_problem)
             if problem is not None:
                 raise SpecError(source, [problem])
+        problem = await self._handler_problem(spec, code.path)
+        if problem is not None:
+            raise SpecError(source, [problem])
         existing = self.functions.get(spec.name)
         traffic = None
         old = existing.config.primary if existing is not None else None
@@ -284,6 +284,14 @@ class Platform:
         if rollout is not None and old is not None:
             self.rollouts.start(fn, rollout, record.revision, old)
         return fn
+
+    async def _handler_problem(self, spec: FunctionSpec, code_dir: Path) -> str | None:
+        """The deploy check, run as the backend runs the function (its user, its sandbox)."""
+        isolated = getattr(self.backend, "check_process", None)
+        if isolated is None or spec.runtime.handler is None:
+            return await handler_problem(spec, code_dir)
+        with isolated(spec, code_dir) as how:
+            return await handler_problem(spec, code_dir, how=how)
 
     def _sandbox_problem(self) -> str | None:
         """Whether this server's backend can run ``isolation: sandbox`` (a backend without the

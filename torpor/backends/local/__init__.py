@@ -21,6 +21,7 @@ Nothing above this package sees a pid, a socket path or a log file: only the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -50,6 +52,7 @@ from torpor.backends.local.forked import enable_subreaper, forking_supported
 from torpor.backends.local.freezer import Freezer, make_freezer
 from torpor.backends.local.isolation import (
     DEFAULT_UIDS,
+    CheckProcess,
     Credentials,
     InstanceFiles,
     InstanceUsers,
@@ -64,7 +67,7 @@ from torpor.backends.local.launch import (
 from torpor.backends.local.limits import CGROUPS_ENV, Limits, make_limits
 from torpor.backends.local.memory import process_memory_bytes
 from torpor.backends.local.processes import InstanceProcess, drop_privileges, tail
-from torpor.backends.local.sandbox import sandbox_problem
+from torpor.backends.local.sandbox import sandbox_argv, sandbox_problem
 from torpor.backends.local.templates import Template, Templates
 from torpor.clock import Clock
 from torpor.constants import STOP_GRACE_S
@@ -181,14 +184,25 @@ class LocalBackend:
             for name in spares:
                 loop.call_later(STOP_GRACE_S + 1.0, self.limits.release, name)
 
+    @contextlib.contextmanager
+    def check_process(self, spec: FunctionSpec, code_dir: Path) -> Iterator[CheckProcess]:
+        """How the deploy check imports the handler: as the function's instances would run it
+        (as root: a user no function has, on a copy of the code; in its sandbox)."""
+        checker = self.users.checker
+        with self.files.check_copy(code_dir) as code:
+            wrap = None
+            if spec.isolation == "sandbox":
+                wrap = partial(sandbox_argv, cwd=str(code), network=spec.network, writable=[])
+            yield CheckProcess(code, home="/tmp" if checker is not None else None,
+                               preexec=partial(drop_privileges, checker) if checker else None,
+                               wrap=wrap)
+
     def sandbox_problem(self) -> str | None:
         """Why ``isolation: sandbox`` cannot run here (None: it can), checked as the user
         instances run as; a success is remembered, a failure asked again next time."""
         if self._sandbox_ok:
             return None
-        user = self.users.fixed
-        if user is None and self.users.enabled:  # a uid of the range, as a function's would be
-            user = Credentials(self.users.uids[1], self.users.uids[1])
+        user = self.users.checker  # a uid of the range, as a function's would be
         problem = sandbox_problem(None if user is None else partial(drop_privileges, user))
         self._sandbox_ok = problem is None
         return problem

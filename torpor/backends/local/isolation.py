@@ -25,10 +25,11 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,17 @@ BASE_VARS = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "LD_LIBRARY_PATH", "PYT
 class Credentials:
     uid: int
     gid: int
+
+
+@dataclass(frozen=True)
+class CheckProcess:
+    """How the deploy check runs, as the function's instances would: ``code_dir`` (a copy its
+    user can read), ``home``, ``preexec`` (become its user), ``wrap`` (its sandbox's argv)."""
+
+    code_dir: Path
+    home: str | None = None
+    preexec: Callable[[], None] | None = None
+    wrap: Callable[[list[str]], list[str]] | None = None
 
 
 def base_env(home: str | None) -> dict[str, str]:
@@ -125,12 +137,11 @@ class InstanceUsers:
         if self.enabled and mode != "auto":
             self.fixed = self._named(mode)
         if self.enabled:
-            blocker = self._interpreter_blocker()
+            blocker = self._blocker(data_dir)
             if blocker is not None:
-                self.problem = (f"instances run as root: the interpreter {sys.executable} cannot be "
-                                f"reached by another user ({blocker} is not readable or crossable "
-                                "by others); make it so (e.g. chmod o+x on that folder) or install "
-                                "torpor outside it")
+                self.problem = (f"instances run as root: another user cannot reach {blocker[0]} "
+                                f"({blocker[1]} is not readable or crossable by others); make it "
+                                "so (e.g. chmod o+x on that folder) or move it")
                 if mode != "auto":
                     raise ValueError(f"isolation.instance_user {mode!r}: {self.problem}")
                 log.warning("%s", self.problem)
@@ -156,16 +167,20 @@ class InstanceUsers:
         return Credentials(entry.pw_uid, entry.pw_gid)
 
     @staticmethod
-    def _interpreter_blocker() -> str | None:
+    def _blocker(data_dir: Path) -> tuple[str, str] | None:
+        """(what, the folder in the way) when an instance's user could not reach the interpreter,
+        torpor's package or the data dir's folder; None when it can."""
         import torpor
 
-        for path in (Path(sys.executable), Path(torpor.__file__).parent):
+        for what, path in (("the interpreter", Path(sys.executable)),
+                           ("torpor's package", Path(torpor.__file__).parent),
+                           ("the data dir", data_dir.resolve().parent)):
             try:
                 blocker = reachable_by_others(path)
             except OSError as exc:
-                return f"{path} ({exc.strerror})"
+                return f"{what} {path}", exc.strerror or str(exc)
             if blocker is not None:
-                return blocker
+                return f"{what} {path}", blocker
         return None
 
     def describe(self) -> str:
@@ -174,6 +189,14 @@ class InstanceUsers:
         if self.fixed is not None:
             return f"uid {self.fixed.uid}"
         return f"per function, uids {self.uids[0]}-{self.uids[1]}"
+
+    @property
+    def checker(self) -> Credentials | None:
+        """Who runs a deploy's handler check (None: the server's user): the fixed user, or the
+        range's last uid, which no function gets."""
+        if not self.enabled:
+            return None
+        return self.fixed or Credentials(self.uids[1], self.uids[1])
 
     def credentials(self, function: str) -> Credentials | None:
         if not self.enabled:
@@ -193,7 +216,7 @@ class InstanceUsers:
     def _allocate(self) -> int:
         used = set(self._allocated.values())
         subordinate = _subordinate_ranges()
-        for uid in range(self.uids[0], self.uids[1] + 1):
+        for uid in range(self.uids[0], self.uids[1]):  # the last one is the deploy check's
             if uid not in used and not _taken(uid, subordinate):
                 return uid
         raise OSError(f"isolation.instance_uids {self.uids[0]}-{self.uids[1]}: every uid is "
@@ -241,6 +264,23 @@ class InstanceFiles:
         os.chown(gate, 0, owner.gid)
         os.chmod(gate, 0o750)
         return gate
+
+    @contextlib.contextmanager
+    def check_copy(self, code_dir: Path) -> Iterator[Path]:
+        """A copy of ``code_dir`` that the deploy check's user alone can read, removed after."""
+        checker = self.users.checker
+        if checker is None:
+            yield code_dir
+            return
+        gate = self.root / f".check-{secrets.token_hex(6)}"
+        gate.mkdir(mode=0o750)
+        try:
+            os.chown(gate, 0, checker.gid)
+            code = gate / "code"
+            _publish(code, lambda tmp: shutil.copytree(code_dir, tmp, symlinks=True))
+            yield code
+        finally:
+            shutil.rmtree(gate, ignore_errors=True)
 
     def stage(self, function: str, code_dir: Path, model_path: Path | None
               ) -> tuple[Path, Path | None]:
