@@ -192,7 +192,8 @@ class LocalBackend:
         with self.files.check_copy(code_dir) as code:
             wrap = None
             if spec.isolation == "sandbox":
-                wrap = partial(sandbox_argv, cwd=str(code), network=spec.network, writable=[])
+                wrap = partial(sandbox_argv, cwd=str(code), network=spec.network, writable=[],
+                               readable=[str(code)])
             yield CheckProcess(code, home="/tmp" if checker is not None else None,
                                preexec=partial(drop_privileges, checker) if checker else None,
                                wrap=wrap)

@@ -109,7 +109,9 @@ def launch_plan(spec: FunctionSpec, revision: int, code_dir: Path, instance_id: 
         if "HOME" not in spec.env:
             env["HOME"] = "/tmp"  # the only place a sandbox can write
         writable = [str(Path(address.unix_socket).parent)] if address.unix_socket else []
-        argv = sandbox_argv(argv, cwd=str(code_dir), network=spec.network, writable=writable)
+        readable = [str(code_dir)] + ([str(model_path)] if model_path is not None else [])
+        argv = sandbox_argv(argv, cwd=str(code_dir), network=spec.network, writable=writable,
+                            readable=readable)
     return LaunchPlan(argv=argv, cwd=str(code_dir), env=env,
                       stdout_path=logs[0], stderr_path=logs[1], cgroups=cgroups, user=user)
 

@@ -2,8 +2,9 @@
 
 The sandbox sees the machine's file system read-only (permissions still apply: it runs as the
 function's user), a ``/dev`` of its own (with the GPUs' device files), its own ``/proc`` and pid
-namespace, an empty private ``/tmp`` (its ``HOME``), and no network at all (not even loopback)
-unless the spec says ``network: true``. Its socket folder is the one place outside ``/tmp`` it
+namespace, an empty private ``/tmp`` (its ``HOME``), and no network (a network namespace with
+only a loopback of its own: the host's 127.0.0.1 is out of reach too) unless the spec says
+``network: true``. Its socket folder is the one place outside ``/tmp`` it
 can write: the server reaches it there through a Unix socket, which needs no network.
 
 Each sandboxed instance is spawned in a sandbox of its own (no template): instances forked from one
@@ -22,8 +23,11 @@ BWRAP = "bwrap"
 _CHECK_TIMEOUT_S = 10.0
 
 
-def sandbox_argv(argv: list[str], *, cwd: str, network: bool, writable: list[str]) -> list[str]:
-    """``argv`` run inside a sandbox; ``writable``: folders it may write besides its ``/tmp``."""
+def sandbox_argv(argv: list[str], *, cwd: str, network: bool, writable: list[str],
+                 readable: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """``argv`` run inside a sandbox; ``writable``: folders it may write besides its ``/tmp``;
+    ``readable``: its code and model (bound again read-only: they may be under ``/tmp``, which the
+    sandbox's own ``/tmp`` hides)."""
     wrapped = [BWRAP, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                "--tmpfs", "/tmp", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                "--die-with-parent"]
@@ -31,6 +35,8 @@ def sandbox_argv(argv: list[str], *, cwd: str, network: bool, writable: list[str
         wrapped.append("--unshare-net")
     for device in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
         wrapped += ["--dev-bind", device, device]
+    for path in readable:
+        wrapped += ["--ro-bind", path, path]
     for folder in writable:
         wrapped += ["--bind", folder, folder]
     return [*wrapped, "--chdir", cwd, "--", *argv]
