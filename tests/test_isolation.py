@@ -115,7 +115,8 @@ def test_server_secret_does_not_reach_instances(serve: Any, tmp_path: Path, temp
 
 def test_root_server_runs_each_function_as_its_own_user(serve: Any, tmp_path: Path) -> None:
     needs_isolating_root()
-    a = make_function(tmp_path, "probe", name="probe-a")
+    a = make_function(tmp_path, "probe", name="probe-a", model={"path": "weights.bin"})
+    (a / "weights.bin").write_bytes(b"\0" * 1000)
     b = make_function(tmp_path, "probe", name="probe-b", runtime={"handler": "model:Probe",
                                                                   "templates": False})
     srv = serve([a, b])
@@ -136,6 +137,10 @@ def test_root_server_runs_each_function_as_its_own_user(serve: Any, tmp_path: Pa
     code_b = Path(who_b["cwd"])
     assert code_a != code_b and (code_a / "model.py").is_file()
     assert probe("probe-a", op="read", path=str(code_a / "model.py"))["outcome"] == "ok"
+    model = probe("probe-a", op="read", path=who_a["model"])
+    assert (model["outcome"], model["bytes"]) == ("ok", 1000)
+    assert probe("probe-a", op="write", path=who_a["model"])["outcome"] == "EACCES"
+    assert probe("probe-b", op="read", path=who_a["model"])["outcome"] == "EACCES"
     for path in (data / "torpor.db", data / "admin.key", code_b / "model.py", data / "code",
                  data / "logs"):
         assert probe("probe-a", op="read" if path.is_file() else "list",

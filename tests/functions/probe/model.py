@@ -23,6 +23,7 @@ class Probe(torpor.Model):
         result: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid(),
                                   "loaded_as": self.loaded_as, "pid": os.getpid(),
                                   "home": os.environ.get("HOME"), "cwd": os.getcwd(),
+                                  "model": os.environ.get("TORPOR_MODEL_PATH"),
                                   "groups": os.getgroups()}
         error: OSError | None = None
         try:

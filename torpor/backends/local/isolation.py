@@ -276,6 +276,7 @@ class InstanceFiles:
         gate.mkdir(mode=0o750)
         try:
             os.chown(gate, 0, checker.gid)
+            os.chmod(gate, 0o750)  # mkdir's mode passed through the server's umask (077)
             code = gate / "code"
             _publish(code, lambda tmp: shutil.copytree(code_dir, tmp, symlinks=True))
             yield code
@@ -317,8 +318,10 @@ def _own_dir(folder: Path, owner: Credentials) -> None:
 
 def _publish(target: Path, build: Callable[[Path], object]) -> None:
     """Build ``target`` beside itself and rename it into place: never half there."""
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    os.chmod(target.parent, 0o755)
+    missing = [folder for folder in [target.parent, *target.parent.parents] if not folder.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for folder in missing:  # made under the server's umask (077)
+        os.chmod(folder, 0o755)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     if tmp.exists() or tmp.is_symlink():
         _remove(tmp)
