@@ -153,6 +153,14 @@ def test_root_server_runs_each_function_as_its_own_user(serve: Any, tmp_path: Pa
     os.unlink(f"/tmp/torpor-probe-{os.getpid()}")
     assert probe("probe-a", op="write", path=f"{who_a['home']}/notes")["outcome"] == "ok"
     assert probe("probe-b", op="list", path=who_a["home"])["outcome"] == "EACCES"
+    # still in their limit cgroups (joined after the fork, as the function's user)
+    if srv.http.get("/healthz").json()["limits"] != "none":
+        for name in ("probe-a", "probe-b"):
+            instance = next(i for i in srv.instances(name) if i["state"] == "ready")
+            groups = Path(f"/proc/{instance['pid']}/cgroup").read_text().splitlines()
+            memory = ([line for line in groups if line.split(":")[1] == "memory"]  # v1
+                      or [line for line in groups if line.startswith("0::")])  # v2
+            assert len(memory) == 1 and memory[0].endswith("/" + instance["id"]), groups
     # the server still reads their logs, and stops them
     logs = srv.http.get("/api/v1/functions/probe-a/logs").text
     assert "torpor template: model:Probe loaded" in logs

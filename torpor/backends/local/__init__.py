@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -260,8 +261,8 @@ class LocalBackend:
             except BaseException:
                 self.limits.release(instance_id)
                 raise
-            if user is not None and cgroups and self.limits.name == "cgroup-v2":
-                _join_from_outside(handle.pid, cgroups)  # v2: only we may move it
+            if user is not None and cgroups:  # where it could not join them itself (v2)
+                _join_from_outside(handle.pid, cgroups)
         else:
             launch = launch_plan(spec, revision.revision, code, instance_id, address,
                                  (stdout, stderr), model, env, cgroups,
@@ -424,11 +425,16 @@ def _give(procs_files: tuple[str, ...], user: Credentials) -> None:
     to ``cgroup.procs`` and the same uid)."""
     for path in procs_files:
         os.chown(path, user.uid, user.gid)
+        group = Path(path).parent
+        for folder in (group, group.parent):  # made under the server's umask (077): let it cross
+            if stat.S_IMODE(folder.stat().st_mode) != 0o711:
+                os.chmod(folder, 0o711)
 
 
 def _join_from_outside(pid: int, procs_files: tuple[str, ...]) -> None:
-    """Move ``pid`` into its cgroups as root (cgroup v2 also asks the mover for write access to
-    the common ancestor's ``cgroup.procs``, which the instance's user has not)."""
+    """Move ``pid`` into the cgroups it is not in yet, as root: cgroup v2 also asks the mover for
+    write access to the common ancestor's ``cgroup.procs``, which the instance's user has not
+    (on v1 a forked instance is in them already, through its spare: a read, no move)."""
     for path in procs_files:
         try:
             with open(path, "rb") as members:
