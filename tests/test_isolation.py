@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import FUNCTIONS, TorporServer, make_function
 
-from torpor.backends.local.isolation import InstanceUsers, base_env
+from torpor.backends.local.isolation import Credentials, InstanceUsers, base_env
 from torpor.backends.local.launch import function_env
 from torpor.backends.local.sandbox import sandbox_problem
 from torpor.errors import SpecError
@@ -259,3 +259,45 @@ def test_sandboxed_function(serve: Any, tmp_path: Path, listener: int) -> None:
     pid = instance_pid(srv, "boxed")
     assert "bwrap" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     assert srv.stop() == 0
+
+
+# the server config -------------------------------------------------------------------------------
+
+def test_isolation_config() -> None:
+    from torpor.config import parse_server_config
+
+    config = parse_server_config({"isolation": {"instance_user": "nobody",
+                                                "instance_uids": "3000000-3000009"}})
+    assert (config.isolation.instance_user, config.isolation.uid_range) == (
+        "nobody", (3000000, 3000009))
+    assert parse_server_config({}).isolation.uid_range == (2000000, 2099999)
+    for bad, message in (("3-2", "must be 1000 <= FIRST <= LAST < 4294967295, got '3-2'"),
+                         ("many", "must look like 'FIRST-LAST' (two uids), got 'many'")):
+        with pytest.raises(SpecError) as info:
+            parse_server_config({"isolation": {"instance_uids": bad}}, source="config.yaml")
+        assert info.value.errors == [f"isolation.instance_uids: {message}"]
+
+
+def test_uids_are_the_functions_own_and_kept(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root: a distinct uid per function from the range, the same one after a restart, the
+    range's last uid kept for the deploy check; a full range says so."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(InstanceUsers, "_blocker", staticmethod(lambda data_dir: None))
+    monkeypatch.setattr("torpor.backends.local.isolation._subordinate_ranges", lambda: [])
+    users = InstanceUsers(tmp_path, "auto", (3000000, 3000002))
+    a, b = users.credentials("a"), users.credentials("b")
+    assert (a, b) == (Credentials(3000000, 3000000), Credentials(3000001, 3000001))
+    assert users.checker == Credentials(3000002, 3000002)
+    with pytest.raises(OSError) as info:
+        users.credentials("c")
+    assert str(info.value) == ("isolation.instance_uids 3000000-3000002: every uid is taken; "
+                               "widen the range")
+    again = InstanceUsers(tmp_path, "auto", (3000000, 3000002))
+    assert (again.credentials("b"), again.credentials("a")) == (b, a)
+    assert stat.S_IMODE((tmp_path / "instance-uids.json").stat().st_mode) == 0o600
+    assert InstanceUsers(tmp_path, "off").credentials("a") is None
+    with pytest.raises(ValueError) as named:
+        InstanceUsers(tmp_path, "root")
+    assert str(named.value) == ("isolation.instance_user: root is not an unprivileged user; use "
+                                "'off' to run instances as root")

@@ -225,6 +225,15 @@ class LocalBackend:
         logs = self.data_dir / "logs" / revision.function
         stdout, stderr = logs / f"{instance_id}.stdout.log", logs / f"{instance_id}.stderr.log"
         self._remember_log(instance_id, stderr)
+        try:
+            user = self.files.owner(spec.name)
+            if self.files.staged(spec.name, revision.code.path, _model_path(revision)):
+                code, model = self.files.stage(spec.name, revision.code.path, _model_path(revision))
+            else:  # a copy of its code: off the event loop
+                code, model = await asyncio.to_thread(self.files.stage, spec.name,
+                                                      revision.code.path, _model_path(revision))
+        except OSError as exc:  # no uid left, a full disk
+            raise StartFailed(f"cannot prepare the instance's files: {exc}") from None
         host = self.listen_host or "127.0.0.1"
         if spec.runtime.command is not None:
             address = Address.tcp(host, spec.runtime.port or free_port(host))
@@ -236,9 +245,6 @@ class LocalBackend:
         else:
             socket_path = self.files.socket_dir(spec.name) / f"{instance_id}.sock"
             address = Address.unix(str(socket_path))
-        user = self.files.owner(spec.name)
-        code, model = await asyncio.to_thread(self.files.stage, spec.name, revision.code.path,
-                                              _model_path(revision))
         forked = self.templates is not None and uses_template(revision)
         env = placement_env(plan.placement, self.gpus)
         template = None

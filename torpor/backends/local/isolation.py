@@ -283,6 +283,12 @@ class InstanceFiles:
         finally:
             shutil.rmtree(gate, ignore_errors=True)
 
+    def staged(self, function: str, code_dir: Path, model_path: Path | None) -> bool:
+        """Whether :meth:`stage` has nothing to copy (it answers from memory)."""
+        return self.owner(function) is None or (
+            (function, code_dir) in self._staged
+            and (model_path is None or (function, model_path) in self._staged))
+
     def stage(self, function: str, code_dir: Path, model_path: Path | None
               ) -> tuple[Path, Path | None]:
         """The function's view of its code and model: read-only copies only it can reach."""
