@@ -51,8 +51,8 @@ def data_root() -> Iterator[Path]:
 def serve(data_root: Path) -> Iterator[Any]:
     servers: list[TorporServer] = []
 
-    def make(deploy: list[Path] | None = None) -> TorporServer:
-        srv = TorporServer(data_root / f"data{len(servers)}", deploy)
+    def make(deploy: list[Path] | None = None, data_dir: Path | None = None) -> TorporServer:
+        srv = TorporServer(data_dir or data_root / f"data{len(servers)}", deploy)
         servers.append(srv)
         return srv
 
@@ -166,6 +166,12 @@ def test_root_server_runs_each_function_as_its_own_user(serve: Any, tmp_path: Pa
     assert "torpor template: model:Probe loaded" in logs
     assert stat.S_IMODE(data.stat().st_mode) == 0o711
     assert stat.S_IMODE((data / "torpor.db").stat().st_mode) == 0o600
+    assert srv.stop() == 0
+    # restarted on the same data dir: the same users, their files readable again
+    srv = serve(data_dir=srv.data_dir)
+    again = probe("probe-a", op="read", path=who_a["model"])
+    assert (again["uid"], again["outcome"], again["bytes"]) == (who_a["uid"], "ok", 1000)
+    assert probe("probe-b", op="read", path=str(code_b / "model.py"))["uid"] == who_b["uid"]
     assert srv.stop() == 0
 
 

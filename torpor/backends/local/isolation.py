@@ -33,9 +33,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from torpor.datadir import SHARED_DIRNAME
+
 log = logging.getLogger(__name__)
 
-INSTANCES_DIRNAME = "instances"
+INSTANCES_DIRNAME = SHARED_DIRNAME
 UIDS_FILENAME = "instance-uids.json"
 DEFAULT_UIDS = (2_000_000, 2_099_999)
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -297,9 +299,11 @@ class InstanceFiles:
             return code_dir, model_path
         gate = self._gate(function, owner)
         code = self._staged.get((function, code_dir))
-        if code is None:
+        if code is None:  # first time in this server's life: made, or its modes made right again
             code = gate / "code" / code_dir.name
-            if not code.is_dir():
+            if code.is_dir():
+                _read_only(code)
+            else:
                 _publish(code, lambda tmp: shutil.copytree(code_dir, tmp, symlinks=True))
             self._staged[(function, code_dir)] = code
         if model_path is None:
@@ -307,7 +311,9 @@ class InstanceFiles:
         model = self._staged.get((function, model_path))
         if model is None:
             model = gate / "model" / model_path.parent.name / model_path.name
-            if not model.exists():
+            if model.exists():  # hard links: the cache's make_private() made the files 0600
+                _read_only(model)
+            else:
                 _publish(model, lambda tmp: _link_tree(model_path, tmp))
             self._staged[(function, model_path)] = model
         return code, model
