@@ -196,6 +196,12 @@ def test_spec_sandbox_fields() -> None:
         "reaches a command's server on a TCP port, which a sandbox without network hides; set "
         "network: true or use runtime.handler"]
     with pytest.raises(SpecError) as info:
+        spec_of({"name": "s", "runtime": {"handler": "model:Probe"}, "isolation": "sandbox",
+                 "scaling": {"idle_mode": True, "provisioned": 1}})
+    assert info.value.errors == [
+        "(top level): isolation: sandbox cannot be combined with scaling.idle_mode yet: the "
+        "sandbox starts the instance before the freezer holds it, so a freeze would miss it"]
+    with pytest.raises(SpecError) as info:
         spec_of({"name": "s", "runtime": {"handler": "model:Probe"}, "isolation": "vm"})
     assert info.value.errors == ["isolation: Input should be 'process' or 'sandbox'"]
 

@@ -169,7 +169,11 @@ class LocalBackend:
         if self.templates is None:
             return
         if uses_template(plan):
-            code, model = self.files.stage(plan.function, plan.code.path, _model_path(plan))
+            try:
+                code, model = self.files.stage(plan.function, plan.code.path, _model_path(plan))
+            except OSError as exc:  # the first cold start says it again, as a StartFailed
+                log.warning("%s: no template: cannot prepare its files: %s", plan.function, exc)
+                return
             self.templates.ensure(plan.spec, plan.revision, code, model)
         else:
             self.templates.retire(plan.function, plan.revision)
