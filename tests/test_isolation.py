@@ -196,12 +196,6 @@ def test_spec_sandbox_fields() -> None:
         "reaches a command's server on a TCP port, which a sandbox without network hides; set "
         "network: true or use runtime.handler"]
     with pytest.raises(SpecError) as info:
-        spec_of({"name": "s", "runtime": {"handler": "model:Probe"}, "isolation": "sandbox",
-                 "scaling": {"idle_mode": True, "provisioned": 1}})
-    assert info.value.errors == [
-        "(top level): isolation: sandbox cannot be combined with scaling.idle_mode yet: the "
-        "sandbox starts the instance before the freezer holds it, so a freeze would miss it"]
-    with pytest.raises(SpecError) as info:
         spec_of({"name": "s", "runtime": {"handler": "model:Probe"}, "isolation": "vm"})
     assert info.value.errors == ["isolation: Input should be 'process' or 'sandbox'"]
 
@@ -313,3 +307,43 @@ def test_uids_are_the_functions_own_and_kept(tmp_path: Path,
         InstanceUsers(tmp_path, "root")
     assert str(named.value) == ("isolation.instance_user: root is not an unprivileged user; use "
                                 "'off' to run instances as root")
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_sandboxed_instance_freezes_whole(serve: Any, tmp_path: Path) -> None:
+    """Idle mode on a sandbox: bubblewrap and the instance it forked are frozen together, and a
+    request thaws them."""
+    problem = sandbox_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    folder = make_function(tmp_path, "probe", name="boxed", isolation="sandbox",
+                           scaling={"provisioned": 1, "idle_mode": True, "idle_after_s": 0.3,
+                                    "max_instances": 1, "tick_s": 0.5})
+    srv = serve([folder])
+    frozen = srv.wait_for(lambda: [i for i in srv.instances("boxed") if i["state"] == "frozen"],
+                          timeout_s=30, what="a frozen sandboxed instance")[0]
+    inside = descendants(int(frozen["pid"]))
+    assert len(inside) >= 2  # bwrap's pid-namespace init and the instance
+    for pid in inside:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+        assert state in ("D", "T"), (pid, state)  # frozen (cgroup) or stopped (signal)
+    response = srv.invoke("boxed", {"op": "none"})
+    assert response.status_code == 200
+    assert response.headers["x-torpor-start"] == "thawed"
+    assert srv.stop() == 0

@@ -291,10 +291,6 @@ class FunctionSpec(_Strict):
                 "isolation: sandbox without network: true cannot run runtime.command: torpor "
                 "reaches a command's server on a TCP port, which a sandbox without network hides; "
                 "set network: true or use runtime.handler")
-        if self.isolation == "sandbox" and self.scaling.idle_mode:
-            raise ValueError(
-                "isolation: sandbox cannot be combined with scaling.idle_mode yet: the sandbox "
-                "starts the instance before the freezer holds it, so a freeze would miss it")
         return self
 
     @property

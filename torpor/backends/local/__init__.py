@@ -274,8 +274,16 @@ class LocalBackend:
             if user is not None and cgroups:  # where it could not join them itself (v2)
                 _join_from_outside(handle.pid, cgroups)
         else:
+            joins = cgroups
+            if spec.scaling.idle_mode:  # frozen with whatever it starts at once (bwrap forks)
+                try:
+                    frozen_with = self.freezer.prepare(instance_id)
+                except OSError as exc:
+                    log.warning("cannot prepare %s's freezer cgroup: %s", instance_id, exc)
+                    frozen_with = None
+                joins = cgroups + ((frozen_with,) if frozen_with else ())
             launch = launch_plan(spec, revision.revision, code, instance_id, address,
-                                 (stdout, stderr), model, env, cgroups,
+                                 (stdout, stderr), model, env, joins,
                                  self.files.home(spec.name), user)
             try:
                 handle = await processes.spawn(launch)
