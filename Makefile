@@ -52,9 +52,9 @@ test: lint typecheck test-deps $(TEST_STAMP)
 
 # The console's browser test needs Debian's chromium, the metrics tests promtool (package prometheus),
 # the PostgreSQL store's tests a PostgreSQL server (package postgresql; Debian keeps initdb and pg_ctl
-# in /usr/lib/postgresql/VERSION/bin). Installed (as root, with apt-get) only where missing;
-# elsewhere those tests skip, saying why.
-TEST_TOOLS := chromium:chromium promtool:prometheus
+# in /usr/lib/postgresql/VERSION/bin), the sandbox test bwrap (package bubblewrap). Installed (as
+# root, with apt-get) only where missing; elsewhere those tests skip, saying why.
+TEST_TOOLS := chromium:chromium promtool:prometheus bwrap:bubblewrap
 test-deps:
 	@missing=""; for pair in $(TEST_TOOLS); do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
@@ -62,13 +62,13 @@ test-deps:
 		|| missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing$$missing for the console, metrics and PostgreSQL tests"; \
+		echo "installing$$missing for the console, metrics, PostgreSQL and sandbox tests"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends $$missing >/dev/null) \
-		|| echo "could not install$$missing: the browser/promtool/PostgreSQL tests will be skipped"; \
+		|| echo "could not install$$missing: the browser/promtool/PostgreSQL/sandbox tests will be skipped"; \
 	else \
 		echo "$$missing missing and cannot be installed here (needs root and apt-get):" \
-			"the browser/promtool/PostgreSQL tests will be skipped"; \
+			"the browser/promtool/PostgreSQL/sandbox tests will be skipped"; \
 	fi
 
 # Refresh the console's vendored assets from npm at the pinned versions (torpor/api/ui/vendor).

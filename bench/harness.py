@@ -35,6 +35,9 @@ class Server:
 
     def __init__(self, extra_args: Sequence[str] = ()) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="torpor-bench-"))
+        # crossable by others (mkdtemp makes it 0700): a root server's instances run as their own
+        # users and must reach the data dir inside, as they would in a real deployment
+        self.tmp.chmod(0o711)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.tmp / "serve.log", "wb")  # noqa: SIM115

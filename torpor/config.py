@@ -21,6 +21,9 @@ and sections of other parts; each part reads its own and leaves the rest alone. 
       max_connections_per_client: 2500  # default: a quarter of max_connections
       max_body_bytes: 33554432        # the data plane: /fn/..., /v1/..., /v2/...
       api_max_body_bytes: 4194304     # the control API's JSON bodies (code uploads: 512 MiB)
+    isolation:            # when torpor runs as root (docs/isolation.md)
+      instance_user: auto # auto: a uid of each function's own; off: root; or a user name or uid
+      instance_uids: 2000000-2099999  # the uids auto gives out
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from torpor.backends.local.isolation import parse_uid_range
 from torpor.constants import API_MAX_BODY_BYTES, DATA_PLANE_MAX_BODY_BYTES
 from torpor.errors import SpecError
 from torpor.metering.prices import format_errors
@@ -75,6 +79,21 @@ class HttpConfig(_Strict):
                                     strict=True)
     """Request bodies of the control API's JSON endpoints; beyond: 413 (code uploads have their own
     512 MiB bound)."""
+class IsolationConfig(_Strict):
+    instance_user: str = Field(default="auto", min_length=1)
+    """``auto``: as root, each function runs as a uid of its own from ``instance_uids``;
+    ``off``: instances run as the server's user; a user name or uid: every function runs as it."""
+    instance_uids: str = "2000000-2099999"
+
+    @field_validator("instance_uids")
+    @classmethod
+    def _range(cls, value: str) -> str:
+        parse_uid_range(value)
+        return value
+
+    @property
+    def uid_range(self) -> tuple[int, int]:
+        return parse_uid_range(self.instance_uids)
 
 
 class ServerConfig(_Strict):
@@ -84,9 +103,10 @@ class ServerConfig(_Strict):
     """``postgresql://USER@HOST[:PORT]/DATABASE``: the shared store (``--store`` wins over it);
     None: SQLite in DATA_DIR/torpor.db."""
     http: HttpConfig = Field(default_factory=HttpConfig)
+    isolation: IsolationConfig = Field(default_factory=IsolationConfig)
 
 
-_SECTIONS = ("gpus", "limits", "store", "http")
+_SECTIONS = ("gpus", "limits", "store", "http", "isolation")
 
 
 def read_config(path: Path | None) -> dict[str, Any]:

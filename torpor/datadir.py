@@ -15,11 +15,18 @@ from pathlib import Path
 PRIVATE_UMASK = 0o077
 
 
+SHARED_DIRNAME = "instances"  # what instances running as their own users read (isolation.py)
+
+
 def make_private(data_dir: Path) -> None:
-    """Create ``data_dir`` 0700 if needed and make everything under it private to its owner."""
+    """Create ``data_dir`` 0700 if needed and make everything under it private to its owner, but
+    ``instances/``: root-owned read-only copies for instances that run as users of their own,
+    each function's behind a folder only it may cross (``torpor.backends.local.isolation``)."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data_dir, 0o700)
     for root, dirs, files in os.walk(data_dir):
+        if root == str(data_dir) and SHARED_DIRNAME in dirs:
+            dirs.remove(SHARED_DIRNAME)
         for name in dirs:
             with contextlib.suppress(OSError):
                 os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
@@ -31,9 +38,9 @@ def make_private(data_dir: Path) -> None:
 
 
 def remove_sockets(run_dir: Path) -> int:
-    """Remove the Unix sockets left in ``run_dir``; returns how many."""
+    """Remove the Unix sockets left in ``run_dir`` and its per-user folders; returns how many."""
     removed = 0
-    for path in run_dir.glob("*.sock"):
+    for path in [*run_dir.glob("*.sock"), *run_dir.glob("*/*.sock")]:  # */: per-uid folders
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed += 1

@@ -86,7 +86,13 @@ class Platform:
             declared = self.config.gpus
             gpus = discover_gpus() if declared is None else tuple(
                 GpuDevice(index, gpu.name, gpu.memory_mb) for index, gpu in enumerate(declared))
-            local = LocalBackend(data_dir, self.clock, gpus=gpus)
+            isolation = self.config.isolation
+            try:
+                local = LocalBackend(data_dir, self.clock, gpus=gpus,
+                                     instance_user=isolation.instance_user,
+                                     instance_uids=isolation.uid_range)
+            except ValueError as exc:  # a named instance_user that cannot be used here
+                raise SpecError(str(config_path or "config"), [str(exc)]) from None
             if gpu_source is None and declared is None and gpus:
                 gpu_source = NvmlSource(pids=local.instance_pids)
             backend = local
@@ -264,7 +270,11 @@ class Platform:
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
         self._check_pools(spec, source)
         self._check_placeable(spec, source)
-        problem = await handler_problem(spec, code.path)
+        if spec.isolation == "sandbox":
+            problem = await asyncio.to_thread(self._sandbox_problem)
+            if problem is not None:
+                raise SpecError(source, [problem])
+        problem = await self._handler_problem(spec, code.path)
         if problem is not None:
             raise SpecError(source, [problem])
         existing = self.functions.get(spec.name)
@@ -313,6 +323,20 @@ class Platform:
         if rollout is not None and old is not None:
             self.rollouts.start(fn, rollout, record.revision, old)
         return fn
+
+    async def _handler_problem(self, spec: FunctionSpec, code_dir: Path) -> str | None:
+        """The deploy check, run as the backend runs the function (its user, its sandbox)."""
+        isolated = getattr(self.backend, "check_process", None)
+        if isolated is None or spec.runtime.handler is None:
+            return await handler_problem(spec, code_dir)
+        with isolated(spec, code_dir) as how:
+            return await handler_problem(spec, code_dir, how=how)
+
+    def _sandbox_problem(self) -> str | None:
+        """Whether this server's backend can run ``isolation: sandbox`` (a backend without the
+        check, e.g. Ray's, answers on its nodes when an instance starts)."""
+        check = getattr(self.backend, "sandbox_problem", None)
+        return check() if check is not None else None
 
     def _check_placeable(self, spec: FunctionSpec, source: str) -> None:
         """Refuse a spec no node could ever hold (a slice larger than every GPU, too many GPUs);

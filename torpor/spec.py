@@ -254,6 +254,10 @@ class FunctionSpec(_Strict):
     queue: QueueSpec = Field(default_factory=QueueSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    isolation: Literal["process", "sandbox"] = "process"
+    """``sandbox``: each instance runs under bubblewrap (read-only system, private ``/tmp``, no
+    network unless ``network``); ``process``: an ordinary process (see docs/isolation.md)."""
+    network: bool = False  # a sandboxed instance's network (loopback included); sandbox only
 
     @field_validator("name")
     @classmethod
@@ -281,6 +285,18 @@ class FunctionSpec(_Strict):
                 "scaling.max_instances must be 1; omit runtime.port and torpor gives each "
                 "instance its own port in PORT"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sandbox_network(self) -> FunctionSpec:
+        if self.network and self.isolation != "sandbox":
+            raise ValueError("network: only a sandbox can be without network; it applies with "
+                             "isolation: sandbox (an ordinary instance always has the network)")
+        if self.isolation == "sandbox" and not self.network and self.runtime.command is not None:
+            raise ValueError(
+                "isolation: sandbox without network: true cannot run runtime.command: torpor "
+                "reaches a command's server on a TCP port, which a sandbox without network hides; "
+                "set network: true or use runtime.handler")
         return self
 
     @property

@@ -35,7 +35,11 @@ class Chat(torpor.OpenAIModel):
 
     def load(self) -> None:
         gguf = Path(os.environ["TORPOR_MODEL_PATH"])
-        root = cache_root_of(gguf) or Path(os.environ.get("TORPOR_CHAT_CACHE", ".torpor-chat"))
+        # the converted form goes beside the GGUF in torpor's model cache; an instance that cannot
+        # write there (one running as its own user: its model files are read-only) keeps it in HOME
+        root = cache_root_of(gguf)
+        if root is None or not os.access(root, os.W_OK):
+            root = Path(os.environ.get("TORPOR_CHAT_CACHE") or Path.home() / ".cache/torpor-chat")
         self.chat = GgufChat(prepare(gguf, root))
         # numpy/BLAS run single-threaded here (resources.cpus: 1), so this is safe before fork()
         list(self.chat.chat([{"role": "user", "content": "Hi"}],

@@ -2,7 +2,8 @@
 an ImportError, or a class that is not a ``torpor.Model``.
 
 The check imports the handler in a short-lived process (:mod:`torpor.runtime.check`) with the
-function's environment and a timeout; what only fails later (``load()``, ``setup()``, warm-up, a
+function's environment and a timeout, isolated as its instances are (:class:`CheckProcess`: its
+user, a copy of its code, its sandbox); what only fails later (``load()``, ``setup()``, warm-up, a
 slow import past the timeout) is still reported by the first request's 503.
 """
 
@@ -14,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from torpor.backends.local.isolation import CheckProcess, base_env
 from torpor.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
@@ -22,17 +24,22 @@ CHECK_TIMEOUT_S = 60.0  # an import slower than this is let through (the cold st
 
 
 async def handler_problem(spec: FunctionSpec, base_dir: Path,
-                          timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
+                          timeout_s: float = CHECK_TIMEOUT_S,
+                          how: CheckProcess | None = None) -> str | None:
     """``None`` when ``runtime.handler`` imports; else a ``runtime.handler: ...`` line."""
     handler = spec.runtime.handler
     if handler is None:
         return None
-    env = {**os.environ, **spec.env, "TORPOR_FUNCTION": spec.name, "TORPOR_DEPLOY_CHECK": "1",
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    how = how or CheckProcess(base_dir, os.environ.get("HOME"))
+    env = {**base_env(how.home), **spec.env, "TORPOR_FUNCTION": spec.name,
+           "TORPOR_DEPLOY_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    code_dir = str(how.code_dir)
+    argv = [sys.executable, "-m", "torpor.runtime.check", "--handler", handler, "--dir", code_dir,
+            "--socket", "-"]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "torpor.runtime.check", "--handler", handler, "--dir", str(base_dir),
-        "--socket", "-", cwd=str(base_dir), env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        *(how.wrap(argv) if how.wrap is not None else argv), cwd=code_dir, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, preexec_fn=how.preexec)
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
     except TimeoutError:

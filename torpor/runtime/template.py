@@ -61,12 +61,12 @@ class Spare:
 
     def __init__(self, model: Model, listener: socket.socket, concurrency: int,
                  load_s: float, cgroups: list[str] | None = None) -> None:
-        request_r, self.request_w = os.pipe()
+        requests, self.requests = socket.socketpair()  # a socket: it carries the log descriptors
         self.reply_r, reply_w = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:
             try:
-                os.close(self.request_w)
+                self.requests.close()
                 os.close(self.reply_r)
                 listener.close()
                 if sys.platform == "linux":
@@ -77,31 +77,39 @@ class Spare:
                         join(cgroups)
                     except OSError:
                         pass  # the instance joins its own then
-                with os.fdopen(request_r, "rb") as requests:
-                    line = requests.readline()
+                line, fds = receive(requests)
                 if line:
                     child = os.fork()
                     if child == 0:
                         os.close(reply_w)
-                        _become_instance(model, json.loads(line), concurrency, load_s)
+                        _become_instance(model, {**json.loads(line), "fds": fds}, concurrency,
+                                         load_s)
                     os.write(reply_w, f"{child}\n".encode())
             finally:
                 os._exit(0)
-        os.close(request_r)
+        requests.close()
         os.close(reply_w)
 
-    def fork(self, request: dict[str, Any]) -> int:
+    def fork(self, request: dict[str, Any], fds: list[int]) -> int:
         """The instance's pid (raises OSError/ValueError if this spare is gone)."""
-        os.write(self.request_w, json.dumps(request).encode() + b"\n")
+        socket.send_fds(self.requests, [json.dumps(request).encode() + b"\n"], fds)
         with os.fdopen(self.reply_r, "rb") as replies:
             return int(replies.readline())
 
     def close(self) -> None:
-        try:
-            os.close(self.request_w)  # an unused spare reads EOF and exits
-        except OSError:
-            pass
+        self.requests.close()  # an unused spare reads EOF and exits
         os.waitpid(self.pid, 0)
+
+
+def receive(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """One request line and the descriptors that came with it (b"" at EOF)."""
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 4)
+    while data and not data.endswith(b"\n"):
+        more = conn.recv(65536)
+        if not more:
+            break
+        data += more
+    return data, fds
 
 
 def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> None:
@@ -122,7 +130,7 @@ def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> 
     while True:
         conn, _ = listener.accept()
         with conn:
-            line = conn.makefile("rb").readline()
+            line, fds = receive(conn)
             if not line:  # a readiness probe: connected and closed
                 continue
             threads = thread_count()
@@ -131,15 +139,17 @@ def serve_forks(model: Model, control: str, concurrency: int, load_s: float) -> 
                 request = json.loads(line)
                 next_cgroups = [str(p) for p in request.get("next_cgroups", [])]
                 try:
-                    pid = spare.fork(request)
+                    pid = spare.fork(request, fds)
                 except (OSError, ValueError):  # the spare died: make one now and use it
                     spare.close()
                     spare = Spare(model, listener, concurrency, load_s)
-                    pid = spare.fork(request)
+                    pid = spare.fork(request, fds)
                 reply: dict[str, Any] = {"pid": pid, "fork_s": time.perf_counter() - started,
                                          "threads": threads}
             except Exception as exc:  # a bad request must not kill the template
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
+            for fd in fds:  # the instance has its own copies now
+                os.close(fd)
             try:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
@@ -155,13 +165,21 @@ def _become_instance(model: Model, request: dict[str, Any], concurrency: int, lo
     try:
         os.setsid()
         _redirect(0, os.devnull, os.O_RDONLY)
-        _redirect(1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        _redirect(2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        stdout, stderr = request["fds"]  # opened by the server: the logs are not ours to open
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        os.close(stdout)
+        os.close(stderr)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ.update(request.get("env", {}))
-        join_from_env()  # before setup(): every page it touches is charged to its own limit
+        try:
+            join_from_env()  # before setup(): every page it touches is charged to its own limit
+        except PermissionError:
+            if os.geteuid() == 0:
+                raise
+            # not root (cgroup v2 asks for more than our own cgroup.procs): the server moves us
         _reseed()
         # No waiting to be re-parented (that happens only once the intermediate has unmapped its
         # copy of the template): the instance follows the server's life through a pidfd instead.

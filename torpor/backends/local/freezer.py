@@ -26,6 +26,10 @@ class Freezer(Protocol):
     name: str
     base: Path | None  # the cgroup holding this server's instances, if it uses one
 
+    def prepare(self, instance_id: str) -> str | None:
+        """The ``cgroup.procs`` file a spawned instance joins before exec (so whatever it starts
+        at once is frozen with it), or None (a signal freezer needs nothing)."""
+
     def attach(self, instance_id: str, pid: int) -> None: ...
 
     async def freeze(self, instance_id: str, pid: int) -> None: ...
@@ -40,6 +44,9 @@ class Freezer(Protocol):
 class SignalFreezer:
     name = "signal"
     base: Path | None = None
+
+    def prepare(self, instance_id: str) -> str | None:
+        return None
 
     def attach(self, instance_id: str, pid: int) -> None:
         pass
@@ -68,10 +75,17 @@ class _CgroupFreezer:
     def _dir(self, instance_id: str) -> Path:
         return self.root / instance_id
 
-    def attach(self, instance_id: str, pid: int) -> None:
+    def prepare(self, instance_id: str) -> str | None:
         path = self._dir(instance_id)
         path.mkdir(exist_ok=True)
-        (path / "cgroup.procs").write_text(str(pid))
+        return str(path / "cgroup.procs")
+
+    def attach(self, instance_id: str, pid: int) -> None:
+        procs = self._dir(instance_id) / "cgroup.procs"
+        if procs.exists() and str(pid) in procs.read_text().split():
+            return  # joined before exec (prepare)
+        self._dir(instance_id).mkdir(exist_ok=True)
+        procs.write_text(str(pid))
 
     def release(self, instance_id: str) -> None:
         try:

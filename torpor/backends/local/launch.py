@@ -15,7 +15,9 @@ from pathlib import Path
 
 from torpor.address import Address
 from torpor.backends import StartFailed
+from torpor.backends.local.isolation import Credentials, base_env
 from torpor.backends.local.processes import InstanceProcess, LaunchPlan
+from torpor.backends.local.sandbox import sandbox_argv
 from torpor.clock import Clock
 from torpor.placement.gpus import GpuDevice, Placement
 from torpor.runtime.instance import TCP_PREFIX
@@ -39,8 +41,11 @@ def listen_arg(address: Address) -> str:
     return f"{TCP_PREFIX}{address.host}:{address.port}"
 
 
-def function_env(spec: FunctionSpec, revision: int, model_path: Path | None = None) -> dict[str, str]:
-    """The environment of a function's processes (template, forked or spawned instances).
+def function_env(spec: FunctionSpec, revision: int, model_path: Path | None = None,
+                 home: str | None = None) -> dict[str, str]:
+    """The environment of a function's processes (template, forked or spawned instances): the
+    :func:`~torpor.backends.local.isolation.base_env` (``HOME``: ``home``), the spec's ``env`` and
+    torpor's own variables; nothing else of the server's environment.
 
     Native thread pools (OpenMP, OpenBLAS, MKL) are sized to ``resources.cpus`` unless the spec's
     env says otherwise: they would otherwise size themselves to every core of the machine, and
@@ -48,7 +53,7 @@ def function_env(spec: FunctionSpec, revision: int, model_path: Path | None = No
     copy of ``model.path`` (instances never read the user's folder).
     """
     pools = str(max(1, int(spec.resources.cpus)))
-    env = {**os.environ, **dict.fromkeys(_THREAD_POOL_VARS, pools)}
+    env = {**base_env(home), **dict.fromkeys(_THREAD_POOL_VARS, pools)}
     env = {**env, **spec.env, "TORPOR_FUNCTION": spec.name,
            "TORPOR_REVISION": str(revision), "PYTHONUNBUFFERED": "1",
            "TORPOR_SERVER_PID": str(os.getpid())}
@@ -79,10 +84,13 @@ def placement_env(placement: Placement | None, devices: tuple[GpuDevice, ...]) -
 def launch_plan(spec: FunctionSpec, revision: int, code_dir: Path, instance_id: str,
                 address: Address, logs: tuple[Path, Path],
                 model_path: Path | None = None, extra_env: dict[str, str] | None = None,
-                cgroups: tuple[str, ...] = ()) -> LaunchPlan:
+                cgroups: tuple[str, ...] = (), home: str | None = None,
+                user: Credentials | None = None) -> LaunchPlan:
     """The process of one spawned instance listening at ``address``; ``logs``: stdout, stderr.
-    ``extra_env`` (its GPUs) wins over the spec's env; ``cgroups``: the cgroups it starts in."""
-    env = {**function_env(spec, revision, model_path), **(extra_env or {}),
+    ``extra_env`` (its GPUs) wins over the spec's env; ``cgroups``: the cgroups it starts in;
+    ``user``: who it runs as (None: the server's user). ``isolation: sandbox`` wraps it in
+    bubblewrap (:func:`~torpor.backends.local.sandbox.sandbox_argv`)."""
+    env = {**function_env(spec, revision, model_path, home), **(extra_env or {}),
            "TORPOR_INSTANCE": instance_id}
     if spec.runtime.handler is not None:
         argv = [
@@ -97,8 +105,15 @@ def launch_plan(spec: FunctionSpec, revision: int, code_dir: Path, instance_id: 
         port = str(address.port)
         env["PORT"] = port
         argv = [arg.replace("${PORT}", port).replace("$PORT", port) for arg in spec.runtime.command]
+    if spec.isolation == "sandbox":
+        if "HOME" not in spec.env:
+            env["HOME"] = "/tmp"  # the only place a sandbox can write
+        writable = [str(Path(address.unix_socket).parent)] if address.unix_socket else []
+        readable = [str(code_dir)] + ([str(model_path)] if model_path is not None else [])
+        argv = sandbox_argv(argv, cwd=str(code_dir), network=spec.network, writable=writable,
+                            readable=readable)
     return LaunchPlan(argv=argv, cwd=str(code_dir), env=env,
-                      stdout_path=logs[0], stderr_path=logs[1], cgroups=cgroups)
+                      stdout_path=logs[0], stderr_path=logs[1], cgroups=cgroups, user=user)
 
 
 async def wait_listening(handle: InstanceProcess, address: Address, clock: Clock,

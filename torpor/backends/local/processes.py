@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from torpor.backends.local.isolation import Credentials
 from torpor.runtime.cgroups import join as join_cgroups
 
 _PR_SET_PDEATHSIG = 1
@@ -31,6 +32,7 @@ class LaunchPlan:
     stderr_path: Path
     env: dict[str, str] = field(default_factory=dict)
     cgroups: tuple[str, ...] = ()  # cgroup.procs files the process joins before exec
+    user: Credentials | None = None  # who it runs as (None: the server's user)
 
 
 class InstanceProcess(Protocol):
@@ -77,7 +79,7 @@ async def spawn(plan: LaunchPlan) -> ProcessHandle:
             cwd=plan.cwd,
             env=plan.env,
             start_new_session=True,
-            preexec_fn=_preexec(plan.cgroups) if sys.platform == "linux" else None,
+            preexec_fn=_preexec(plan.cgroups, plan.user) if sys.platform == "linux" else None,
         )
     return ProcessHandle(process)
 
@@ -99,13 +101,23 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _preexec(cgroups: tuple[str, ...]) -> Callable[[], None]:
-    """Between fork and exec: die with the server, and enter the instance's cgroups (so all of its
-    memory is charged to its limit from the first page)."""
+def drop_privileges(user: Credentials) -> None:
+    """Become ``user`` for good (no supplementary groups; real, effective and saved ids)."""
+    os.setgroups([])
+    os.setresgid(user.gid, user.gid, user.gid)
+    os.setresuid(user.uid, user.uid, user.uid)
+
+
+def _preexec(cgroups: tuple[str, ...], user: Credentials | None = None) -> Callable[[], None]:
+    """Between fork and exec: enter the instance's cgroups (so all of its memory is charged to its
+    limit from the first page), become its user, and die with the server (after the user change,
+    which clears the parent-death signal)."""
 
     def run() -> None:
-        _die_with_parent()
         join_cgroups(cgroups)
+        if user is not None:
+            drop_privileges(user)
+        _die_with_parent()
 
     return run
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from torpor.address import Address
 from torpor.backends import StartFailed
 from torpor.backends.local import processes
 from torpor.backends.local.forked import ForkedHandle
+from torpor.backends.local.isolation import InstanceFiles, InstanceUsers
 from torpor.backends.local.launch import function_env, wait_listening
 from torpor.backends.local.processes import LaunchPlan, ProcessHandle, tail
 from torpor.clock import Clock
@@ -61,9 +64,10 @@ class Template:
 
 class Templates:
     def __init__(self, data_dir: Path, run_dir: Path, clock: Clock,
-                 spare_cgroups: Callable[[Template, FunctionSpec], tuple[str, ...]] | None = None
-                 ) -> None:
+                 spare_cgroups: Callable[[Template, FunctionSpec], tuple[str, ...]] | None = None,
+                 files: InstanceFiles | None = None) -> None:
         self.clock = clock
+        self.files = files or InstanceFiles(data_dir, run_dir, InstanceUsers(data_dir, "off"))
         self.spare_cgroups = spare_cgroups  # limit cgroups a template's first spare joins
         self.data_dir = data_dir
         self.run_dir = run_dir
@@ -84,7 +88,7 @@ class Templates:
         crashes = current.crashes if current is not None else 0
         template = Template(
             function=spec.name, revision=revision, crashes=crashes,
-            control=str(self.run_dir / f"{spec.name}-{revision}.template.sock"),
+            control=str(self.files.socket_dir(spec.name) / f"{spec.name}-{revision}.template.sock"),
             stdout_path=logs / f"template-{revision}.stdout.log",
             stderr_path=logs / f"template-{revision}.stderr.log",
         )
@@ -99,8 +103,10 @@ class Templates:
             argv=[sys.executable, "-m", "torpor.runtime.template", "--handler", spec.runtime.handler,
                   "--dir", str(base_dir), "--control", template.control,
                   "--concurrency", str(spec.concurrency)],
-            cwd=str(base_dir), env=function_env(spec, template.revision, model_path),
+            cwd=str(base_dir),
+            env=function_env(spec, template.revision, model_path, self.files.home(spec.name)),
             stdout_path=template.stdout_path, stderr_path=template.stderr_path,
+            user=self.files.owner(spec.name),  # before the template imports the user's module
         )
         if self.spare_cgroups is not None:
             cgroups = self.spare_cgroups(template, spec)
@@ -138,15 +144,11 @@ class Templates:
         """Fork an instance; ``env`` (its GPUs, its cgroups) is set in the child before setup();
         ``next_cgroups``: what the template's next spare joins ahead of time."""
         await asyncio.wait_for(asyncio.shield(template.ready), timeout_s)
-        request = {"instance": instance_id, "socket": socket_path, "stdout": str(stdout),
-                   "stderr": str(stderr), "env": {**(env or {}), "TORPOR_INSTANCE": instance_id},
+        request = {"instance": instance_id, "socket": socket_path,
+                   "env": {**(env or {}), "TORPOR_INSTANCE": instance_id},
                    "next_cgroups": list(next_cgroups)}
         try:
-            reader, writer = await asyncio.open_unix_connection(template.control)
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-            reply = json.loads(await asyncio.wait_for(reader.readline(), timeout_s) or b"{}")
-            writer.close()
+            reply = await self._ask(template.control, request, (stdout, stderr), timeout_s)
         except (OSError, ValueError, TimeoutError) as exc:
             raise StartFailed(f"template of {template.function} did not fork: {exc}",
                               log_tail=tail(template.stderr_path)) from None
@@ -159,6 +161,34 @@ class Templates:
                         "survive fork(), so thread pools belong in setup(), not load()",
                         template.function, reply["threads"])
         return ForkedHandle(int(reply["pid"]))
+
+    @staticmethod
+    async def _ask(control: str, request: dict[str, Any], logs: tuple[Path, Path],
+                   timeout_s: float) -> dict[str, Any]:
+        """Send a fork request with the instance's log files as open descriptors (the server
+        opens them: an instance running as another user could not, and must not, open paths in
+        the server's log folder); the template's one-line JSON reply."""
+        loop = asyncio.get_running_loop()
+        logs[0].parent.mkdir(parents=True, exist_ok=True)
+        fds = [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) for path in logs]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, control)
+            # a few hundred bytes into an empty socket buffer: sent at once, never blocks
+            socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], fds)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout_s)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            sock.close()
+            for fd in fds:
+                os.close(fd)
+        reply: dict[str, Any] = json.loads(data or b"{}")
+        return reply
 
     def get(self, name: str, revision: int | None = None) -> Template | None:
         """The template of ``name``'s ``revision`` (``None``: its newest)."""
