@@ -11,12 +11,15 @@ and sections of other parts; each part reads its own and leaves the rest alone. 
       - {name: H200, memory_mb: 143360}
     limits:
       gpus: 30            # all instances together hold at most 30 GPUs (slices counted by memory)
+    auth:
+      enabled: true       # false (or `auth: off`): no API keys, accepted only on a loopback address
+      metrics: admin      # who may read /metrics: admin (an admin key), key (any key) or public
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -42,12 +45,20 @@ class LimitsConfig(_Strict):
     """GPUs all instances may hold at once (seed 001's quota); a slice counts as its share."""
 
 
+class AuthConfig(_Strict):
+    enabled: bool = True
+    """False: no API keys are asked for (``torpor serve`` accepts it on a loopback address only)."""
+    metrics: Literal["admin", "key", "public"] = "admin"
+    """Who may read ``/metrics``: an admin key (default), any key, or anyone."""
+
+
 class ServerConfig(_Strict):
     gpus: tuple[GpuConfig, ...] | None = None  # None: ask NVML; () declares a machine without GPUs
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
 
-_SECTIONS = ("gpus", "limits")
+_SECTIONS = ("gpus", "limits", "auth")
 
 
 def read_config(path: Path | None) -> dict[str, Any]:
@@ -60,6 +71,8 @@ def read_config(path: Path | None) -> dict[str, Any]:
 def parse_server_config(raw: dict[str, Any], *, source: str = "config") -> ServerConfig:
     """Validate the ``gpus`` and ``limits`` sections of an already parsed config mapping."""
     data = {key: raw[key] for key in _SECTIONS if key in raw and raw[key] is not None}
+    if isinstance(data.get("auth"), bool):  # `auth: off` / `auth: on` (YAML booleans)
+        data["auth"] = {"enabled": data["auth"]}
     try:
         return ServerConfig.model_validate(data)
     except ValidationError as exc:

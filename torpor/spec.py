@@ -234,6 +234,9 @@ class RoutingSpec(_Strict):
         return value
 
 
+AUTH_MODES = ("key", "public")
+
+
 class FunctionSpec(_Strict):
     name: str
     runtime: RuntimeSpec
@@ -248,6 +251,15 @@ class FunctionSpec(_Strict):
     queue: QueueSpec = Field(default_factory=QueueSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    auth: str = "key"  # key: invoking needs its owner's or an admin API key; public: anyone
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_mode(cls, value: str) -> str:
+        if value not in AUTH_MODES:
+            raise ValueError(f"must be key (invoking needs an API key of the function's tenant or "
+                             f"an admin's) or public (anyone may invoke it), not {value!r}")
+        return value
 
     @field_validator("name")
     @classmethod
