@@ -81,9 +81,11 @@ class TorporServer:
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.http = httpx.Client(base_url=self.url, timeout=60)
         self._wait_healthy()
-        self.api_key = (data_dir / "admin.key").read_text().strip()
-        self.http.headers["authorization"] = f"Bearer {self.api_key}"
-        ADMIN_KEYS[self.url] = self.api_key
+        key_file = data_dir / "admin.key"  # none when started with --auth off
+        self.api_key = key_file.read_text().strip() if key_file.exists() else ""
+        if self.api_key:
+            self.http.headers["authorization"] = f"Bearer {self.api_key}"
+            ADMIN_KEYS[self.url] = self.api_key
 
     def _wait_healthy(self, timeout_s: float = 20) -> None:
         deadline = time.monotonic() + timeout_s

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from torpor import __version__
-from torpor.api.access import authorizer, caller_of
+from torpor.api.access import RequireKey, authorizer, caller_of
 from torpor.api.docs import install_offline_docs
 from torpor.api.errors import BodyLimit, error_response, install_error_handlers
 from torpor.errors import BadRequest
@@ -125,6 +125,7 @@ def create_api(platform: Platform) -> FastAPI:
     install_error_handlers(app)
     # code uploads have their own, larger limit (MAX_CODE_UPLOAD_BYTES, checked by put_code)
     app.add_middleware(BodyLimit, exempt_prefixes=("/api/v1/code/",))
+    app.add_middleware(RequireKey, platform=platform)  # outermost: no key, no body read
 
     @app.exception_handler(PayloadTooLarge)
     async def _too_large(request: Request, exc: PayloadTooLarge) -> JSONResponse:
