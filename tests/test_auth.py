@@ -428,3 +428,50 @@ def test_admin_key_made_once_and_logged(make_server: Any, tmp_path: Path) -> Non
     assert again.api_key == srv.api_key
     assert "created admin API key" not in again.log()
     assert again.http.get("/api/v1/functions").status_code == 200
+
+
+def test_quota_max_gpus_waits_for_the_tenants_share(make_server: Any, tmp_path: Path) -> None:
+    """Two declared 16384 MB GPUs, tenant A's max_gpus 0.5: one 6144 MB slice (0.375) fits, a
+    second would hold 0.75, so the second request waits, saying why, and is served by the first
+    instance once it is free; the GPUs had room, the quota did not."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "config.yaml").write_text(
+        "gpus:\n  - {name: T4, memory_mb: 16384}\n  - {name: T4, memory_mb: 16384}\n")
+    srv = make_server(data_dir=data_dir)
+    key = new_key(srv, "team-a")["key"]
+    srv.http.put("/api/v1/tenants/team-a/quota", json={"max_gpus": 0.5})
+    assert deploy_as(srv, key, make_function(tmp_path, "gpuenv")).status_code == 201
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(
+            lambda n: srv.http.post("/fn/gpuenv/invoke", json={"sleep_s": 2, "n": n},
+                                    headers=bearer(key)), range(2)))
+    assert [r.status_code for r in responses] == [200, 200]
+    assert len({r.json()["instance"] for r in responses}) == 1
+    events = [e["message"] for e in srv.function("gpuenv")["events"]]
+    assert "waiting for tenant 'team-a''s quota max_gpus: need 0.375 GPU, 0.375 of 0.5 held" in events
+    tenants = {t["tenant"]: t for t in srv.http.get("/api/v1/tenants").json()}
+    assert (tenants["team-a"]["max_gpus"], tenants["team-a"]["gpus"]) == (0.5, 0.375)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("admin", (401, 403, 200)), ("key", (401, 200, 200)), ("public", (200, 200, 200))])
+async def test_metrics_access_follows_the_config(tmp_path: Path, mode: str,
+                                                 expected: tuple[int, int, int]) -> None:
+    """/metrics with no key, a tenant's key and an admin key, as `auth: {metrics: ...}` says."""
+    from torpor.api.app import create_api
+    from torpor.platform import Platform
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "config.yaml").write_text(f"auth: {{metrics: {mode}}}\n")
+    platform = Platform(tmp_path / "data")
+    try:
+        _, admin = await platform.create_key("default", admin=True)
+        _, tenant = await platform.create_key("team-a")
+        transport = httpx.ASGITransport(app=create_api(platform))
+        async with httpx.AsyncClient(transport=transport, base_url="http://torpor") as client:
+            got = tuple([(await client.get("/metrics", headers=headers)).status_code
+                         for headers in ({}, bearer(tenant), bearer(admin))])
+    finally:
+        platform.store.close()
+    assert got == expected
