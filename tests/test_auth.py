@@ -259,6 +259,20 @@ def test_invocation_matrix(world: World) -> None:
     assert httpx.post(f"{world.srv.url}/fn/pub/invoke", json={"x": 2}).json()["echo"] == {"x": 2}
 
 
+def test_another_tenants_name_cannot_be_taken(world: World, tmp_path: Path) -> None:
+    """Names are global: tenant B deploying a name tenant A has is refused (409), A's function is
+    untouched; admin deploying it makes a new revision that stays A's."""
+    taken = deploy_as(world.srv, world.b, make_function(tmp_path, "echo", name="a-fn"))
+    assert (taken.status_code, taken.json()["reason"], taken.json()["error"]) == (
+        409, "conflict", "function name 'a-fn' is taken by another tenant; choose another name")
+    revision = call(world, "GET", "/api/v1/functions/a-fn", world.a).json()["revision"]
+    redeployed = deploy_as(world.srv, world.admin, make_function(tmp_path, "echo", name="a-fn",
+                                                                 openai={"models": ["a-model"]}))
+    assert redeployed.json()["revision"] == revision + 1
+    assert call(world, "GET", "/api/v1/functions/a-fn", world.a).status_code == 200
+    assert call(world, "GET", "/api/v1/functions/a-fn", world.b).status_code == 404
+
+
 def test_keys_never_stored_in_clear(world: World) -> None:
     """No file under the data dir holds a key (or its secret part), admin.key aside, which is 0600."""
     data_dir = world.srv.data_dir
