@@ -421,6 +421,11 @@ def test_cli_keys_end_to_end(make_server: Any, tmp_path: Path) -> None:
     assert [key_id, "team-a", "no"] in [row[:3] for row in rows], listed.stdout
     assert key not in listed.stdout
     assert torpor_cli("ls", server=srv.url, api_key=key).returncode == 0
+    for args in (["--api-key", key, "ls"], ["ls", "--api-key", key], ["ls", f"--api-key={key}"]):
+        given = torpor_cli(*args, "--server", srv.url, api_key=BAD)  # the option wins over the env
+        assert given.returncode == 0, (args, given.stderr)
+    wrong = torpor_cli("ls", "--api-key", BAD, server=srv.url)
+    assert wrong.stderr.strip() == "error: the API key is not valid: it is unknown or was revoked"
     refused = torpor_cli("keys", "ls", server=srv.url, api_key=key)
     assert refused.returncode == 1
     assert "GET /api/v1/keys needs an admin key; tenant 'team-a''s key may not" in refused.stderr

@@ -748,7 +748,26 @@ def delete(name: str, server: Server = DEFAULT_SERVER) -> None:
     out.print(f"deleted {name}")
 
 
+def _api_key_first(argv: list[str]) -> list[str]:
+    """``--api-key KEY`` may come anywhere on the line (``torpor ls --api-key KEY``): it is an
+    option of ``torpor`` itself, so it moves before the command."""
+    rest, moved = [], []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--api-key" and i + 1 < len(argv):
+            moved += argv[i:i + 2]
+            i += 2
+            continue
+        if argv[i].startswith("--api-key="):
+            moved.append(argv[i])
+        else:
+            rest.append(argv[i])
+        i += 1
+    return moved + rest
+
+
 def main() -> None:
+    sys.argv[1:] = _api_key_first(sys.argv[1:])
     try:
         app()
     except (CliError, TorporError) as exc:
