@@ -460,6 +460,15 @@ def test_admin_key_made_once_and_logged(make_server: Any, tmp_path: Path) -> Non
     assert again.api_key == srv.api_key
     assert "created admin API key" not in again.log()
     assert again.http.get("/api/v1/functions").status_code == 200
+    # revoking the only admin key and restarting is how it is replaced
+    admin_id = again.api_key.split("_")[1]
+    assert again.http.delete(f"/api/v1/keys/{admin_id}").json()["revoked_at"] is not None
+    assert again.http.get("/api/v1/functions").status_code == 401
+    again.stop()
+    third = make_server(data_dir=data_dir)
+    assert third.api_key != srv.api_key and third.log().count(third.api_key) == 1
+    old = third.http.get("/api/v1/functions", headers=bearer(srv.api_key))
+    assert old.status_code == 401
 
 
 def test_quota_max_gpus_waits_for_the_tenants_share(make_server: Any, tmp_path: Path) -> None:
