@@ -521,3 +521,32 @@ async def test_metrics_access_follows_the_config(tmp_path: Path, mode: str,
     finally:
         platform.store.close()
     assert got == expected
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ({"max_functions": -1}, "body.max_functions: Input should be greater than or equal to 0"),
+    ({"max_instances": 2**70}, "body.max_instances: Input should be less than or equal to 1000000"),
+    ({"max_gpus": 1e300}, "body.max_gpus: Input should be less than or equal to 1000000"),
+    ({"max_cpus": 1}, "body.max_cpus: Extra inputs are not permitted"),
+])
+async def test_quota_values_checked(tmp_path: Path, body: dict[str, Any], error: str) -> None:
+    """A quota out of range is a 422 naming the field, never a store error."""
+    from torpor.api.app import create_api
+    from torpor.platform import Platform
+
+    (tmp_path / "data").mkdir()
+    platform = Platform(tmp_path / "data")
+    try:
+        _, admin = await platform.create_key("default", admin=True)
+        transport = httpx.ASGITransport(app=create_api(platform))
+        async with httpx.AsyncClient(transport=transport, base_url="http://torpor") as client:
+            response = await client.put("/api/v1/tenants/team-a/quota", json=body,
+                                        headers=bearer(admin))
+            bad_name = await client.put("/api/v1/tenants/Team_A/quota", json={},
+                                        headers=bearer(admin))
+    finally:
+        platform.store.close()
+    assert (response.status_code, response.json()["errors"]) == (422, [error])
+    assert (bad_name.status_code, bad_name.json()["error"]) == (
+        400, "tenant: 'Team_A' is not a tenant name: 1-63 lowercase letters, digits or '-', "
+             "starting and ending with a letter or digit")

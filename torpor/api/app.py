@@ -25,6 +25,7 @@ from torpor.errors import BadRequest
 from torpor.lifecycle.rollout import RolloutConfig
 from torpor.platform import Platform
 
+MAX_QUOTA = 1_000_000  # a tenant's limits stay well inside the store's integers
 MAX_CODE_UPLOAD_BYTES = 512 * 1024 * 1024  # torpor.code.DEFAULT_MAX_BYTES: what the CLI packs at most
 
 
@@ -88,9 +89,9 @@ class QuotaRequest(BaseModel):
     """The limits to change (a field left out stays as it is; null: no limit)."""
 
     model_config = ConfigDict(extra="forbid")
-    max_functions: int | None = Field(default=None, ge=0)
-    max_instances: int | None = Field(default=None, ge=0)
-    max_gpus: float | None = Field(default=None, ge=0)
+    max_functions: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
+    max_instances: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
+    max_gpus: float | None = Field(default=None, ge=0, le=MAX_QUOTA, allow_inf_nan=False)
 
 
 def parse_time(value: str | None, name: str) -> float | None:
