@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# API keys are off only where nothing but this machine reaches the port (torpor refuses --auth off
+# on any other address): `make run` as the README shows it needs no key; HOST=0.0.0.0 turns them on
+AUTH ?= $(if $(filter 127.% localhost ::1,$(HOST)),off,on)
 
 .PHONY: run test lint typecheck setup test-setup clean bench-setup test-deps ui-vendor
 
@@ -37,7 +40,7 @@ $(TEST_STAMP): $(STAMP)
 	touch $(TEST_STAMP)
 
 run: $(STAMP)
-	$(BIN)/torpor serve --host $(HOST) --port $(PORT) \
+	$(BIN)/torpor serve --host $(HOST) --port $(PORT) --auth $(AUTH) \
 		--deploy examples/echo --deploy examples/http-server --deploy examples/embeddings \
 		--deploy examples/chat
 

@@ -43,6 +43,11 @@ GOALS = {"c1_p50_s": 0.0005, "c1_vs_ray": 8.0, "c32_rps": 5000.0, "c32_vs_ray": 
 # load
 
 
+# the Authorization header each target URL needs (torpor's, with its admin key: the key check is
+# part of the gateway's cost, as in production)
+AUTH: dict[str, str] = {}
+
+
 class KeepAliveClient:
     """Sequential HTTP/1.1 requests on one connection; parses just enough to find the body's end."""
 
@@ -50,7 +55,8 @@ class KeepAliveClient:
         match = re.match(r"http://([^:/]+):(\d+)(/.*)?$", url)
         assert match, url
         self.host, self.port, path = match.group(1), int(match.group(2)), match.group(3) or "/"
-        self.request = (f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+        auth = f"authorization: {AUTH[url]}\r\n" if url in AUTH else ""
+        self.request = (f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n{auth}"
                         f"content-length: 0\r\n\r\n").encode()
         self.sock = socket.create_connection((self.host, self.port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -116,7 +122,8 @@ def latency_c1(url: str, requests: int, warmup: int = 200) -> list[float]:
 def hey_c32(url: str, seconds: float, pids: dict[str, int]) -> dict[str, float]:
     """req/s, p50, p99 at concurrency 32, and CPU seconds per request of each process in ``pids``."""
     before = {name: cpu_s(pid) for name, pid in pids.items()}
-    out = subprocess.run(["hey", "-c", "32", "-z", f"{seconds}s", "-m", "POST", url],
+    auth = ["-H", f"Authorization: {AUTH[url]}"] if url in AUTH else []
+    out = subprocess.run(["hey", "-c", "32", "-z", f"{seconds}s", "-m", "POST", *auth, url],
                          capture_output=True, text=True, check=True).stdout
     after = {name: cpu_s(pid) for name, pid in pids.items()}
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
@@ -145,10 +152,11 @@ def cpu_s(pid: int) -> float:
 
 @contextmanager
 def torpor_noop() -> Iterator[tuple[str, dict[str, int]]]:
-    server = Server()
+    server = Server(["--auth", "on"])  # the key check is part of the gateway's cost
     try:
         server.deploy(NOOP)
         url = f"{server.url}/fn/noop/invoke"
+        AUTH[url] = f"Bearer {server.api_key}"
         deadline = time.monotonic() + 60
         while True:
             try:

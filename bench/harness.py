@@ -31,7 +31,10 @@ def free_port() -> int:
 
 
 class Server:
-    """`torpor serve` on a free port with its own data dir; stopped with SIGTERM."""
+    """`torpor serve` on a free port with its own data dir; stopped with SIGTERM.
+
+    On loopback with ``--auth off`` as `make run` starts it, unless ``extra_args`` says ``--auth
+    on``: then ``http`` sends the admin key the server wrote (``api_key``)."""
 
     def __init__(self, extra_args: Sequence[str] = ()) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="torpor-bench-"))
@@ -43,7 +46,8 @@ class Server:
         self.log = open(self.tmp / "serve.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "torpor", "serve", "--port", str(self.port),
-             "--data-dir", str(self.tmp / "data"), "--log-level", "warning", *extra_args],
+             "--data-dir", str(self.tmp / "data"), "--log-level", "warning",
+             *([] if "--auth" in extra_args else ["--auth", "off"]), *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         self.http = httpx.Client(base_url=self.url, timeout=120)
@@ -51,10 +55,16 @@ class Server:
         while time.monotonic() < deadline:
             try:
                 if self.http.get("/healthz").status_code == 200:
-                    return
+                    break
             except httpx.TransportError:
                 time.sleep(0.05)
-        raise RuntimeError(f"torpor serve did not start; see {self.tmp / 'serve.log'}")
+        else:
+            raise RuntimeError(f"torpor serve did not start; see {self.tmp / 'serve.log'}")
+        # the admin key the server wrote (none with --auth off)
+        key_file = self.tmp / "data" / "admin.key"
+        self.api_key = key_file.read_text().strip() if key_file.exists() else ""
+        if self.api_key:
+            self.http.headers["authorization"] = f"Bearer {self.api_key}"
 
     def deploy(self, folder: Path, **overrides: Any) -> None:
         """Deploy a copy of ``folder`` with ``overrides`` merged into its spec."""

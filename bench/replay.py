@@ -111,7 +111,8 @@ def run_case(server: Server, case: str, scaling: dict[str, Any], arrivals: list[
 
     async def replay() -> float:
         limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
-        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits,
+                                     headers=server.http.headers) as http:
             t0 = time.time() + 0.5
             await asyncio.gather(*(_send(http, name, at, s, t0, out) for at, s in arrivals))
             return t0

@@ -48,7 +48,7 @@ def main() -> None:
     def client() -> None:
         import httpx
 
-        with httpx.Client(base_url=server.url, timeout=60) as http:
+        with httpx.Client(base_url=server.url, timeout=60, headers=server.http.headers) as http:
             while not stop.is_set():
                 codes.append(http.post("/fn/slow/invoke",
                                        json={"sleep_s": args.service_ms / 1000}).status_code)

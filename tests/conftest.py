@@ -37,18 +37,34 @@ def process_alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+# each running TorporServer's admin key by its URL: torpor_cli sends it as TORPOR_API_KEY (one
+# dict, also when a test file imports this module a second time as tests.conftest)
+ADMIN_KEYS: dict[str, str] = next(
+    (found for module in ("conftest", "tests.conftest")
+     if isinstance(found := getattr(sys.modules.get(module), "ADMIN_KEYS", None), dict)), {})
+
+
 def torpor_cli(
-    *args: str, server: str | None = None, timeout_s: float = 60
+    *args: str, server: str | None = None, timeout_s: float = 60, api_key: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; with ``server``, as that server's admin (its admin key), or as ``api_key``."""
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    env.pop("TORPOR_API_KEY", None)
     if server is not None:
         env["TORPOR_SERVER"] = server
+        if server in ADMIN_KEYS:
+            env["TORPOR_API_KEY"] = ADMIN_KEYS[server]
+    if api_key is not None:
+        env["TORPOR_API_KEY"] = api_key
     return subprocess.run([sys.executable, "-m", "torpor", *args], capture_output=True, text=True,
                           env=env, timeout=timeout_s, cwd=ROOT)
 
 
 class TorporServer:
-    """A real server process; ``stop()`` sends SIGTERM and returns its exit code."""
+    """A real server process; ``stop()`` sends SIGTERM and returns its exit code.
+
+    Auth is on, as in production: ``http`` sends the admin key the server wrote into its data dir
+    (``api_key``), and so does :func:`torpor_cli` given this server's URL."""
 
     def __init__(self, data_dir: Path, deploy: list[Path] | None = None,
                  extra_args: list[str] | None = None, port: int | None = None) -> None:
@@ -65,6 +81,11 @@ class TorporServer:
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.http = httpx.Client(base_url=self.url, timeout=60)
         self._wait_healthy()
+        key_file = data_dir / "admin.key"  # none when started with --auth off
+        self.api_key = key_file.read_text().strip() if key_file.exists() else ""
+        if self.api_key:
+            self.http.headers["authorization"] = f"Bearer {self.api_key}"
+            ADMIN_KEYS[self.url] = self.api_key
 
     def _wait_healthy(self, timeout_s: float = 20) -> None:
         deadline = time.monotonic() + timeout_s

@@ -24,7 +24,9 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     (tmp_path / "data").mkdir()
     platform = Platform(tmp_path / "data")
     transport = httpx.ASGITransport(app=create_api(platform))
-    async with httpx.AsyncClient(transport=transport, base_url="http://torpor") as client:
+    _, key = await platform.create_key("default", admin=True)  # auth is on, as in production
+    async with httpx.AsyncClient(transport=transport, base_url="http://torpor",
+                                 headers={"authorization": f"Bearer {key}"}) as client:
         yield client
     platform.store.close()
 

@@ -120,3 +120,26 @@ class TestHttp:
     def test_bad_http_config(self, tmp_path: Path, text: str, error: str) -> None:
         """Each bad value is refused naming its field."""
         assert config_errors(tmp_path, text) == [error]
+
+
+class TestAuth:
+    def test_default_on_metrics_admin(self) -> None:
+        """Without a config, API keys are asked for and /metrics needs an admin key."""
+        auth = load_server_config(None).auth
+        assert (auth.enabled, auth.metrics) == (True, "admin")
+
+    @pytest.mark.parametrize(("text", "enabled", "metrics"), [
+        ("auth: off\n", False, "admin"),
+        ("auth: on\n", True, "admin"),
+        ("auth: {enabled: false, metrics: public}\n", False, "public"),
+        ("auth: {metrics: key}\n", True, "key"),
+    ])
+    def test_forms(self, tmp_path: Path, text: str, enabled: bool, metrics: str) -> None:
+        path = tmp_path / "config.yaml"
+        path.write_text(text, encoding="utf-8")
+        auth = load_server_config(path).auth
+        assert (auth.enabled, auth.metrics) == (enabled, metrics)
+
+    def test_unknown_metrics_mode(self, tmp_path: Path) -> None:
+        assert config_errors(tmp_path, "auth: {metrics: everyone}\n") == [
+            "auth.metrics: Input should be 'admin', 'key' or 'public'"]

@@ -83,7 +83,9 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     sampler = Sampler(platform, platform.metrics.requests)
     app = create_api(platform)
     console.install(app, platform, sampler)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://torpor")
+    _, key = await platform.create_key("default", admin=True)  # auth is on, as in production
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://torpor",
+                               headers={"authorization": f"Bearer {key}"})
     yield Setup(platform, clock, sampler, client, app)
     await client.aclose()
     platform.store.close()

@@ -71,7 +71,9 @@ class TestDeploy:
         platform = Platform(tmp_path / "data")
         transport = httpx.ASGITransport(app=create_api(platform))
         archive = pack_dir(folder)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+        _, key = await platform.create_key("default", admin=True)  # auth is on, as in production
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers={"authorization": f"Bearer {key}"}) as api:
             upload = await api.put(f"/api/v1/code/{archive.digest}", content=archive.data)
             assert upload.status_code == 201, upload.text
             response = await api.post("/api/v1/functions", json={

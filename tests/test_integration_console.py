@@ -56,14 +56,19 @@ def server(make_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: `make test` installs it (Debian)")
 def test_browser_shows_functions_instances_and_charts(server: TorporServer, tmp_path: Path) -> None:
-    """The functions page lists both; echo's page shows its ready instance, a chart with points and
-    the timeline; billing lists both functions and the local pool."""
-    overview = browse(f"{server.url}/ui/", tmp_path)
+    """Without a key the page asks for one; with the admin key (handed over in the fragment) the
+    functions page lists both; echo's page shows its ready instance, a chart with points and the
+    timeline; billing lists both functions and the local pool."""
+    locked = browse(f"{server.url}/ui/", tmp_path)
+    assert 'id="key-form"' in locked and 'data-function="echo"' not in locked
+    assert "this API needs an API key" in locked
+    key = f"key={server.api_key}"
+    overview = browse(f"{server.url}/ui/#/?{key}", tmp_path)
     assert 'data-loaded="true"' in overview
     assert re.search(r'data-function="echo".*?<span class="state ready">ready 1</span>', overview, re.S)
     assert 'data-function="chatty"' in overview
 
-    page = browse(f"{server.url}/ui/#/fn/echo", tmp_path)
+    page = browse(f"{server.url}/ui/#/fn/echo?{key}", tmp_path)
     assert 'data-loaded="true"' in page
     instance = server.instances("echo")[0]["id"]
     assert re.search(rf'data-instance="{instance}".*?<span class="state ready">ready</span>', page, re.S)
@@ -73,11 +78,11 @@ def test_browser_shows_functions_instances_and_charts(server: TorporServer, tmp_
     assert re.search(r'id="timeline"[^>]*data-rows="[1-9]', page)
     assert "desired 1 · ready 1" in page
 
-    billing = browse(f"{server.url}/ui/#/billing", tmp_path)
+    billing = browse(f"{server.url}/ui/#/billing?{key}", tmp_path)
     assert 'data-function="echo"' in billing and 'data-pool="local"' in billing
 
-    browse(f"{server.url}/ui/#/fn/echo", tmp_path, screenshot="function-page.png")
-    browse(f"{server.url}/ui/", tmp_path, screenshot="functions-page.png")
+    browse(f"{server.url}/ui/#/fn/echo?{key}", tmp_path, screenshot="function-page.png")
+    browse(f"{server.url}/ui/#/?{key}", tmp_path, screenshot="functions-page.png")
     shot = tmp_path / "function-page.png"
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
     if os.environ.get("TORPOR_SCREENSHOT_DIR"):  # how docs/console-function.png was made
@@ -96,7 +101,8 @@ def test_promtool_accepts_live_metrics(server: TorporServer) -> None:
 def test_logs_follow_a_request_by_its_id(server: TorporServer) -> None:
     """``torpor logs chatty -f`` prints the instance's line for a request sent after it started,
     found by the request id the client chose (passed to the handler as torpor.request_id())."""
-    env = {**os.environ, "TORPOR_SERVER": server.url, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "TORPOR_SERVER": server.url, "PYTHONUNBUFFERED": "1",
+           "TORPOR_API_KEY": server.api_key}
     assert server.invoke("chatty", {"warm": 1}).status_code == 200  # a line for the tail to show
     follower = subprocess.Popen([sys.executable, "-m", "torpor", "logs", "chatty", "-f", "--tail", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -35,7 +35,8 @@ def server(smollm2_data_dir: tuple[Path, Path]) -> Any:
 
 @pytest.fixture(scope="module")
 def client(server: TorporServer) -> Any:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=90)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0,
+                         timeout=90)
 
 
 class TestOpenAIClient:
@@ -157,15 +158,17 @@ class TestTritonClient:
         http = pytest.importorskip("tritonclient.http")
         triton = http.InferenceServerClient(url=f"127.0.0.1:{server.port}")
         assert triton.is_server_live() and triton.is_server_ready()
-        assert triton.is_model_ready("embeddings")
-        metadata = triton.get_model_metadata("embeddings")
+        auth = {"Authorization": f"Bearer {server.api_key}"}
+        assert triton.is_model_ready("embeddings", headers=auth)
+        metadata = triton.get_model_metadata("embeddings", headers=auth)
         assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
         assert metadata["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]
         text = http.InferInput("text", [2], "BYTES")
         text.set_data_from_numpy(np.array(["A man is eating food.", "A man is eating a piece of bread."],
                                           dtype=object), binary_data=False)
         result = triton.infer("embeddings", [text],
-                              outputs=[http.InferRequestedOutput("embedding", binary_data=False)])
+                              outputs=[http.InferRequestedOutput("embedding", binary_data=False)],
+                              headers=auth)
         vectors = result.as_numpy("embedding")
         assert vectors.shape == (2, 384)
         assert 0.6 < float(vectors[0] @ vectors[1]) < 0.9
@@ -178,6 +181,7 @@ class TestTritonClient:
         triton = http.InferenceServerClient(url=f"127.0.0.1:{server.port}")
         wrong = http.InferInput("text", [2], "FP32")
         wrong.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32), binary_data=False)
+        auth = {"Authorization": f"Bearer {server.api_key}"}
         with pytest.raises(InferenceServerException, match="'text' must have datatype BYTES"):
-            triton.infer("embeddings", [wrong])
+            triton.infer("embeddings", [wrong], headers=auth)
         assert not triton.is_model_ready("no-such-model")

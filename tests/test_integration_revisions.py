@@ -47,7 +47,8 @@ class TestSplit:
                 out.append((r.status_code, r.headers.get("x-torpor-revision", "")))
             return out
 
-        clients = [httpx.Client(base_url=srv.url, timeout=30) for _ in range(4)]
+        clients = [httpx.Client(base_url=srv.url, timeout=30, headers=srv.http.headers)
+                   for _ in range(4)]
         try:
             with ThreadPoolExecutor(4) as pool:
                 results = [x for part in pool.map(send, clients, [250] * 4) for x in part]
@@ -111,7 +112,7 @@ class TestRollback:
         results: list[tuple[int, str]] = []
 
         def load() -> None:
-            with httpx.Client(base_url=srv.url, timeout=30) as client:
+            with httpx.Client(base_url=srv.url, timeout=30, headers=srv.http.headers) as client:
                 while not stop.is_set():
                     r = client.post("/fn/roll/invoke", json={"sleep_s": 0.05})
                     results.append((r.status_code, r.headers.get("x-torpor-revision", "")))
@@ -151,7 +152,8 @@ class TestRollback:
         seen = {again.invoke("kept", {}).headers["x-torpor-revision"] for _ in range(4)}
         assert seen == {"1", "2"}
         listed = revisions(again, "kept")
-        assert [listed[n]["created_by"] for n in (1, 2)] == [None, None]
+        key_id = srv.api_key.split("_")[1]  # tp_<id>_<secret>: the key that deployed them
+        assert [listed[n]["created_by"] for n in (1, 2)] == [f"default/{key_id}"] * 2
         assert listed[1]["code_digest"] == listed[2]["code_digest"]
         # rolled back to 1, the newest revision (2) takes no traffic after a restart either
         again.http.delete("/api/v1/functions/kept/tags/canary")
@@ -214,10 +216,10 @@ class Load:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(threads)
         for _ in range(threads):
-            self._pool.submit(self._run, srv.url, path)
+            self._pool.submit(self._run, srv, path)
 
-    def _run(self, url: str, path: str) -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
+    def _run(self, srv: TorporServer, path: str) -> None:
+        with httpx.Client(base_url=srv.url, timeout=30, headers=srv.http.headers) as client:
             while not self._stop.is_set():
                 r = client.post(path, json={"sleep_s": 0.02})
                 self.results.append((r.status_code, r.headers.get("x-torpor-revision", "")))

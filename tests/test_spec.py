@@ -82,6 +82,26 @@ class TestName:
         assert spec_errors(tmp_path) == ["name: Field required"]
 
 
+class TestAuth:
+    def test_default_is_key(self, tmp_path: Path) -> None:
+        """Without `auth:` a function needs an API key to be invoked."""
+        assert load(make_spec(tmp_path)).auth == "key"
+
+    def test_public(self, tmp_path: Path) -> None:
+        assert load(make_spec(tmp_path, auth="public")).auth == "public"
+
+    @pytest.mark.parametrize("value", ["open", "Key", ""])
+    def test_anything_else_refused(self, tmp_path: Path, value: str) -> None:
+        """Another word names both choices and what was given."""
+        assert spec_errors(make_spec(tmp_path, auth=value)) == [
+            "auth: must be key (invoking needs an API key of the function's tenant or an admin's) "
+            f"or public (anyone may invoke it), not {value!r}"]
+
+    def test_not_a_string_refused(self, tmp_path: Path) -> None:
+        """YAML's `auth: off` is a boolean, not a mode."""
+        assert spec_errors(make_spec(tmp_path, auth=False)) == ["auth: Input should be a valid string"]
+
+
 class TestRuntime:
     def test_neither_handler_nor_command(self, tmp_path: Path) -> None:
         """An empty runtime asks for exactly one of handler and command."""

@@ -24,12 +24,15 @@ and sections of other parts; each part reads its own and leaves the rest alone. 
     isolation:            # when torpor runs as root (docs/isolation.md)
       instance_user: auto # auto: a uid of each function's own; off: root; or a user name or uid
       instance_uids: 2000000-2099999  # the uids auto gives out
+    auth:
+      enabled: true       # false (or `auth: off`): no API keys, accepted only on a loopback address
+      metrics: admin      # who may read /metrics: admin (an admin key), key (any key) or public
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -96,6 +99,13 @@ class IsolationConfig(_Strict):
         return parse_uid_range(self.instance_uids)
 
 
+class AuthConfig(_Strict):
+    enabled: bool = True
+    """False: no API keys are asked for (``torpor serve`` accepts it on a loopback address only)."""
+    metrics: Literal["admin", "key", "public"] = "admin"
+    """Who may read ``/metrics``: an admin key (default), any key, or anyone."""
+
+
 class ServerConfig(_Strict):
     gpus: tuple[GpuConfig, ...] | None = None  # None: ask NVML; () declares a machine without GPUs
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -104,9 +114,10 @@ class ServerConfig(_Strict):
     None: SQLite in DATA_DIR/torpor.db."""
     http: HttpConfig = Field(default_factory=HttpConfig)
     isolation: IsolationConfig = Field(default_factory=IsolationConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
 
-_SECTIONS = ("gpus", "limits", "store", "http", "isolation")
+_SECTIONS = ("gpus", "limits", "store", "http", "isolation", "auth")
 
 
 def read_config(path: Path | None) -> dict[str, Any]:
@@ -119,6 +130,8 @@ def read_config(path: Path | None) -> dict[str, Any]:
 def parse_server_config(raw: dict[str, Any], *, source: str = "config") -> ServerConfig:
     """Validate the ``gpus``, ``limits`` and ``http`` sections of an already parsed config mapping."""
     data = {key: raw[key] for key in _SECTIONS if key in raw and raw[key] is not None}
+    if isinstance(data.get("auth"), bool):  # `auth: off` / `auth: on` (YAML booleans)
+        data["auth"] = {"enabled": data["auth"]}
     try:
         return ServerConfig.model_validate(data)
     except ValidationError as exc:

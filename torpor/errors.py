@@ -5,6 +5,10 @@
     ├── DataDirLocked         another `torpor serve` holds the data directory
     ├── NotFound              a function or instance that does not exist
     ├── BadRequest            an API argument that makes no sense (names the argument)
+    ├── Unauthorized          no API key, or one that is unknown or revoked (401)
+    ├── Forbidden             a tenant's key where an admin key is needed (403)
+    ├── Conflict              a name another tenant's function already has (409)
+    ├── QuotaExceeded         a tenant's quota refuses a deploy (403; names quota, current, limit)
     └── GatewayError          a request that cannot be served; carries the HTTP status
         ├── QueueFull         503 + Retry-After: the function's queue is at queue.max_queued
         ├── QueueTimeout      504: waited longer than queue.timeout_s for an instance
@@ -39,6 +43,30 @@ class NotFound(TorporError):
 
 class BadRequest(TorporError):
     """An API argument is wrong; the message names it."""
+
+
+class Unauthorized(TorporError):
+    """The request has no valid API key (401)."""
+
+
+class Forbidden(TorporError):
+    """The key is valid but may not do this (403)."""
+
+
+class Conflict(TorporError):
+    """The request cannot be done as asked because of something that exists (409)."""
+
+
+class QuotaExceeded(TorporError):
+    """A tenant is at one of its quotas (``max_functions``, ...)."""
+
+    def __init__(self, message: str, *, tenant: str, quota: str, current: float,
+                 limit: float) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+        self.quota = quota
+        self.current = current
+        self.limit = limit
 
 
 class GatewayError(TorporError):

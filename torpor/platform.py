@@ -13,9 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from torpor.auth import (
+    ADMIN_KEY_FILENAME,
+    DEFAULT_TENANT,
+    Caller,
+    KeyRecord,
+    KeyTable,
+    Quota,
+    check_tenant,
+    hash_key,
+    new_key,
+)
 from torpor.autoscaling.scaling_policies import (
     ProvisionConfig,
     parse_provision_config,
@@ -26,16 +38,25 @@ from torpor.cache import CachedModel, ModelCache
 from torpor.clock import Clock, SystemClock
 from torpor.code import CodeError, CodeStore
 from torpor.config import load_server_config
-from torpor.errors import BadRequest, NotFound, SpecError
+from torpor.errors import BadRequest, Conflict, NotFound, QuotaExceeded, SpecError
 from torpor.gateway.traffic import TrafficConfig, check_tag, parse_weights, shift
 from torpor.lifecycle.deploy_check import handler_problem
-from torpor.lifecycle.instance import FunctionRuntime
+from torpor.lifecycle.instance import FunctionRuntime, RevisionRuntime
 from torpor.lifecycle.reconciler import Reconciler
 from torpor.lifecycle.rollout import RolloutConfig
 from torpor.lifecycle.template_idle import load_template_settings
 from torpor.metering import billing, ledger
 from torpor.metering.prices import load_prices
-from torpor.placement.gpus import GpuDevice, GpuRequest, GpuSource, held_mb, unplaceable
+from torpor.placement.gpus import (
+    QUOTA_EPSILON,
+    GpuDevice,
+    GpuRequest,
+    GpuSource,
+    Placement,
+    gpus_held,
+    held_mb,
+    unplaceable,
+)
 from torpor.rollouts import Rollouts
 from torpor.shared_files import SharedFileError, SharedFiles
 from torpor.spec import (
@@ -63,7 +84,7 @@ class Platform:
     def __init__(self, data_dir: Path, clock: Clock | None = None,
                  config_path: Path | None = None, backend: InstanceBackend | None = None,
                  gpu_source: GpuSource | None = None, store: str | None = None,
-                 holder: str | None = None) -> None:
+                 holder: str | None = None, auth: bool | None = None) -> None:
         self.data_dir = data_dir
         if config_path is None and (data_dir / CONFIG_FILENAME).is_file():
             config_path = data_dir / CONFIG_FILENAME
@@ -111,6 +132,11 @@ class Platform:
 
         self.metrics.registry.register(GpuCollector(self))
         self.rollouts = Rollouts(self)
+        # API keys (torpor.auth): ``auth`` overrides the config's auth.enabled (--auth on|off)
+        self.keys = KeyTable(self.config.auth.enabled if auth is None else auth)
+        self.owners: dict[str, str] = {}  # function → the tenant it belongs to
+        self.quotas: dict[str, Quota] = {}  # tenants with quotas set; others have the defaults
+        self.reconciler.admit = self._admit
 
     @property
     def functions(self) -> dict[str, FunctionRuntime]:
@@ -128,6 +154,7 @@ class Platform:
         if closed or intervals:
             log.info("closed %d instance records and %d ledger intervals left open by a previous "
                      "server at its last sign of life (%.3f)", closed, intervals, last_alive)
+        await self._load_keys()
         for record in await self.store.run(self.store.list_functions):
             try:
                 await self._restore(record)
@@ -184,6 +211,7 @@ class Platform:
         provision = (await self._stored_provision(record.name)
                      or ProvisionConfig(target=spec.scaling.provisioned))
         fn = self.reconciler.install(record.name, record.created_at, record.updated_at, provision)
+        self.owners[record.name] = record.owner or DEFAULT_TENANT
         self.reconciler.add_revision(fn, record.revision, spec, code, record.source,
                                      record.updated_at, model)
         fn.latest = record.revision
@@ -262,9 +290,11 @@ class Platform:
     async def deploy(self, raw: dict[str, Any], code: CodeRef, source: str,
                      model_code: CodeRef | None = None, traffic_percent: int | None = None,
                      created_by: str | None = None,
-                     rollout: RolloutConfig | None = None) -> FunctionRuntime:
+                     rollout: RolloutConfig | None = None,
+                     caller: Caller | None = None) -> FunctionRuntime:
         """Deploy ``raw`` (the spec) running ``code`` as a new revision; ``model_code``: model.path
-        uploaded apart (it was outside the function's folder). ``traffic_percent``: the new
+        uploaded apart (it was outside the function's folder). ``caller``: who deploys (default:
+        the default tenant's admin); a new function is its tenant's. ``traffic_percent``: the new
         revision's share (default 100); the rest stays with the revisions serving now.
         ``rollout``: start at its first step and go on by itself (see ``lifecycle/rollout.py``)."""
         spec = parse_spec(raw, source=source, base_dir=code.path, check_model_path=False)
@@ -277,6 +307,7 @@ class Platform:
         problem = await self._handler_problem(spec, code.path)
         if problem is not None:
             raise SpecError(source, [problem])
+        owner = self._deploy_owner(spec.name, caller)
         existing = self.functions.get(spec.name)
         traffic = None
         old = existing.config.primary if existing is not None else None
@@ -304,7 +335,9 @@ class Platform:
             cached.digest if cached else None, code.digest, created_by,
             traffic or {"weights": {"new": 100},
                         "tags": dict(existing.config.tags) if existing else {}},
+            owner,
         )
+        self.owners[spec.name] = owner
         model = CodeRef(cached.digest, cached.path) if cached is not None else None
         config = TrafficConfig.from_json(record.traffic) if record.traffic else None
         fn = self.reconciler.apply(spec, record.revision, code, source, record.created_at,
@@ -495,6 +528,127 @@ class Platform:
         except SpecError as exc:
             raise SpecError(source, exc.errors) from None
 
+    # keys, tenants and quotas (torpor.auth) ---------------------------------------------------------
+
+    async def _load_keys(self) -> None:
+        """Read keys and quotas into memory; with auth on and no live admin key (a first start, or
+        every admin key revoked), create one: logged once, written to DATA_DIR/admin.key (0600)."""
+        records = await self.store.run(self.store.list_keys)
+        self.keys.load(records)
+        self.quotas = {q.tenant: q for q in await self.store.run(self.store.list_quotas)}
+        if self.keys.enabled and not any(r.admin and r.revoked_at is None for r in records):
+            record, key = await self.create_key(DEFAULT_TENANT, admin=True)
+            path = self.data_dir / ADMIN_KEY_FILENAME
+            write_private(path, key + "\n")
+            log.warning("created admin API key %s (id %s), shown only this once; it is also in %s "
+                        "(mode 0600). Use it as `Authorization: Bearer KEY`, or TORPOR_API_KEY",
+                        key, record.id, path)
+
+    async def create_key(self, tenant: str, admin: bool = False) -> tuple[KeyRecord, str]:
+        """A new key for ``tenant``: its record (kept hashed) and the key itself (never kept)."""
+        try:
+            check_tenant(tenant)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        key_id, key = new_key()
+        record = KeyRecord(key_id, tenant, admin, hash_key(key), self.clock.now())
+        await self.store.run(self.store.add_key, record)
+        self.keys.add(record)
+        return record, key
+
+    async def list_keys(self) -> list[KeyRecord]:
+        return await self.store.run(self.store.list_keys)
+
+    async def revoke_key(self, key_id: str) -> KeyRecord:
+        if not await self.store.run(self.store.revoke_key, key_id, self.clock.now()):
+            raise NotFound(f"no key {key_id!r} that is not revoked already (torpor keys ls)")
+        self.keys.remove(key_id)
+        return next(r for r in await self.list_keys() if r.id == key_id)
+
+    def quota(self, tenant: str) -> Quota:
+        return self.quotas.get(tenant) or Quota(tenant)
+
+    async def set_quota(self, tenant: str, values: dict[str, Any]) -> Quota:
+        """Change the named limits of ``tenant``'s quota (a None value: no limit)."""
+        try:
+            check_tenant(tenant)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        quota = Quota(**{**self.quota(tenant).__dict__, **values})
+        await self.store.run(self.store.put_quota, quota, self.clock.now())
+        self.quotas[tenant] = quota
+        self.reconciler.poke()  # a start waiting on the old quota may go now
+        return quota
+
+    def tenants(self, records: list[KeyRecord]) -> list[dict[str, Any]]:
+        """Every tenant with a key, a function or a quota: its quota and what it uses now."""
+        names = ({r.tenant for r in records} | set(self.owners.values()) | set(self.quotas))
+        return [{**self.quota(name).to_api(), "functions": self._owned(name),
+                 "instances": self._live_instances(name), "gpus": self._gpus_held(name)}
+                for name in sorted(names)]
+
+    def owner(self, name: str) -> str:
+        return self.owners.get(name, DEFAULT_TENANT)
+
+    def visible(self, caller: Caller, name: str) -> bool:
+        """Does ``caller`` see function ``name`` (it exists and is the caller's, or caller is admin)?"""
+        return name in self.functions and caller.owns(self.owner(name))
+
+    def _owned(self, tenant: str) -> int:
+        return sum(1 for name in self.functions if self.owner(name) == tenant)
+
+    def _live_instances(self, tenant: str) -> int:
+        return sum(len(fn.live()) for name, fn in self.functions.items()
+                   if self.owner(name) == tenant)
+
+    def _gpus_held(self, tenant: str, extra: Placement | None = None) -> float:
+        ids = {i for name, fn in self.functions.items() if self.owner(name) == tenant
+               for i in fn.instances}
+        held = {i: p for i, p in self.reconciler.placements.items() if i in ids}
+        if extra is not None:
+            held["(next)"] = extra
+        return gpus_held(self.reconciler.gpu_nodes(), held)
+
+    def _deploy_owner(self, name: str, caller: Caller | None) -> str:
+        """Whose the function deployed as ``name`` is; refuses another tenant's name and a new
+        function past its tenant's ``max_functions``."""
+        if name in self.functions:
+            owner = self.owner(name)
+            if caller is not None and not caller.owns(owner):
+                raise Conflict(f"function name {name!r} is taken by another tenant; "
+                               "choose another name")
+            return owner
+        tenant = caller.tenant if caller is not None else DEFAULT_TENANT
+        limit = self.quota(tenant).max_functions
+        current = self._owned(tenant)
+        if limit is not None and current >= limit:
+            raise QuotaExceeded(
+                f"quota max_functions of tenant {tenant!r} reached: {current} of {limit} "
+                f"functions deployed; delete one or raise it (torpor keys quota {tenant} "
+                "--max-functions N)", tenant=tenant, quota="max_functions", current=current,
+                limit=limit)
+        return tenant
+
+    def _admit(self, fn: FunctionRuntime, rev: RevisionRuntime,
+               placement: Placement | None) -> str | None:
+        """Why the next instance of ``fn`` waits for its tenant's quota (None: it may start)."""
+        tenant = self.owner(fn.name)
+        quota = self.quota(tenant)
+        if quota.max_instances is not None:
+            live = self._live_instances(tenant)
+            if live >= quota.max_instances:
+                return (f"waiting for tenant {tenant!r}'s quota max_instances: {live} of "
+                        f"{quota.max_instances} instances live")
+        resources = rev.spec.resources
+        if quota.max_gpus is not None and (resources.gpus or resources.gpu_memory_mb):
+            held = self._gpus_held(tenant)
+            need = (self._gpus_held(tenant, placement) - held if placement is not None
+                    else float(resources.gpus))
+            if held + need > quota.max_gpus + QUOTA_EPSILON:
+                return (f"waiting for tenant {tenant!r}'s quota max_gpus: need {need:g} GPU, "
+                        f"{held:g} of {quota.max_gpus:g} held")
+        return None
+
     # the read model ----------------------------------------------------------------------------
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -562,6 +716,7 @@ class Platform:
         self.function(name)
         await self.store.run(self.store.delete_function, name)
         await self.reconciler.remove(name)
+        self.owners.pop(name, None)
 
     async def set_provision(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         """Replace a function's provisioning config (torpor's shape or Function Compute's)."""
@@ -591,8 +746,9 @@ class Platform:
         }
 
     async def bill(self, since: float | None, until: float | None,
-                   function: str | None) -> dict[str, Any]:
-        """Per-function seconds per state, cost, and an always-on GPU's cost over [since, until)."""
+                   function: str | None, caller: Caller | None = None) -> dict[str, Any]:
+        """Per-function seconds per state, cost, and an always-on GPU's cost over [since, until);
+        ``caller``: only the functions a tenant's key sees (default: all)."""
         if function is not None:
             known = function in self.functions or any(
                 r.name == function for r in await self.store.run(self.store.list_functions))
@@ -618,6 +774,10 @@ class Platform:
         intervals = ledger.intervals(rows)
         if function is not None:
             intervals = [i for i in intervals if i.function == function]
+        if caller is not None and not caller.admin:
+            intervals = [i for i in intervals if caller.owns(self.owner(i.function))]
+            lifetimes = {name: span for name, span in lifetimes.items()
+                         if caller.owns(self.owner(name))}
         result = billing.bill(intervals, self.prices, since, until, function, lifetimes).to_json()
         result["pools"] = [
             {"pool": pool, "active_seconds": part["active_seconds"],
@@ -698,3 +858,13 @@ def _totals(bill_json: dict[str, Any]) -> dict[str, Any]:
     lines = bill_json["functions"]
     return {key: str(sum((Decimal(line[key]) for line in lines), Decimal(0)))
             for key in ("active_seconds", "idle_seconds")} | {"cost": bill_json["cost"]}
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner may read (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)

@@ -2,7 +2,9 @@
 
 ``/fn/{name}/...`` goes to the gateway (raw ASGI, no framework on the hot path), ``/v1/...`` to the
 OpenAI front door and ``/v2/...`` to the Open Inference Protocol's; everything else to the FastAPI
-control app. SIGINT/SIGTERM stop every instance before the process exits; a lock file keeps a
+control app. ``/fn/...`` and the front doors of an ``auth: key`` function need an API key of its
+tenant or an admin's (:mod:`torpor.auth`; checked in memory, no store read per request).
+SIGINT/SIGTERM stop every instance before the process exits; a lock file keeps a
 second server off the same data directory.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import logging
 import os
 import socket
@@ -25,9 +28,11 @@ from torpor.api.app import create_api
 from torpor.api.metrics import LlmCollector
 from torpor.api.sampler import Sampler
 from torpor.backends import InstanceBackend
-from torpor.config import HttpConfig
+from torpor.config import HttpConfig, load_server_config
 from torpor.datadir import PRIVATE_UMASK, make_private
+from torpor.error_shape import error_json
 from torpor.errors import DataDirLocked, SpecError, TorporError
+from torpor.gateway.frontdoor import AUTHENTICATE, UNAUTHORIZED, reply, request_id_of
 from torpor.gateway.oip import OipFrontDoor
 from torpor.gateway.openai import OpenAIFrontDoor
 from torpor.gateway.proxy import Gateway
@@ -65,6 +70,22 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
+class InvokeAccess:
+    """May a request invoke a function: it is ``auth: public``, or the request's key is its
+    tenant's or an admin's (the platform's in-memory key table and owners)."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.keys = platform.keys
+        self.functions = platform.functions
+        self.owners = platform.owners
+
+    def may_invoke(self, scope: Scope, name: str) -> bool:
+        fn = self.functions.get(name)
+        if fn is None:
+            return False
+        return self.keys.may_invoke(scope["headers"], fn.spec.auth, self.owners.get(name))
+
+
 class RootApp:
     def __init__(self, platform: Platform, deploy: list[Path]) -> None:
         self.platform = platform
@@ -76,12 +97,21 @@ class RootApp:
         self.api = create_api(platform)
         console.install(self.api, platform, self.sampler)
         # protocol front doors: OpenAI's API under /v1/, the Open Inference Protocol under /v2
-        self.openai = OpenAIFrontDoor(self.gateway, platform.functions, platform.clock)
-        self.oip = OipFrontDoor(self.gateway, platform.functions)
+        self.access = InvokeAccess(platform)
+        self.openai = OpenAIFrontDoor(self.gateway, platform.functions, platform.clock,
+                                      access=self.access)
+        self.oip = OipFrontDoor(self.gateway, platform.functions, self.access)
         metrics.registry.register(LlmCollector(self.openai.stats))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/fn/"):
+            if self.platform.keys.enabled:
+                name = scope["path"][4:].partition("/")[0].partition("@")[0]
+                if name in self.platform.functions and not self.access.may_invoke(scope, name):
+                    request_id = request_id_of(scope)
+                    await reply(send, 401, error_json(UNAUTHORIZED, "unauthorized", name, request_id),
+                                request_id, [AUTHENTICATE])
+                    return
             await self.gateway(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].startswith("/v1/"):
             await self.openai(scope, receive, send)
@@ -124,6 +154,31 @@ def _check_port(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise TorporError(f"port {port} on {host} is already in use; choose --port") from None
             raise TorporError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` an address only this machine reaches (127.0.0.0/8, ::1, localhost)?"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_setting(auth: str | None, host: str, config_enabled: bool) -> bool:
+    """Whether API keys are asked for: ``--auth on|off`` wins over the config's ``auth``; off is
+    refused unless the server listens on a loopback address only."""
+    if auth is not None and auth not in ("on", "off"):
+        raise TorporError(f"--auth must be on or off, not {auth!r}")
+    enabled = config_enabled if auth is None else auth == "on"
+    if not enabled and not is_loopback(host):
+        how = "--auth off" if auth == "off" else "auth: off in the server config"
+        raise TorporError(
+            f"{how} is refused on {host}: without API keys anyone who reaches the port could "
+            "deploy and run code on this machine, so auth may be off only on a loopback address "
+            "(--host 127.0.0.1)")
+    return enabled
 
 
 def ray_backend(data_dir: Path, config: Path | None, ray_address: str | None
@@ -173,7 +228,8 @@ def http_limits(config: HttpConfig, fd_limit: int, source: str = "config") -> Li
 
 def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: str = "info",
           config: Path | None = None, log_format: str = "text",
-          ray_address: str | None = None, store: str | None = None) -> None:
+          ray_address: str | None = None, store: str | None = None,
+          auth: str | None = None) -> None:
     if log_format not in ("text", "json"):
         raise TorporError(f"--log-format must be text or json, not {log_format!r}")
     data_dir = data_dir.resolve()
@@ -181,6 +237,9 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
         store_url(store)  # a malformed --store fails before anything starts; reaching it, below
     for path in deploy:  # fail before starting anything
         load_spec_file(path)
+    config_path = config if config is not None else data_dir / CONFIG_FILENAME
+    auth_enabled = auth_setting(auth, host, load_server_config(
+        config_path if config_path.is_file() or config is not None else None).auth.enabled)
     backend = ray_backend(data_dir, config, ray_address)
     os.umask(PRIVATE_UMASK)  # everything under the data directory is the server user's alone
     make_private(data_dir)
@@ -191,11 +250,14 @@ def serve(host: str, port: int, data_dir: Path, deploy: list[Path], log_level: s
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), handlers=[handler])
     holder = f"torpor serve pid {os.getpid()} on {socket.gethostname()}"
-    platform = Platform(data_dir, config_path=config, backend=backend, store=store, holder=holder)
+    platform = Platform(data_dir, config_path=config, backend=backend, store=store, holder=holder,
+                        auth=auth_enabled)
     fd_limit = raise_fd_limit()
     limits = http_limits(platform.config.http, fd_limit, str(config or data_dir / CONFIG_FILENAME))
     log.info("connections: at most %d (%d per client address) of %d file descriptors",
              limits.max_connections, limits.max_connections_per_client, fd_limit)
+    if not auth_enabled:
+        log.warning("auth is off: no API key is asked for (allowed only on loopback %s)", host)
     # torpor's own lean HTTP/1.1 server (uvloop + httptools): the gateway's cost is part of the
     # product (bench/gateway.py); a finished graceful shutdown on SIGINT/SIGTERM exits with 0
     server = HttpServer(RootApp(platform, deploy), lifespan=True, graceful_timeout_s=10, limits=limits)

@@ -240,6 +240,9 @@ class RoutingSpec(_Strict):
         return value
 
 
+AUTH_MODES = ("key", "public")
+
+
 class FunctionSpec(_Strict):
     name: str
     runtime: RuntimeSpec
@@ -258,6 +261,15 @@ class FunctionSpec(_Strict):
     """``sandbox``: each instance runs under bubblewrap (read-only system, private ``/tmp``, no
     network unless ``network``); ``process``: an ordinary process (see docs/isolation.md)."""
     network: bool = False  # a sandboxed instance's network (loopback included); sandbox only
+    auth: str = "key"  # key: invoking needs its owner's or an admin API key; public: anyone
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_mode(cls, value: str) -> str:
+        if value not in AUTH_MODES:
+            raise ValueError(f"must be key (invoking needs an API key of the function's tenant or "
+                             f"an admin's) or public (anyone may invoke it), not {value!r}")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -1,5 +1,8 @@
 """Control API: upload code, deploy, list, get, delete functions; revisions, traffic, tags and
-rollback; instances, nodes; health.
+rollback; instances, nodes; API keys and tenants' quotas; health.
+
+Every route but ``/healthz`` needs an API key (:mod:`torpor.api.access`); a tenant's key sees only
+its tenant's functions.
 
 Every error is torpor's one JSON shape ``{"error", "reason", "function", "request_id"}``
 (:mod:`torpor.api.errors`), so the CLI can print ``error`` as is.
@@ -10,17 +13,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from torpor import __version__
+from torpor.api.access import RequireKey, authorizer, caller_of
 from torpor.api.docs import install_offline_docs
 from torpor.api.errors import BodyLimit, error_response, install_error_handlers
 from torpor.errors import BadRequest
 from torpor.lifecycle.rollout import RolloutConfig
 from torpor.platform import Platform
 
+MAX_QUOTA = 1_000_000  # a tenant's limits stay well inside the store's integers
 MAX_CODE_UPLOAD_BYTES = 512 * 1024 * 1024  # torpor.code.DEFAULT_MAX_BYTES: what the CLI packs at most
 
 
@@ -72,6 +77,23 @@ class RollbackRequest(BaseModel):
     revision: int | None = None
 
 
+class KeyRequest(BaseModel):
+    """A new API key for ``tenant``; ``admin``: it sees and changes every tenant's functions."""
+
+    model_config = ConfigDict(extra="forbid")
+    tenant: str
+    admin: bool = False
+
+
+class QuotaRequest(BaseModel):
+    """The limits to change (a field left out stays as it is; null: no limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_functions: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
+    max_instances: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
+    max_gpus: float | None = Field(default=None, ge=0, le=MAX_QUOTA, allow_inf_nan=False)
+
+
 def parse_time(value: str | None, name: str) -> float | None:
     """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise)."""
     if value is None or value == "":
@@ -98,11 +120,14 @@ def create_api(platform: Platform) -> FastAPI:
         redoc_url=None,
     )
     install_offline_docs(app, "/api/v1/openapi.json")
+    # every route added from here on (the console's included) checks the caller's key first
+    app.router.dependencies.append(Depends(authorizer(platform)))
 
     install_error_handlers(app)
     # code uploads have their own, larger limit (MAX_CODE_UPLOAD_BYTES, checked by put_code)
     app.add_middleware(BodyLimit, max_body_bytes=platform.config.http.api_max_body_bytes,
                        exempt_prefixes=("/api/v1/code/",))
+    app.add_middleware(RequireKey, platform=platform)  # outermost: no key, no body read
 
     @app.exception_handler(PayloadTooLarge)
     async def _too_large(request: Request, exc: PayloadTooLarge) -> JSONResponse:
@@ -119,8 +144,10 @@ def create_api(platform: Platform) -> FastAPI:
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/v1/functions", tags=["functions"])
-    async def list_functions() -> list[dict[str, Any]]:
-        return [platform.describe(name) for name in platform.functions]
+    async def list_functions(request: Request) -> list[dict[str, Any]]:
+        caller = caller_of(request)
+        return [platform.describe(name) for name in platform.functions
+                if platform.visible(caller, name)]
 
     @app.head("/api/v1/code/{digest}", tags=["functions"])
     async def has_code(digest: str) -> Response:
@@ -146,15 +173,19 @@ def create_api(platform: Platform) -> FastAPI:
         return {"digest": ref.digest, "bytes": size}
 
     @app.post("/api/v1/functions", tags=["functions"], status_code=201)
-    async def deploy(body: DeployRequest) -> dict[str, Any]:
+    async def deploy(body: DeployRequest, request: Request) -> dict[str, Any]:
         code = platform.code_ref(body.code, "code")
         model = platform.code_ref(body.model, "model") if body.model is not None else None
         rollout = None
         if body.rollout is not None:
             r = body.rollout
             rollout = RolloutConfig.parse(r.steps, r.every_s, r.max_error_margin, r.min_requests)
+        caller = caller_of(request)
+        created_by = body.created_by
+        if caller.key_id is not None:  # the key that deployed it, with what the client says
+            created_by = f"{caller.tenant}/{caller.key_id}" + (f" ({created_by})" if created_by else "")
         fn = await platform.deploy(body.spec, code, body.source, model, body.traffic,
-                                   body.created_by, rollout)
+                                   created_by, rollout, caller)
         return platform.describe(fn.name)
 
     @app.get("/api/v1/functions/{name}/revisions", tags=["revisions"])
@@ -219,16 +250,48 @@ def create_api(platform: Platform) -> FastAPI:
         return await platform.set_provision(name, body)
 
     @app.get("/api/v1/billing", tags=["billing"])
-    async def billing(since: str | None = None, until: str | None = None,
+    async def billing(request: Request, since: str | None = None, until: str | None = None,
                       function: str | None = None) -> dict[str, Any]:
         """Seconds per state, cost and the always-on comparison per function over [since, until).
 
         ``since``/``until``: epoch seconds or ISO 8601 (default: everything up to now).
         """
-        return await platform.bill(parse_time(since, "since"), parse_time(until, "until"), function)
+        return await platform.bill(parse_time(since, "since"), parse_time(until, "until"), function,
+                                   caller_of(request))
 
     @app.get("/api/v1/instances", tags=["instances"])
-    async def list_instances(function: str | None = None, all: bool = False) -> list[dict[str, Any]]:
-        return await platform.instances(function, include_ended=all)
+    async def list_instances(request: Request, function: str | None = None,
+                             all: bool = False) -> list[dict[str, Any]]:
+        caller = caller_of(request)
+        rows = await platform.instances(function, include_ended=all)
+        return rows if caller.admin else [
+            row for row in rows if platform.visible(caller, row["function"])]
+
+    @app.get("/api/v1/keys", tags=["keys"])
+    async def list_keys() -> list[dict[str, Any]]:
+        """Every API key (admin only): id, tenant, admin, created, revoked; never the key."""
+        return [record.to_api() for record in await platform.list_keys()]
+
+    @app.post("/api/v1/keys", tags=["keys"], status_code=201)
+    async def create_key(body: KeyRequest) -> dict[str, Any]:
+        """A new key (admin only); ``key`` is in this answer only: torpor keeps its hash."""
+        record, key = await platform.create_key(body.tenant, body.admin)
+        return {**record.to_api(), "key": key}
+
+    @app.delete("/api/v1/keys/{key_id}", tags=["keys"])
+    async def revoke_key(key_id: str) -> dict[str, Any]:
+        """Revoke a key (admin only): it is refused from now on."""
+        return (await platform.revoke_key(key_id)).to_api()
+
+    @app.get("/api/v1/tenants", tags=["keys"])
+    async def list_tenants() -> list[dict[str, Any]]:
+        """Each tenant's quota and what it holds now (admin only)."""
+        return platform.tenants(await platform.list_keys())
+
+    @app.put("/api/v1/tenants/{tenant}/quota", tags=["keys"])
+    async def put_quota(tenant: str, body: QuotaRequest) -> dict[str, Any]:
+        """Set a tenant's ``max_functions``, ``max_instances`` and ``max_gpus`` (admin only)."""
+        values = {field: getattr(body, field) for field in body.model_fields_set}
+        return (await platform.set_quota(tenant, values)).to_api()
 
     return app

@@ -23,13 +23,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from torpor.api import logs
+from torpor.api.access import caller_of
 from torpor.api.app import parse_time
 from torpor.api.sampler import Sampler
+from torpor.auth import Caller
 from torpor.errors import BadRequest, NotFound
 from torpor.lifecycle.instance import FunctionRuntime
 from torpor.metering import billing, ledger
@@ -65,15 +67,18 @@ class Console:
         self.sampler = sampler
         self.node = socket.gethostname()
 
-    async def overview(self) -> dict[str, Any]:
+    async def overview(self, caller: Caller | None = None) -> dict[str, Any]:
+        """``caller``: only the functions a tenant's key sees (default: all)."""
         platform = self.platform
         now = platform.clock.now()
         store = platform.store
         cold = await store.run(history.cold_starts, store, now - HOUR_S)
-        bill = await self._bill(start_of_day(now), now)
+        bill = await self._bill(start_of_day(now), now, caller=caller)
         lines = {line["function"]: line for line in bill["functions"]}
         functions = []
         for name, fn in sorted(platform.functions.items()):
+            if caller is not None and not platform.visible(caller, name):
+                continue
             recent = self.sampler.recent(name, now)
             data = platform.describe(name)
             line = lines.get(name, {})
@@ -135,20 +140,24 @@ class Console:
             "cold_start": instance.cold_start(),
         }
 
-    async def billing(self, since: float | None, until: float | None) -> dict[str, Any]:
+    async def billing(self, since: float | None, until: float | None,
+                      caller: Caller | None = None) -> dict[str, Any]:
         now = self.platform.clock.now()
         until = now if until is None else until
         since = start_of_day(now) if since is None else since
         if since >= until:
             raise BadRequest(f"since ({since}) must be before until ({until})")
-        return await self._bill(since, until, by_pool=True)
+        return await self._bill(since, until, by_pool=True, caller=caller)
 
-    async def _bill(self, since: float, until: float, by_pool: bool = False) -> dict[str, Any]:
+    async def _bill(self, since: float, until: float, by_pool: bool = False,
+                    caller: Caller | None = None) -> dict[str, Any]:
         """Per function (and pool): cost in ``[since, until)`` against always-on hardware kept from
         the function's first record in that window (as ``torpor bill`` without ``--since``), so a
         function deployed at noon is not compared with a GPU kept on since midnight."""
         store = self.platform.store
         intervals = ledger.intervals(await store.run(store.ledger_rows, since, until))
+        if caller is not None and not caller.admin:
+            intervals = [i for i in intervals if caller.owns(self.platform.owner(i.function))]
         functions = self._lines(intervals, since, until)
         cost = sum((Decimal(line["cost"]) for line in functions), Decimal(0))
         always_on = sum((Decimal(line["always_on_cost"]) for line in functions), Decimal(0))
@@ -204,16 +213,18 @@ def install(app: FastAPI, platform: Platform, sampler: Sampler) -> Console:
     router = APIRouter(tags=["console"])
 
     @router.get("/api/v1/console/overview")
-    async def overview() -> dict[str, Any]:
-        return await console.overview()
+    async def overview(request: Request) -> dict[str, Any]:
+        return await console.overview(caller_of(request))
 
     @router.get("/api/v1/console/functions/{name}")
     async def function_page(name: str, window_s: float = HOUR_S) -> dict[str, Any]:
         return await console.function(name, window_s)
 
     @router.get("/api/v1/console/billing")
-    async def billing_page(since: str | None = None, until: str | None = None) -> dict[str, Any]:
-        return await console.billing(parse_time(since, "since"), parse_time(until, "until"))
+    async def billing_page(request: Request, since: str | None = None,
+                           until: str | None = None) -> dict[str, Any]:
+        return await console.billing(parse_time(since, "since"), parse_time(until, "until"),
+                                     caller_of(request))
 
     @router.get("/api/v1/functions/{name}/logs", tags=["logs"], response_class=StreamingResponse)
     async def function_logs(name: str, instance: str | None = None, since: str | None = None,

@@ -19,7 +19,15 @@ from starlette.exceptions import HTTPException
 
 from torpor.constants import API_MAX_BODY_BYTES
 from torpor.error_shape import error_dict, error_json
-from torpor.errors import BadRequest, NotFound, SpecError
+from torpor.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    SpecError,
+    Unauthorized,
+)
 from torpor.gateway.proxy import new_request_id
 from torpor.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,6 +51,25 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return error_response(request, 404, str(exc), "not_found")
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        response = error_response(request, 401, str(exc), "unauthorized")
+        response.headers["www-authenticate"] = 'Bearer realm="torpor"'
+        return response
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return error_response(request, 403, str(exc), "forbidden")
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return error_response(request, 409, str(exc), "conflict")
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        return error_response(request, 403, str(exc), "quota_exceeded", tenant=exc.tenant,
+                              quota=exc.quota, current=exc.current, limit=exc.limit)
 
     @app.exception_handler(BadRequest)
     async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:

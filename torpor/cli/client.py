@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from torpor.auth import ADMIN_KEY_FILENAME
+from torpor.constants import DEFAULT_DATA_DIR
+
+api_key_option: str | None = None  # torpor --api-key KEY (also TORPOR_API_KEY)
 
 
 class CliError(Exception):
     """Printed as one line on stderr; the command exits with code 1."""
 
 
+def find_api_key(explicit: str | None = None) -> str | None:
+    """The key to send: ``--api-key``, else TORPOR_API_KEY, else the admin key that ``torpor
+    serve`` wrote into this machine's data dir (TORPOR_HOME, default ``.torpor``)."""
+    for value in (explicit, api_key_option, os.environ.get("TORPOR_API_KEY")):
+        if value and value.strip():
+            return value.strip()
+    path = Path(os.environ.get("TORPOR_HOME") or DEFAULT_DATA_DIR) / ADMIN_KEY_FILENAME
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 class ApiClient:
-    def __init__(self, server: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, server: str, timeout_s: float = 60.0, api_key: str | None = None) -> None:
         self.server = server.rstrip("/")
-        self._http = httpx.Client(base_url=self.server, timeout=timeout_s)
+        key = find_api_key(api_key)
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=self.server, timeout=timeout_s, headers=headers)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from torpor import __version__
+from torpor.cli import client as client_module
 from torpor.cli.client import ApiClient, CliError, error_sentence
 from torpor.constants import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SERVER
 from torpor.errors import SpecError, TorporError
@@ -53,9 +54,16 @@ def main_options(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="TORPOR_API_KEY",
+                     help="API key to send (default: DATA_DIR/admin.key of this machine, "
+                          "DATA_DIR from TORPOR_HOME or .torpor)."),
+    ] = None,
 ) -> None:
     global _debug
     _debug = debug
+    client_module.api_key_option = api_key
 
 
 def _print_json(data: Any) -> None:
@@ -86,6 +94,12 @@ def serve(
                      help="Server config YAML (price table under `prices:`); "
                           "default DATA_DIR/config.yaml if present."),
     ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option("--auth", metavar="on|off",
+                     help="API keys for the control API and `auth: key` functions (default on, "
+                          "or the config's `auth:`); off is accepted only on a loopback --host."),
+    ] = None,
     ray: Annotated[
         str | None,
         typer.Option("--ray", metavar="ADDRESS",
@@ -100,7 +114,11 @@ def serve(
                           "Needs pip install 'torpor\\[postgres]'."),
     ] = None,
 ) -> None:
-    """Run the gateway, control API, reconciler and store in one process."""
+    """Run the gateway, control API, reconciler and store in one process.
+
+    On the first start (no admin key yet) it creates an admin API key, prints it once in its log
+    and writes it to DATA_DIR/admin.key (mode 0600), where the CLI on this machine finds it.
+    """
     from torpor.server import serve as run_server
 
     if not 1 <= port <= 65535:
@@ -109,7 +127,7 @@ def serve(
         raise CliError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
 
     run_server(host, port, data_dir, deploy or [], log_level, config, log_format, ray_address=ray,
-               store=store)
+               store=store, auth=auth)
 
 
 @app.command()
@@ -626,6 +644,110 @@ def simulate(
         out.print(f"wrote {plot}")
 
 
+keys_app = typer.Typer(
+    help="API keys, tenants and their quotas (needs an admin key).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option("--tenant", help="The tenant the key acts for.")],
+    admin: Annotated[bool, typer.Option(
+        "--admin", help="An admin key: sees and changes every tenant's functions.")] = False,
+    server: Server = DEFAULT_SERVER,
+    as_json: AsJson = False,
+) -> None:
+    """Create a key and print it once (only its hash is kept): the key alone on stdout."""
+    result = ApiClient(server).api("POST", "/api/v1/keys", json={"tenant": tenant, "admin": admin})
+    if as_json:
+        _print_json(result)
+        return
+    sys.stdout.write(result["key"] + "\n")
+    kind = "admin key" if result["admin"] else "key"
+    err.print(f"created {kind} {result['id']} for tenant {result['tenant']}; it is shown only this "
+              "once (torpor keeps its hash)", highlight=False)
+
+
+@keys_app.command("ls")
+def keys_ls(server: Server = DEFAULT_SERVER, as_json: AsJson = False) -> None:
+    """List keys (never the keys themselves) and each tenant's quota and use."""
+    client = ApiClient(server)
+    keys = client.api("GET", "/api/v1/keys")
+    tenants = client.api("GET", "/api/v1/tenants")
+    if as_json:
+        _print_json({"keys": keys, "tenants": tenants})
+        return
+    table = Table("ID", "TENANT", "ADMIN", "CREATED", "REVOKED")
+    for key in keys:
+        table.add_row(key["id"], key["tenant"], "yes" if key["admin"] else "no",
+                      _when(key["created_at"]), _when(key["revoked_at"]))
+    out.print(table)
+    quotas = Table("TENANT", "FUNCTIONS", "INSTANCES", "GPUS")
+    for t in tenants:
+        quotas.add_row(t["tenant"], f"{t['functions']}/{_limit(t['max_functions'])}",
+                       f"{t['instances']}/{_limit(t['max_instances'])}",
+                       f"{t['gpus']:g}/{_limit(t['max_gpus'])}")
+    out.print(quotas)
+
+
+def _limit(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (keys ls).")],
+                server: Server = DEFAULT_SERVER) -> None:
+    """Revoke a key: it is refused from now on."""
+    result = ApiClient(server).api("DELETE", f"/api/v1/keys/{key_id}")
+    out.print(f"revoked key {result['id']} of tenant {result['tenant']}")
+
+
+def _quota_value(value: str | None, option: str, kind: type[int] | type[float]) -> Any:
+    if value is None or value.lower() in ("none", "unlimited"):
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise CliError(f"{option}: {value!r} is not a number (or `none` for no limit)") from None
+    if number < 0:
+        raise CliError(f"{option}: {value!r} must be 0 or more")
+    return number
+
+
+@keys_app.command("quota")
+def keys_quota(
+    tenant: Annotated[str, typer.Argument(help="The tenant whose quota to show or set.")],
+    max_functions: Annotated[str | None, typer.Option(
+        "--max-functions", help="Functions it may have deployed (`none`: no limit).")] = None,
+    max_instances: Annotated[str | None, typer.Option(
+        "--max-instances", help="Instances live at once; more starts wait (`none`: no limit).")
+    ] = None,
+    max_gpus: Annotated[str | None, typer.Option(
+        "--max-gpus", help="GPUs held at once, slices by their share (default 30; `none`: no "
+                           "limit).")] = None,
+    server: Server = DEFAULT_SERVER,
+    as_json: AsJson = False,
+) -> None:
+    """Show or set a tenant's quota: max functions, instances and GPUs."""
+    client = ApiClient(server)
+    values: dict[str, Any] = {}
+    for field, raw, kind in (("max_functions", max_functions, int),
+                             ("max_instances", max_instances, int), ("max_gpus", max_gpus, float)):
+        if raw is not None:
+            values[field] = _quota_value(raw, "--" + field.replace("_", "-"), kind)
+    if values:
+        client.api("PUT", f"/api/v1/tenants/{tenant}/quota", json=values)
+    row = next((t for t in client.api("GET", "/api/v1/tenants") if t["tenant"] == tenant), None)
+    if row is None:
+        raise CliError(f"tenant {tenant!r} has no key, function or quota yet")
+    if as_json:
+        _print_json(row)
+        return
+    out.print(f"{tenant}: functions {row['functions']}/{_limit(row['max_functions'])}  "
+              f"instances {row['instances']}/{_limit(row['max_instances'])}  "
+              f"gpus {row['gpus']:g}/{_limit(row['max_gpus'])}")
+
+
 @app.command()
 def delete(name: str, server: Server = DEFAULT_SERVER) -> None:
     """Delete a function and stop its instances."""
@@ -633,7 +755,26 @@ def delete(name: str, server: Server = DEFAULT_SERVER) -> None:
     out.print(f"deleted {name}")
 
 
+def _api_key_first(argv: list[str]) -> list[str]:
+    """``--api-key KEY`` may come anywhere on the line (``torpor ls --api-key KEY``): it is an
+    option of ``torpor`` itself, so it moves before the command."""
+    rest, moved = [], []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--api-key" and i + 1 < len(argv):
+            moved += argv[i:i + 2]
+            i += 2
+            continue
+        if argv[i].startswith("--api-key="):
+            moved.append(argv[i])
+        else:
+            rest.append(argv[i])
+        i += 1
+    return moved + rest
+
+
 def main() -> None:
+    sys.argv[1:] = _api_key_first(sys.argv[1:])
     try:
         app()
     except (CliError, TorporError) as exc:

@@ -46,6 +46,25 @@ class ServedFunction(Protocol):
 Functions = Mapping[str, ServedFunction]
 
 
+class Access(Protocol):
+    """Whether a request (its headers: ``Authorization: Bearer KEY``) may invoke, or see in a model
+    list, function ``name``; the server's answers it from keys held in memory."""
+
+    def may_invoke(self, scope: Scope, name: str) -> bool: ...
+
+
+class Open:
+    """Everyone may invoke everything (no API keys)."""
+
+    def may_invoke(self, scope: Scope, name: str) -> bool:
+        return True
+
+
+UNAUTHORIZED = ("this function needs an API key of its tenant or an admin's: send "
+                "`Authorization: Bearer KEY`")
+AUTHENTICATE = (b"www-authenticate", b'Bearer realm="torpor"')
+
+
 def request_id_of(scope: Scope) -> str:
     for key, value in scope["headers"]:
         if key == b"x-request-id":

@@ -6,7 +6,8 @@ and not failing its cold starts; it may have zero instances, the next request st
 never cold-start anything. Everything else under ``/v2/models/{name}`` (metadata, ``infer``) is
 forwarded unchanged to an instance of the function ``name``, whose runtime answers for Models that
 declare their tensors (:mod:`torpor.runtime.oip`). Errors are the protocol's ``{"error": "..."}``
-(torpor's own error bodies already carry ``error`` as that sentence).
+(torpor's own error bodies already carry ``error`` as that sentence). A model of an ``auth: key``
+function answers 401 under ``/v2/models/{name}`` without its tenant's or an admin's API key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from __future__ import annotations
 import json
 
 from torpor import __version__
-from torpor.gateway.frontdoor import Functions, forward, read_body, reply, request_id_of
+from torpor.gateway.frontdoor import (
+    AUTHENTICATE,
+    UNAUTHORIZED,
+    Access,
+    Functions,
+    Open,
+    forward,
+    read_body,
+    reply,
+    request_id_of,
+)
 from torpor.gateway.proxy import Gateway
 from torpor.types import Receive, Scope, Send
 
@@ -26,9 +37,10 @@ def _error(message: str) -> bytes:
 
 
 class OipFrontDoor:
-    def __init__(self, gateway: Gateway, functions: Functions) -> None:
+    def __init__(self, gateway: Gateway, functions: Functions, access: Access | None = None) -> None:
         self.gateway = gateway
         self.functions = functions
+        self.access = access or Open()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"].rstrip("/"), scope["method"]
@@ -48,6 +60,9 @@ class OipFrontDoor:
         fn = self.functions.get(name)
         if fn is None:
             await reply(send, 404, _error(f"model {name!r} not found"), request_id)
+            return
+        if not self.access.may_invoke(scope, name):
+            await reply(send, 401, _error(UNAUTHORIZED), request_id, [AUTHENTICATE])
             return
         if method == "GET" and (rest == "ready" or (rest.startswith("versions/")
                                                     and rest.endswith("/ready"))):

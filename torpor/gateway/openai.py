@@ -9,6 +9,8 @@ handler answers through :class:`torpor.OpenAIModel`. Streams pass through unbuff
 Errors are in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 404 for an unknown
 model, 400 naming the field for a malformed body, and the gateway's own errors (503 queue full or cold
 start failed, with ``Retry-After``; 504; 502) rewritten from torpor's shape on the way out.
+An ``auth: key`` function needs its tenant's or an admin's API key as ``Authorization: Bearer KEY``
+(401 ``invalid_api_key`` otherwise), and ``/v1/models`` lists only the models the key may call.
 
 On the way out the door also counts, per function, generated tokens and the time to the first token
 (:class:`LlmStats`, exported on ``/metrics``): from ``usage.completion_tokens`` of a whole response,
@@ -21,14 +23,24 @@ import json
 from typing import Any
 
 from torpor.clock import Clock
-from torpor.gateway.frontdoor import Functions, forward, read_body, reply, request_id_of
+from torpor.gateway.frontdoor import (
+    AUTHENTICATE,
+    UNAUTHORIZED,
+    Access,
+    Functions,
+    Open,
+    forward,
+    read_body,
+    reply,
+    request_id_of,
+)
 from torpor.gateway.llm_stats import LlmStats
 from torpor.gateway.proxy import Gateway
 from torpor.types import Message, Receive, Scope, Send
 
 POST_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
-          429: "rate_limit_error"}
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+          413: "invalid_request_error", 429: "rate_limit_error"}
 
 
 def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> bytes:
@@ -39,21 +51,23 @@ def error_body(message: str, status: int, param: str | None = None, code: str | 
 
 class OpenAIFrontDoor:
     def __init__(self, gateway: Gateway, functions: Functions, clock: Clock,
-                 stats: LlmStats | None = None) -> None:
+                 stats: LlmStats | None = None, access: Access | None = None) -> None:
         self.gateway = gateway
         self.functions = functions
         self.clock = clock
         self.stats = stats or LlmStats()
+        self.access = access or Open()
 
-    def models(self) -> dict[str, str]:
-        """Every model name a request may use → the function that serves it (names win over aliases)."""
+    def models(self, scope: Scope | None = None) -> dict[str, str]:
+        """Every model name a request may use → the function that serves it (names win over aliases);
+        with ``scope``, only the functions its key may invoke (another tenant's are not listed)."""
         table: dict[str, str] = {}
         for name, fn in self.functions.items():
-            if fn.spec.openai is not None:
+            if fn.spec.openai is not None and (scope is None or self.access.may_invoke(scope, name)):
                 for alias in fn.spec.openai.models:
                     table.setdefault(alias, name)
         for name, fn in self.functions.items():
-            if fn.spec.openai is not None:
+            if fn.spec.openai is not None and (scope is None or self.access.may_invoke(scope, name)):
                 table[name] = name
         return table
 
@@ -63,10 +77,10 @@ class OpenAIFrontDoor:
         if path in POST_PATHS and method == "POST":
             await self._forward(scope, receive, send, request_id)
         elif path == "/v1/models" and method == "GET":
-            await reply(send, 200, json.dumps(self._list()).encode(), request_id)
+            await reply(send, 200, json.dumps(self._list(scope)).encode(), request_id)
         elif path.startswith("/v1/models/") and method == "GET":
             model = path.removeprefix("/v1/models/")
-            entry = next((m for m in self._list()["data"] if m["id"] == model), None)
+            entry = next((m for m in self._list(scope)["data"] if m["id"] == model), None)
             if entry is None:
                 await reply(send, 404, error_body(f"The model '{model}' does not exist", 404, "model",
                                                   "model_not_found"), request_id)
@@ -76,9 +90,9 @@ class OpenAIFrontDoor:
             await reply(send, 404, error_body(f"no route {method} {path} in torpor's OpenAI API", 404,
                                               None, "not_found"), request_id)
 
-    def _list(self) -> dict[str, Any]:
+    def _list(self, scope: Scope) -> dict[str, Any]:
         data = []
-        for model, name in sorted(self.models().items()):
+        for model, name in sorted(self.models(scope).items()):
             data.append({"id": model, "object": "model", "owned_by": "torpor", "root": name,
                          "created": int(self.functions[name].created_at)})
         return {"object": "list", "data": data}
@@ -108,6 +122,10 @@ class OpenAIFrontDoor:
                 message += (f": function {model!r} does not serve OpenAI's API (add an `openai:` "
                             "section to its torpor.yaml)")
             await reply(send, 404, error_body(message, 404, "model", "model_not_found"), request_id)
+            return
+        if not self.access.may_invoke(scope, name):
+            await reply(send, 401, error_body(UNAUTHORIZED, 401, None, "invalid_api_key"), request_id,
+                        [AUTHENTICATE])
             return
         out = _Outgoing(send, self.stats, name, self.clock, self.clock.now())
         await forward(self.gateway, name, self.functions[name].route, scope, body, receive, out,

@@ -70,6 +70,10 @@ class Reconciler:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.on_ready: Callable[[Instance], None] = lambda instance: None
+        # Why the next instance of a revision may not start yet for a reason above the
+        # reconciler (a tenant's quota), given where it would go; None: it may start.
+        self.admit: Callable[[FunctionRuntime, RevisionRuntime, gpu_placement.Placement | None],
+                             str | None] = lambda fn, rev, placement: None
         self.ledger = Ledger(store, clock)
         self.idle = IdleMode(backend, clock, self.ledger, self._background)
         self._last_heartbeat = 0.0
@@ -287,8 +291,10 @@ class Reconciler:
         waiting = None
         for start in plan.start:
             placement, waiting = self.place_next(fn, start.pools, rev)
+            if waiting is None:
+                waiting = self.admit(fn, rev, placement)
             if waiting is not None:
-                break  # the GPUs are full: the next exit pokes us and we try again
+                break  # GPUs or a quota are full: the next exit pokes us and we try again
             self._spawn(fn, rev, start, placement)
         for drain in plan.drain:
             victim = fn.instances.get(drain.instance_id)

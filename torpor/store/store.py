@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from torpor.auth import KeyRecord, Quota
 from torpor.errors import TorporError
 from torpor.store import tables
 
@@ -60,6 +61,7 @@ class FunctionRecord:
     model_digest: str | None = None
     code_digest: str | None = None
     traffic: dict[str, Any] | None = None  # {"weights": {"3": 90, ...}, "tags": {...}}
+    owner: str | None = None  # the tenant whose function it is (None: written before tenants)
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,7 @@ class Store:
         self, name: str, spec: dict[str, Any], base_dir: str, source: str, now: float,
         model_digest: str | None = None, code_digest: str | None = None,
         created_by: str | None = None, traffic: dict[str, Any] | None = None,
+        owner: str | None = None,
     ) -> FunctionRecord:
         """Insert or replace a function; the revision goes up by one on every deploy and is kept,
         immutable, in ``revisions``. ``traffic``: the split to store with it (see :meth:`put_traffic`)."""
@@ -276,6 +279,8 @@ class Store:
             row = conn.execute(select(t.c.revision, t.c.created_at).where(t.c.name == name)).first()
             values = {"spec_json": json.dumps(spec), "base_dir": base_dir, "source": source,
                       "model_digest": model_digest, "code_digest": code_digest}
+            if owner is not None:
+                values["owner"] = owner
             number = 1 if row is None else row.revision + 1
             if row is None:
                 conn.execute(
@@ -471,6 +476,44 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    # API keys and quotas (torpor.auth) -----------------------------------------------------------
+
+    def list_keys(self) -> list[KeyRecord]:
+        t = tables.api_keys
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).order_by(t.c.created_at, t.c.id))
+            return [KeyRecord(row.id, row.tenant, bool(row.admin), row.key_hash, row.created_at,
+                              row.revoked_at) for row in rows]
+
+    def add_key(self, record: KeyRecord) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(tables.api_keys).values(
+                id=record.id, key_hash=record.key_hash, tenant=record.tenant,
+                admin=int(record.admin), created_at=record.created_at, revoked_at=None))
+
+    def revoke_key(self, key_id: str, now: float) -> bool:
+        """Mark the key revoked; False when there is no such key not yet revoked."""
+        t = tables.api_keys
+        with self.engine.begin() as conn:
+            result = conn.execute(update(t).where(t.c.id == key_id, t.c.revoked_at.is_(None))
+                                  .values(revoked_at=now))
+            return bool(result.rowcount)
+
+    def list_quotas(self) -> list[Quota]:
+        t = tables.tenant_quotas
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).order_by(t.c.tenant))
+            return [Quota(row.tenant, row.max_functions, row.max_instances, row.max_gpus)
+                    for row in rows]
+
+    def put_quota(self, quota: Quota, now: float) -> None:
+        t = tables.tenant_quotas
+        with self.engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.tenant == quota.tenant))
+            conn.execute(insert(t).values(
+                tenant=quota.tenant, max_functions=quota.max_functions,
+                max_instances=quota.max_instances, max_gpus=quota.max_gpus, updated_at=now))
+
 
 def _logged(fn: Callable[..., Any], *args: Any) -> None:
     try:
@@ -491,6 +534,7 @@ def _function_record(row: Any) -> FunctionRecord:
         model_digest=row["model_digest"],
         code_digest=row["code_digest"],
         traffic=json.loads(row["traffic_json"]) if row["traffic_json"] else None,
+        owner=row["owner"],
     )
 
 

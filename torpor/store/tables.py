@@ -24,6 +24,7 @@ functions = Table(
     Column("updated_at", Float, nullable=False),
     # {"weights": {"3": 90, "4": 10}, "tags": {"canary": 4}}; NULL: all to the newest revision
     Column("traffic_json", Text),
+    Column("owner", String(63)),  # the tenant whose function it is; NULL (older data dirs): default
 )
 
 # Every deploy, kept as it was: a revision is never changed after it is written.
@@ -130,4 +131,27 @@ blobs = Table(
     Column("digest", String(64), primary_key=True),
     Column("part", Integer, primary_key=True),
     Column("data", LargeBinary, nullable=False),
+)
+
+# API keys (torpor.auth): only the key's sha256 is kept, never the key.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the key's public id (tp_<id>_...)
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("tenant", String(63), nullable=False),
+    Column("admin", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+# Per-tenant quotas; a tenant without a row has the defaults (torpor.auth.Quota).
+tenant_quotas = Table(
+    "tenant_quotas",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("max_functions", Integer),
+    Column("max_instances", Integer),
+    Column("max_gpus", Float),
+    Column("updated_at", Float, nullable=False),
 )

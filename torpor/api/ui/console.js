@@ -1,7 +1,9 @@
 // torpor console: polls /api/v1/console/* every POLL_MS and renders three pages (#/, #/fn/NAME,
 // #/billing). Charts are uPlot (vendored); everything else is plain DOM built with textContent, so
-// log lines and event messages are never parsed as HTML. An API key, if the server asks for one,
-// is kept in localStorage and sent as a bearer token, like the CLI's.
+// log lines and event messages are never parsed as HTML. When the server answers 401 the page asks
+// for an API key (a form), keeps it in sessionStorage (this tab only) and sends it as a bearer
+// token, like the CLI. A link may hand one over in its fragment, `#/?key=KEY` (never sent to the
+// server): it is stored and removed from the address at once.
 "use strict";
 
 const POLL_MS = 2000;
@@ -11,6 +13,9 @@ const statusLine = document.getElementById("status");
 let charts = {};
 let timer = null;
 let selectedLog = null;
+const KEY_ITEM = "torpor-api-key";
+
+class NeedsKey extends Error {}
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -26,15 +31,45 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+function takeKeyFromHash() {
+  const [path, query] = (location.hash || "#/").split("?");
+  const params = new URLSearchParams(query || "");
+  if (!params.has("key")) return;
+  if (params.get("key")) sessionStorage.setItem(KEY_ITEM, params.get("key"));
+  params.delete("key");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + path + (rest ? "?" + rest : ""));
+}
+
+function askForKey(message) {
+  if (document.getElementById("key-form")) return;
+  const input = h("input", { type: "password", id: "api-key", name: "api-key", autocomplete: "off",
+    placeholder: "tp_…", "aria-label": "API key" });
+  const form = h("form", { id: "key-form", onsubmit: (event) => {
+    event.preventDefault();
+    if (!input.value.trim()) return;
+    sessionStorage.setItem(KEY_ITEM, input.value.trim());
+    charts = {};
+    page.replaceChildren();
+    tick();
+  } },
+  h("h4", {}, "API key"), h("p", {}, message),
+  h("p", {}, h("small", {}, "A key from `torpor keys create`, or the server's DATA_DIR/admin.key. " +
+    "It is kept in this tab only (sessionStorage).")),
+  input, h("button", { type: "submit" }, "Use this key"));
+  page.replaceChildren(form);
+}
+
 async function api(path) {
   const headers = {};
-  const key = localStorage.getItem("torpor-key");
+  const key = sessionStorage.getItem(KEY_ITEM);
   if (key) headers["Authorization"] = "Bearer " + key;
   const response = await fetch(path, { headers });
-  if (response.status === 401 || response.status === 403) {
-    const entered = prompt("API key for this torpor server:");
-    if (entered) localStorage.setItem("torpor-key", entered);
-    throw new Error("this server needs an API key");
+  if (response.status === 401) {
+    let message = "this server needs an API key";
+    try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
+    if (key) sessionStorage.removeItem(KEY_ITEM);
+    throw new NeedsKey(message);
   }
   if (!response.ok) {
     let message = response.statusText;
@@ -219,12 +254,13 @@ async function renderBilling() {
 
 function route() {
   const hash = location.hash || "#/";
+  const bare = hash.split("?")[0];
   if (hash.startsWith("#/fn/")) {
     const [path, query] = hash.slice(5).split("?");
     const windowS = Number(new URLSearchParams(query || "").get("window_s")) || 3600;
     return () => renderFunction(decodeURIComponent(path), windowS);
   }
-  if (hash === "#/billing") return renderBilling;
+  if (bare === "#/billing") return renderBilling;
   return renderFunctions;
 }
 
@@ -235,10 +271,18 @@ async function tick() {
     statusLine.textContent = "updated " + new Date().toLocaleTimeString();
     document.body.setAttribute("data-loaded", "true");
   } catch (error) {
+    if (error instanceof NeedsKey) {  // no polling until a key is given
+      statusLine.textContent = "needs an API key";
+      askForKey(error.message);
+      return;
+    }
     statusLine.textContent = "error: " + error.message;
   }
   timer = setTimeout(tick, POLL_MS);
 }
 
-window.addEventListener("hashchange", () => { charts = {}; selectedLog = null; page.replaceChildren(); tick(); });
+window.addEventListener("hashchange", () => {
+  takeKeyFromHash(); charts = {}; selectedLog = null; page.replaceChildren(); tick();
+});
+takeKeyFromHash();
 tick();
