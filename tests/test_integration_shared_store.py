@@ -108,6 +108,10 @@ def test_a_server_on_another_machine_takes_over_the_store(tmp_path: Path, postgr
 
     b = TorporServer(tmp_path / "b" / "data", extra_args=["--store", postgres_url])
     try:
+        # A's keys are in the store: B makes no admin key of its own and takes A's
+        assert not b.api_key and not (tmp_path / "b" / "data" / "admin.key").exists()
+        assert b.http.get("/api/v1/functions").status_code == 401
+        b.http.headers["authorization"] = f"Bearer {a.api_key}"
         functions = {f["name"]: f for f in b.http.get("/api/v1/functions").json()}
         assert {name: f["revision"] for name, f in functions.items()} == {"echo": 2, "modelfile": 1}
         revisions = b.http.get("/api/v1/functions/echo/revisions").json()
