@@ -266,7 +266,7 @@ def hold_in_panic(stable: int, panic: int, state: KpaState) -> tuple[int, KpaSta
     if state.panic_triggered_at is None:
         return stable, state
     held = max(stable, panic, state.max_panic_desired)
-    return held, replace(state, max_panic_desired=held)
+    return held, state if held == state.max_panic_desired else replace(state, max_panic_desired=held)
 
 
 def delay_scale_down(desired: int, now: float, config: KpaConfig, state: KpaState) -> tuple[int, KpaState]:
@@ -360,6 +360,8 @@ def next_activity(
         activity = "activating" if wanted > 0 or activity != "inactive" else "inactive"
     elif wanted > 0 or activity != "inactive":
         activity = "active"
+    if activity == state.activity and initialized == state.initialized:
+        return state  # the usual tick: nothing moved (and no copy made)
     since = state.activity_since if activity == state.activity else now
     return replace(state, initialized=initialized, activity=activity, activity_since=since)
 
@@ -368,7 +370,7 @@ def next_proxy(want: int | None, ebc: int, now: float, state: KpaState) -> KpaSt
     """The gateway queue leaves the path only while instances are wanted and the spare capacity
     covers the burst (excess burst capacity ≥ 0); ``proxy_since`` keeps when it last came in."""
     if want is not None and want > 0 and ebc >= 0:
-        return replace(state, proxy_since=None)
+        return state if state.proxy_since is None else replace(state, proxy_since=None)
     if state.proxy_since is None:
         return replace(state, proxy_since=now)
     return state
@@ -463,6 +465,7 @@ def decide(config: KpaConfig, inputs: KpaInputs, now: float, state: KpaState) ->
         notes.append(_kept(want, final, now, config, state))
     state = next_activity(want, ready, now, config, state, reachable)
     state = next_proxy(want, ebc, now, state)
-    state = replace(state, scale=final)
+    if state.scale != final:
+        state = replace(state, scale=final)
     decision = KpaDecision(final, in_panic, "; ".join(notes), ebc, state.proxy_since is not None)
     return decision, state

@@ -280,6 +280,8 @@ def provisioned_target(
 def _fire_scheduled(config: ProvisionConfig, now: float, state: PolicyState) -> PolicyState:
     after = state.last_checked_at
     checked = now if after is None else max(after, now)  # a clock stepping back never refires
+    if not config.scheduled:  # the usual case, on every tick: only the time of the check moves
+        return PolicyState(checked, state.scheduled_target, state.fired, state.fired_at)
     firings = [
         (at, index, action)
         for index, action in enumerate(config.scheduled)

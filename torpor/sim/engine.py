@@ -247,20 +247,22 @@ class FunctionSim:
         now = self.clock.now()
         result = self.result
         result.requests += 1
-        self.recorder.record_request(now)
+        # (recorded as record_request(now) here and record(now, in system) once it is placed: with
+        # nothing recorded in between, ``arrived`` does both at once)
         endpoint = choose_endpoint(self.policy, self.endpoints, self.decision.activator_in_path)
         if endpoint is not None:
             self._serve(endpoint, now, service_s)
-            self.recorder.record(now, self.in_flight + len(self.waiters))
+            self.recorder.arrived(now, self.in_flight + len(self.waiters))
             return
         if len(self.waiters) >= self.spec.queue.max_queued:
+            self.recorder.record_request(now)
             result.rejected += 1  # the poke decides only if others wait (``queued > 0``)
             if self.waiters:
                 self._decide()
             return
         result.queued += 1
         self.waiters.append((now, service_s))
-        self.recorder.record(now, self.in_flight + len(self.waiters))
+        self.recorder.arrived(now, self.in_flight + len(self.waiters))
         self._thaw_for_waiters()
         self._decide()  # a request waits: the reconciler decides at once
 

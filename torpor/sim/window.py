@@ -38,8 +38,23 @@ class PrefixRecorder(ConcurrencyRecorder):
         self._area_before: list[float] = []  # request·seconds of all seconds before that bucket
         self._busy_before: list[int] = []  # how many buckets with any area came before it
         self._newest: _Bucket | None = None  # the last bucket opened
+        # answers since the last record, by (now, window_s): a decision asks for the stable window
+        # twice (the KPA and the provisioning policy) and the engine once more after it
+        self._answers: dict[tuple[float, float], float] = {}
+
+    def arrived(self, now: float, in_system: int) -> None:
+        """``record_request(now)`` then ``record(now, in_system)``: the second touch of the same
+        instant changes nothing (its area grows by ``level × 0``), so one does for both."""
+        bucket = self._touch(now)
+        bucket.requests += 1
+        self._last_request_at = bucket.t
+        bucket.level = in_system
+        if in_system > bucket.peak:
+            bucket.peak = in_system
 
     def _touch(self, now: float) -> _Bucket:
+        if self._answers:
+            self._answers.clear()
         bucket = super()._touch(now)
         last = self._newest
         if bucket is not last:
@@ -70,6 +85,14 @@ class PrefixRecorder(ConcurrencyRecorder):
     def window_average(self, now: float, window_s: float) -> float:
         """As :meth:`ConcurrencyRecorder.window_average`: seconds ``end - n + 1 .. end``, never
         before the first record, the current second counted whole at its last level."""
+        answer = self._answers.get((now, window_s))
+        if answer is not None:
+            return answer
+        answer = self._window_average(now, window_s)
+        self._answers[now, window_s] = answer
+        return answer
+
+    def _window_average(self, now: float, window_s: float) -> float:
         n = math.ceil(window_s)
         if not 1 <= n <= self.retention_s:
             raise ValueError(f"window_s must be within 1..{self.retention_s} s, got {window_s}")
