@@ -161,6 +161,7 @@ class FunctionSim:
         self.want_timeline = timeline
         self.result = FunctionResult(name)
         self.on_gpu = spec.resources.gpus > 0 or spec.resources.gpu_memory_mb > 0
+        self.tick_s = spec.scaling.tick_s
 
     # the event loop ------------------------------------------------------------------------------
 
@@ -177,19 +178,29 @@ class FunctionSim:
         queue_timeout_s = self.spec.queue.timeout_s
         self.next_tick = arrivals[0] if n else _INF
         waiters = self.waiters
+        heappop, complete, settles = heapq.heappop, self._complete, self.end_s is None
         while True:
-            t_arrival = arrivals[i] if i < n else _INF
+            # the earliest of: the next arrival, heap event, queue timeout and reconciler pass
+            t = t_arrival = arrivals[i] if i < n else _INF
             t_event = heap[0][0] if heap else _INF
+            if t_event < t:
+                t = t_event
             t_timeout = waiters[0][0] + queue_timeout_s if waiters else _INF
-            t = min(t_arrival, t_event, t_timeout, self.next_tick)
+            if t_timeout < t:
+                t = t_timeout
+            if self.next_tick < t:
+                t = self.next_tick
             if t > end:
                 break
             now = clock.now()
             if t > now:
                 clock.advance(t - now)
             if t_event <= t:
-                _, kind, _, subject = heapq.heappop(heap)
-                self._handle(kind, subject)
+                _, kind, _, subject = heappop(heap)
+                if kind == _COMPLETE:
+                    complete(subject)
+                else:
+                    self._handle(kind, subject)
             elif t_arrival <= t:
                 self._arrive(services[i])
                 i += 1
@@ -197,7 +208,7 @@ class FunctionSim:
                 self._time_out_head()
             else:
                 self._tick(t)
-            if i >= n and self.end_s is None and self._settled():
+            if settles and i >= n and self._settled():
                 break
         result.end_s = min(clock.now(), end) if self.end_s is None else self.end_s
         # an instance still live keeps an open interval (end None, or the given end): a bill runs it
@@ -372,7 +383,7 @@ class FunctionSim:
             concurrency=self.spec.concurrency, ready=ready, current_provisioned=provisioned,
             now=now, state=self.state, keep_alive=self.keep_alive, cold_start_s=self.cold_start_s,
         )
-        self.next_decision_at = now + self.spec.scaling.tick_s
+        self.next_decision_at = now + self.tick_s
         # while requests wait, every reconciler pass (each RECONCILE_INTERVAL_S) decides again
         self.next_tick = (min(self.next_decision_at, now + RECONCILE_INTERVAL_S) if self.waiters
                           else self.next_decision_at)
@@ -383,16 +394,24 @@ class FunctionSim:
     def _act(self) -> None:
         """A reconciler pass: the server's own planner decides what to start, drain and freeze.
 
-        Its plan is empty, and so is skipped, when idle mode is off, neither the provisioned count
-        nor the live instances changed since the last plan, and the live count is the decision, or
-        above it with no idle instance to drain (``planner.scale_in_victims`` takes idle ones only).
+        Its plan is empty, and so is skipped, when idle mode is off (nothing to freeze), the
+        marking of provisioned instances cannot move (the provisioned count is the one marked at the
+        last plan, and either no instance started or drained since, or that count is 0: every
+        instance is then on-demand, as every start since was), and the live count is the decision,
+        or above it with no idle instance to drain (``planner.scale_in_victims`` takes idle ones).
         """
         live, decision = self.live, self.decision
-        if not self.idle_mode and not self.live_changed and decision.provisioned == self.marked:
+        if (not self.idle_mode and decision.provisioned == self.marked
+                and (not self.live_changed or self.marked == 0)):
             surplus = len(live) - decision.desired
-            if surplus == 0 or (surplus > 0 and not any(
-                    i.endpoint is not None and i.endpoint.in_flight == 0 for i in live)):
+            if surplus == 0:
                 return
+            if surplus > 0:
+                for i in live:
+                    if i.endpoint is not None and i.endpoint.in_flight == 0:
+                        break  # an idle victim: plan
+                else:
+                    return
         now = self.clock.now()
         view = planner.FunctionView(revision=1, instances=tuple(_view(i) for i in live),
                                     idle_mode=self.idle_mode, idle_after_s=self.spec.scaling.idle_after_s)
