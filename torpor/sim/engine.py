@@ -373,11 +373,10 @@ class FunctionSim:
 
     def _decide(self) -> None:
         now = self.clock.now()
-        live = self.live
-        ready = provisioned = 0
-        for i in live:
-            ready += i.endpoint is not None
-            provisioned += i.provisioned
+        # ready: the live instances with an endpoint; provisioned: none while the last plan marked
+        # none (every instance since started on-demand), else counted
+        ready = len(self.endpoints)
+        provisioned = sum(i.provisioned for i in self.live) if self.marked else 0
         self.decision, self.state = autoscaler.decide(
             self.kpa, self.provision, self.recorder,
             concurrency=self.spec.concurrency, ready=ready, current_provisioned=provisioned,
@@ -407,8 +406,8 @@ class FunctionSim:
             if surplus == 0:
                 return
             if surplus > 0:
-                for i in live:
-                    if i.endpoint is not None and i.endpoint.in_flight == 0:
+                for endpoint in self.endpoints:  # the live instances that are ready
+                    if endpoint.in_flight == 0:
                         break  # an idle victim: plan
                 else:
                     return
