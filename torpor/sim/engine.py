@@ -149,7 +149,7 @@ class FunctionSim:
         self.by_id: dict[str, _Instance] = {}
         self.waiters: deque[tuple[float, float]] = deque()  # (arrival, service)
         self.in_flight = 0
-        self.heap: list[tuple[float, int, int, object]] = []
+        self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = 0
         self.next_tick = 0.0  # the next reconciler pass that may decide
         self.next_decision_at = 0.0  # every tick_s; sooner while requests wait
