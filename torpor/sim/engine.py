@@ -133,6 +133,7 @@ class FunctionSim:
         self.trace = trace
         self.timings = timings
         self.clock = FakeClock()
+        self.now = self.clock.now()
         self.recorder = PrefixRecorder()  # the server's recorder, with faster window sums
         self.kpa = KpaConfig.from_spec(spec.scaling, spec.concurrency)
         self.keep_alive = KeepAliveConfig.from_spec(spec.scaling, spec.concurrency)
@@ -192,9 +193,10 @@ class FunctionSim:
                 t = self.next_tick
             if t > end:
                 break
-            now = clock.now()
+            now = self.now
             if t > now:
                 clock.advance(t - now)
+                self.now = clock.now()  # handlers read the time here (it is the clock's, to the bit)
             if t_event <= t:
                 _, kind, _, subject = heappop(heap)
                 if kind == _COMPLETE:
@@ -255,7 +257,7 @@ class FunctionSim:
     # the gateway ---------------------------------------------------------------------------------
 
     def _arrive(self, service_s: float) -> None:
-        now = self.clock.now()
+        now = self.now
         result = self.result
         result.requests += 1
         # (recorded as record_request(now) here and record(now, in system) once it is placed: with
@@ -283,14 +285,14 @@ class FunctionSim:
         endpoint.in_flight += 1
         self.in_flight += 1
         if endpoint.in_flight > endpoint.capacity:
-            self.by_id[endpoint.instance_id].backlog.append((arrived, self.clock.now(), service_s))
+            self.by_id[endpoint.instance_id].backlog.append((arrived, self.now, service_s))
             return
-        self._run(endpoint, arrived, self.clock.now(), service_s)
+        self._run(endpoint, arrived, self.now, service_s)
 
     def _run(self, endpoint: Endpoint, arrived: float, sent: float, service_s: float) -> None:
         """The instance runs a request sent at ``sent``: latency is the wait (in the gateway queue
         or at the instance), the service time and the gateway's cost."""
-        now = self.clock.now()
+        now = self.now
         result = self.result
         timeout_s = self.spec.timeout_s
         if now - sent + service_s > timeout_s:
@@ -309,7 +311,7 @@ class FunctionSim:
         self._push(now + service_s, _COMPLETE, endpoint)
 
     def _complete(self, endpoint: Endpoint) -> None:
-        now = self.clock.now()
+        now = self.now
         endpoint.in_flight -= 1
         self.in_flight -= 1
         backlog = self.by_id[endpoint.instance_id].backlog
@@ -324,9 +326,9 @@ class FunctionSim:
         """An endpoint has nothing in flight: a later reconciler pass may drain or freeze it."""
         scaling = self.spec.scaling
         if len(self.live) > self.decision.desired:
-            self._push(self.clock.now() + self.timings.pass_delay_s, _PASS, None)
+            self._push(self.now + self.timings.pass_delay_s, _PASS, None)
         elif endpoint.provisioned and scaling.idle_mode:
-            self._push(self.clock.now() + scaling.idle_after_s + self.timings.pass_delay_s, _PASS, None)
+            self._push(self.now + scaling.idle_after_s + self.timings.pass_delay_s, _PASS, None)
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first (``FunctionRoute.dispatch``)."""
@@ -337,12 +339,12 @@ class FunctionSim:
                 break
             arrived, service_s = waiters.popleft()
             self._serve(endpoint, arrived, service_s)
-        self.recorder.record(self.clock.now(), self.in_flight + len(waiters))
+        self.recorder.record(self.now, self.in_flight + len(waiters))
 
     def _time_out_head(self) -> None:
         self.waiters.popleft()
         self.result.timed_out += 1
-        self.recorder.record(self.clock.now(), self.in_flight + len(self.waiters))
+        self.recorder.record(self.now, self.in_flight + len(self.waiters))
 
     def _thaw_for_waiters(self) -> None:
         """Thaw as many frozen endpoints as the queue needs, provisioned first."""
@@ -352,12 +354,12 @@ class FunctionSim:
                 return
             if endpoint.frozen and not endpoint.thawing:
                 instance = self.by_id[endpoint.instance_id]
-                instance.thaw_requested_at = self.clock.now()
+                instance.thaw_requested_at = self.now
                 thawing += endpoint.capacity
                 self.result.thaws += 1
                 # a thaw asked for mid-freeze waits for the freeze to finish first
                 wait_s = 0.0 if instance.frozen else self.timings.freeze_s
-                self._push(self.clock.now() + wait_s + self.timings.thaw_s, _THAWED, instance)
+                self._push(self.now + wait_s + self.timings.thaw_s, _THAWED, instance)
 
     # the reconciler ------------------------------------------------------------------------------
 
@@ -368,11 +370,11 @@ class FunctionSim:
         self._decide()
         if (self.decision.desired == 0 and not self.live and not self.waiters and self.in_flight == 0
                 and not self.time_dependent and self.recorder.window_average(
-                    self.clock.now(), self.kpa.stable_window_s) == 0):
+                    self.now, self.kpa.stable_window_s) == 0):
             self.next_tick = _INF  # at zero with nothing in the window: wait for the next request
 
     def _decide(self) -> None:
-        now = self.clock.now()
+        now = self.now
         # ready: the live instances with an endpoint; provisioned: none while the last plan marked
         # none (every instance since started on-demand), else counted
         ready = len(self.endpoints)
@@ -411,7 +413,7 @@ class FunctionSim:
                         break  # an idle victim: plan
                 else:
                     return
-        now = self.clock.now()
+        now = self.now
         view = planner.FunctionView(revision=1, instances=tuple(_view(i) for i in live),
                                     idle_mode=self.idle_mode, idle_after_s=self.spec.scaling.idle_after_s)
         plan = planner.plan(view, decision, now)
@@ -428,7 +430,7 @@ class FunctionSim:
             self._freeze(self.by_id[instance_id])
 
     def _spawn(self, provisioned: bool) -> None:
-        now = self.clock.now()
+        now = self.now
         resources = self.spec.resources
         self.result.cold_starts += 1
         info = InstanceInfo(
@@ -443,7 +445,7 @@ class FunctionSim:
         self._push(now + self.timings.cold_start_s, _READY, instance)
 
     def _ready(self, instance: _Instance) -> None:
-        now = self.clock.now()
+        now = self.now
         endpoint = Endpoint(instance.info.instance_id, self.spec.concurrency, _NO_CLIENT, ready_at=now,
                             provisioned=instance.provisioned, idle=instance)
         instance.endpoint = endpoint
@@ -455,7 +457,7 @@ class FunctionSim:
             self._idle(endpoint)
 
     def _drain(self, instance: _Instance) -> None:
-        now = self.clock.now()
+        now = self.now
         instance.draining = True
         self.draining += 1
         self.live.remove(instance)
@@ -471,8 +473,8 @@ class FunctionSim:
 
     def _freeze(self, instance: _Instance) -> None:
         """Idle mode: out of routing at once, frozen (in the ledger) ``freeze_s`` later."""
-        instance.freeze_requested_at = self.clock.now()
-        self._push(self.clock.now() + self.timings.freeze_s, _FROZEN, instance)
+        instance.freeze_requested_at = self.now
+        self._push(self.now + self.timings.freeze_s, _FROZEN, instance)
 
     def _frozen(self, instance: _Instance) -> None:
         endpoint = instance.endpoint
@@ -482,7 +484,7 @@ class FunctionSim:
         self._ledger(instance, InstanceState.FROZEN)
 
     def _thawed(self, instance: _Instance) -> None:
-        now = self.clock.now()
+        now = self.now
         endpoint = instance.endpoint
         assert endpoint is not None
         if instance.frozen:
@@ -500,7 +502,7 @@ class FunctionSim:
 
     def _ledger(self, instance: _Instance, state: InstanceState, at: float | None = None) -> None:
         """Close the instance's open interval and open one in ``state`` (STOPPED opens none)."""
-        now = self.clock.now() if at is None else at
+        now = self.now if at is None else at
         if now > instance.since:
             info = instance.info
             self.result.intervals.append(LedgerInterval(
@@ -512,7 +514,7 @@ class FunctionSim:
         starting = sum(1 for i in self.live if i.endpoint is None)
         frozen = sum(1 for i in self.live if i.frozen)
         ready = len(self.live) - starting - frozen
-        self.result.timeline.append((self.clock.now(), self.in_flight + len(self.waiters),
+        self.result.timeline.append((self.now, self.in_flight + len(self.waiters),
                                      starting, ready, frozen, self.draining))
 
 

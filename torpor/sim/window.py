@@ -38,9 +38,10 @@ class PrefixRecorder(ConcurrencyRecorder):
         self._area_before: list[float] = []  # request·seconds of all seconds before that bucket
         self._busy_before: list[int] = []  # how many buckets with any area came before it
         self._newest: _Bucket | None = None  # the last bucket opened
-        # answers since the last record, by (now, window_s): a decision asks for the stable window
+        # answers since the last record: a decision asks for the stable window
         # twice (the KPA and the provisioning policy) and the engine once more after it
-        self._answers: dict[tuple[float, float], float] = {}
+        self._answers: dict[float, float] = {}  # by window_s, all at _answered_at
+        self._answered_at = -math.inf
 
     def record(self, now: float, in_system: int) -> None:
         if in_system < 0:
@@ -107,11 +108,15 @@ class PrefixRecorder(ConcurrencyRecorder):
     def window_average(self, now: float, window_s: float) -> float:
         """As :meth:`ConcurrencyRecorder.window_average`: seconds ``end - n + 1 .. end``, never
         before the first record, the current second counted whole at its last level."""
-        answer = self._answers.get((now, window_s))
-        if answer is not None:
-            return answer
-        answer = self._window_average(now, window_s)
-        self._answers[now, window_s] = answer
+        answers = self._answers
+        if now != self._answered_at:
+            answers.clear()
+            self._answered_at = now
+        else:
+            answer = answers.get(window_s)
+            if answer is not None:
+                return answer
+        answer = answers[window_s] = self._window_average(now, window_s)
         return answer
 
     def _window_average(self, now: float, window_s: float) -> float:
