@@ -22,7 +22,7 @@ returned state for the next tick. ``tests/test_kpa_knative.py`` replays Knative'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from torpor.spec import ScalingSpec
@@ -60,6 +60,10 @@ class KpaConfig:
     target_rps: float = 200.0  # requests per second per instance at 100 % (metric rps)
     target_burst_capacity: float = 211.0  # -1: the gateway queue is always in the path
     scale_to_zero_pod_retention_s: float = 0.0
+    # derived from the knobs above and read on every tick, so worked out once, in __post_init__
+    _target_total: float = field(init=False, repr=False, compare=False)
+    _target_per_instance: float = field(init=False, repr=False, compare=False)
+    _panic_window_s: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         tbc = self.target_burst_capacity
@@ -85,6 +89,11 @@ class KpaConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid KPA config: {', '.join(bad)} ({self})")
+        total = self.target_rps if self.metric == "rps" else self.target_concurrency
+        object.__setattr__(self, "_target_total", total)
+        object.__setattr__(self, "_target_per_instance", max(TARGET_MIN, total * self.target_utilization))
+        object.__setattr__(self, "_panic_window_s", max(
+            1.0, math.floor(self.stable_window_s * self.panic_window_pct / 100 + 0.5)))
 
     @classmethod
     def from_spec(cls, scaling: ScalingSpec, concurrency: int) -> KpaConfig:
@@ -121,18 +130,18 @@ class KpaConfig:
     @property
     def target_total(self) -> float:
         """What one instance can carry at 100 %: its concurrency target, or its RPS target."""
-        return self.target_rps if self.metric == "rps" else self.target_concurrency
+        return self._target_total
 
     @property
     def target_per_instance(self) -> float:
         """What one instance should carry: e.g. concurrency 1 × utilisation 0.7 = 0.7."""
-        return max(TARGET_MIN, self.target_total * self.target_utilization)
+        return self._target_per_instance
 
     @property
     def panic_window_s(self) -> float:
         """Knative's rounding: 10 % of 60 s = 6 s; 10 % of 45 s = 4.5 → 5 s (half away from
         zero, as Go's Duration.Round); never under one 1 s bucket (1 % of 6 s = 0.06 → 1 s)."""
-        return max(1.0, math.floor(self.stable_window_s * self.panic_window_pct / 100 + 0.5))
+        return self._panic_window_s
 
 
 class ConcurrencyWindow(Protocol):
@@ -266,7 +275,7 @@ def hold_in_panic(stable: int, panic: int, state: KpaState) -> tuple[int, KpaSta
     if state.panic_triggered_at is None:
         return stable, state
     held = max(stable, panic, state.max_panic_desired)
-    return held, replace(state, max_panic_desired=held)
+    return held, state if held == state.max_panic_desired else replace(state, max_panic_desired=held)
 
 
 def delay_scale_down(desired: int, now: float, config: KpaConfig, state: KpaState) -> tuple[int, KpaState]:
@@ -360,6 +369,8 @@ def next_activity(
         activity = "activating" if wanted > 0 or activity != "inactive" else "inactive"
     elif wanted > 0 or activity != "inactive":
         activity = "active"
+    if activity == state.activity and initialized == state.initialized:
+        return state  # the usual tick: nothing moved (and no copy made)
     since = state.activity_since if activity == state.activity else now
     return replace(state, initialized=initialized, activity=activity, activity_since=since)
 
@@ -368,7 +379,7 @@ def next_proxy(want: int | None, ebc: int, now: float, state: KpaState) -> KpaSt
     """The gateway queue leaves the path only while instances are wanted and the spare capacity
     covers the burst (excess burst capacity ≥ 0); ``proxy_since`` keeps when it last came in."""
     if want is not None and want > 0 and ebc >= 0:
-        return replace(state, proxy_since=None)
+        return state if state.proxy_since is None else replace(state, proxy_since=None)
     if state.proxy_since is None:
         return replace(state, proxy_since=now)
     return state
@@ -463,6 +474,7 @@ def decide(config: KpaConfig, inputs: KpaInputs, now: float, state: KpaState) ->
         notes.append(_kept(want, final, now, config, state))
     state = next_activity(want, ready, now, config, state, reachable)
     state = next_proxy(want, ebc, now, state)
-    state = replace(state, scale=final)
+    if state.scale != final:
+        state = replace(state, scale=final)
     decision = KpaDecision(final, in_panic, "; ".join(notes), ebc, state.proxy_since is not None)
     return decision, state

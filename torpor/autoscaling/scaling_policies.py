@@ -16,6 +16,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
+from functools import cache
 from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -264,7 +265,8 @@ def provisioned_target(
     (the highest of several open policies wins); outside every window the base target stands.
     """
     state = _fire_scheduled(config, now, state)
-    tracked = [_track(p, inputs) for p in config.target_tracking if p.is_open(now)]
+    tracked = ([_track(p, inputs) for p in config.target_tracking if p.is_open(now)]
+               if config.target_tracking else None)
     if tracked:
         target, reason = max(tracked, key=lambda pair: pair[0])
         if len(tracked) > 1:
@@ -274,12 +276,20 @@ def provisioned_target(
         when = "" if state.fired_at is None else f" at {_iso(state.fired_at)}"
         reason = f"scheduled action {state.fired!r}{when} set {state.scheduled_target}"
         return ProvisionDecision(state.scheduled_target, reason, "scheduled"), state
-    return ProvisionDecision(config.target, f"static target {config.target}", "static"), state
+    return _static(config.target), state
+
+
+@cache
+def _static(target: int) -> ProvisionDecision:
+    """The static target's decision, made once per count (it is asked for on every tick)."""
+    return ProvisionDecision(target, f"static target {target}", "static")
 
 
 def _fire_scheduled(config: ProvisionConfig, now: float, state: PolicyState) -> PolicyState:
     after = state.last_checked_at
     checked = now if after is None else max(after, now)  # a clock stepping back never refires
+    if not config.scheduled:  # the usual case, on every tick: only the time of the check moves
+        return PolicyState(checked, state.scheduled_target, state.fired, state.fired_at)
     firings = [
         (at, index, action)
         for index, action in enumerate(config.scheduled)

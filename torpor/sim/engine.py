@@ -133,6 +133,7 @@ class FunctionSim:
         self.trace = trace
         self.timings = timings
         self.clock = FakeClock()
+        self.now = self.clock.now()
         self.recorder = PrefixRecorder()  # the server's recorder, with faster window sums
         self.kpa = KpaConfig.from_spec(spec.scaling, spec.concurrency)
         self.keep_alive = KeepAliveConfig.from_spec(spec.scaling, spec.concurrency)
@@ -149,7 +150,7 @@ class FunctionSim:
         self.by_id: dict[str, _Instance] = {}
         self.waiters: deque[tuple[float, float]] = deque()  # (arrival, service)
         self.in_flight = 0
-        self.heap: list[tuple[float, int, int, object]] = []
+        self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = 0
         self.next_tick = 0.0  # the next reconciler pass that may decide
         self.next_decision_at = 0.0  # every tick_s; sooner while requests wait
@@ -161,6 +162,7 @@ class FunctionSim:
         self.want_timeline = timeline
         self.result = FunctionResult(name)
         self.on_gpu = spec.resources.gpus > 0 or spec.resources.gpu_memory_mb > 0
+        self.tick_s = spec.scaling.tick_s
 
     # the event loop ------------------------------------------------------------------------------
 
@@ -177,19 +179,30 @@ class FunctionSim:
         queue_timeout_s = self.spec.queue.timeout_s
         self.next_tick = arrivals[0] if n else _INF
         waiters = self.waiters
+        heappop, complete, settles = heapq.heappop, self._complete, self.end_s is None
         while True:
-            t_arrival = arrivals[i] if i < n else _INF
+            # the earliest of: the next arrival, heap event, queue timeout and reconciler pass
+            t = t_arrival = arrivals[i] if i < n else _INF
             t_event = heap[0][0] if heap else _INF
+            if t_event < t:
+                t = t_event
             t_timeout = waiters[0][0] + queue_timeout_s if waiters else _INF
-            t = min(t_arrival, t_event, t_timeout, self.next_tick)
+            if t_timeout < t:
+                t = t_timeout
+            if self.next_tick < t:
+                t = self.next_tick
             if t > end:
                 break
-            now = clock.now()
+            now = self.now
             if t > now:
                 clock.advance(t - now)
+                self.now = clock.now()  # handlers read the time here (it is the clock's, to the bit)
             if t_event <= t:
-                _, kind, _, subject = heapq.heappop(heap)
-                self._handle(kind, subject)
+                _, kind, _, subject = heappop(heap)
+                if kind == _COMPLETE:
+                    complete(subject)
+                else:
+                    self._handle(kind, subject)
             elif t_arrival <= t:
                 self._arrive(services[i])
                 i += 1
@@ -197,7 +210,7 @@ class FunctionSim:
                 self._time_out_head()
             else:
                 self._tick(t)
-            if i >= n and self.end_s is None and self._settled():
+            if settles and i >= n and self._settled():
                 break
         result.end_s = min(clock.now(), end) if self.end_s is None else self.end_s
         # an instance still live keeps an open interval (end None, or the given end): a bill runs it
@@ -244,23 +257,25 @@ class FunctionSim:
     # the gateway ---------------------------------------------------------------------------------
 
     def _arrive(self, service_s: float) -> None:
-        now = self.clock.now()
+        now = self.now
         result = self.result
         result.requests += 1
-        self.recorder.record_request(now)
+        # (recorded as record_request(now) here and record(now, in system) once it is placed: with
+        # nothing recorded in between, ``arrived`` does both at once)
         endpoint = choose_endpoint(self.policy, self.endpoints, self.decision.activator_in_path)
         if endpoint is not None:
             self._serve(endpoint, now, service_s)
-            self.recorder.record(now, self.in_flight + len(self.waiters))
+            self.recorder.arrived(now, self.in_flight + len(self.waiters))
             return
         if len(self.waiters) >= self.spec.queue.max_queued:
+            self.recorder.record_request(now)
             result.rejected += 1  # the poke decides only if others wait (``queued > 0``)
             if self.waiters:
                 self._decide()
             return
         result.queued += 1
         self.waiters.append((now, service_s))
-        self.recorder.record(now, self.in_flight + len(self.waiters))
+        self.recorder.arrived(now, self.in_flight + len(self.waiters))
         self._thaw_for_waiters()
         self._decide()  # a request waits: the reconciler decides at once
 
@@ -270,14 +285,14 @@ class FunctionSim:
         endpoint.in_flight += 1
         self.in_flight += 1
         if endpoint.in_flight > endpoint.capacity:
-            self.by_id[endpoint.instance_id].backlog.append((arrived, self.clock.now(), service_s))
+            self.by_id[endpoint.instance_id].backlog.append((arrived, self.now, service_s))
             return
-        self._run(endpoint, arrived, self.clock.now(), service_s)
+        self._run(endpoint, arrived, self.now, service_s)
 
     def _run(self, endpoint: Endpoint, arrived: float, sent: float, service_s: float) -> None:
         """The instance runs a request sent at ``sent``: latency is the wait (in the gateway queue
         or at the instance), the service time and the gateway's cost."""
-        now = self.clock.now()
+        now = self.now
         result = self.result
         timeout_s = self.spec.timeout_s
         if now - sent + service_s > timeout_s:
@@ -296,7 +311,7 @@ class FunctionSim:
         self._push(now + service_s, _COMPLETE, endpoint)
 
     def _complete(self, endpoint: Endpoint) -> None:
-        now = self.clock.now()
+        now = self.now
         endpoint.in_flight -= 1
         self.in_flight -= 1
         backlog = self.by_id[endpoint.instance_id].backlog
@@ -311,9 +326,9 @@ class FunctionSim:
         """An endpoint has nothing in flight: a later reconciler pass may drain or freeze it."""
         scaling = self.spec.scaling
         if len(self.live) > self.decision.desired:
-            self._push(self.clock.now() + self.timings.pass_delay_s, _PASS, None)
+            self._push(self.now + self.timings.pass_delay_s, _PASS, None)
         elif endpoint.provisioned and scaling.idle_mode:
-            self._push(self.clock.now() + scaling.idle_after_s + self.timings.pass_delay_s, _PASS, None)
+            self._push(self.now + scaling.idle_after_s + self.timings.pass_delay_s, _PASS, None)
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first (``FunctionRoute.dispatch``)."""
@@ -324,12 +339,12 @@ class FunctionSim:
                 break
             arrived, service_s = waiters.popleft()
             self._serve(endpoint, arrived, service_s)
-        self.recorder.record(self.clock.now(), self.in_flight + len(waiters))
+        self.recorder.record(self.now, self.in_flight + len(waiters))
 
     def _time_out_head(self) -> None:
         self.waiters.popleft()
         self.result.timed_out += 1
-        self.recorder.record(self.clock.now(), self.in_flight + len(self.waiters))
+        self.recorder.record(self.now, self.in_flight + len(self.waiters))
 
     def _thaw_for_waiters(self) -> None:
         """Thaw as many frozen endpoints as the queue needs, provisioned first."""
@@ -339,12 +354,12 @@ class FunctionSim:
                 return
             if endpoint.frozen and not endpoint.thawing:
                 instance = self.by_id[endpoint.instance_id]
-                instance.thaw_requested_at = self.clock.now()
+                instance.thaw_requested_at = self.now
                 thawing += endpoint.capacity
                 self.result.thaws += 1
                 # a thaw asked for mid-freeze waits for the freeze to finish first
                 wait_s = 0.0 if instance.frozen else self.timings.freeze_s
-                self._push(self.clock.now() + wait_s + self.timings.thaw_s, _THAWED, instance)
+                self._push(self.now + wait_s + self.timings.thaw_s, _THAWED, instance)
 
     # the reconciler ------------------------------------------------------------------------------
 
@@ -355,22 +370,21 @@ class FunctionSim:
         self._decide()
         if (self.decision.desired == 0 and not self.live and not self.waiters and self.in_flight == 0
                 and not self.time_dependent and self.recorder.window_average(
-                    self.clock.now(), self.kpa.stable_window_s) == 0):
+                    self.now, self.kpa.stable_window_s) == 0):
             self.next_tick = _INF  # at zero with nothing in the window: wait for the next request
 
     def _decide(self) -> None:
-        now = self.clock.now()
-        live = self.live
-        ready = provisioned = 0
-        for i in live:
-            ready += i.endpoint is not None
-            provisioned += i.provisioned
+        now = self.now
+        # ready: the live instances with an endpoint; provisioned: none while the last plan marked
+        # none (every instance since started on-demand), else counted
+        ready = len(self.endpoints)
+        provisioned = sum(i.provisioned for i in self.live) if self.marked else 0
         self.decision, self.state = autoscaler.decide(
             self.kpa, self.provision, self.recorder,
             concurrency=self.spec.concurrency, ready=ready, current_provisioned=provisioned,
             now=now, state=self.state, keep_alive=self.keep_alive, cold_start_s=self.cold_start_s,
         )
-        self.next_decision_at = now + self.spec.scaling.tick_s
+        self.next_decision_at = now + self.tick_s
         # while requests wait, every reconciler pass (each RECONCILE_INTERVAL_S) decides again
         self.next_tick = (min(self.next_decision_at, now + RECONCILE_INTERVAL_S) if self.waiters
                           else self.next_decision_at)
@@ -381,17 +395,25 @@ class FunctionSim:
     def _act(self) -> None:
         """A reconciler pass: the server's own planner decides what to start, drain and freeze.
 
-        Its plan is empty, and so is skipped, when idle mode is off, neither the provisioned count
-        nor the live instances changed since the last plan, and the live count is the decision, or
-        above it with no idle instance to drain (``planner.scale_in_victims`` takes idle ones only).
+        Its plan is empty, and so is skipped, when idle mode is off (nothing to freeze), the
+        marking of provisioned instances cannot move (the provisioned count is the one marked at the
+        last plan, and either no instance started or drained since, or that count is 0: every
+        instance is then on-demand, as every start since was), and the live count is the decision,
+        or above it with no idle instance to drain (``planner.scale_in_victims`` takes idle ones).
         """
         live, decision = self.live, self.decision
-        if not self.idle_mode and not self.live_changed and decision.provisioned == self.marked:
+        if (not self.idle_mode and decision.provisioned == self.marked
+                and (not self.live_changed or self.marked == 0)):
             surplus = len(live) - decision.desired
-            if surplus == 0 or (surplus > 0 and not any(
-                    i.endpoint is not None and i.endpoint.in_flight == 0 for i in live)):
+            if surplus == 0:
                 return
-        now = self.clock.now()
+            if surplus > 0:
+                for endpoint in self.endpoints:  # the live instances that are ready
+                    if endpoint.in_flight == 0:
+                        break  # an idle victim: plan
+                else:
+                    return
+        now = self.now
         view = planner.FunctionView(revision=1, instances=tuple(_view(i) for i in live),
                                     idle_mode=self.idle_mode, idle_after_s=self.spec.scaling.idle_after_s)
         plan = planner.plan(view, decision, now)
@@ -408,7 +430,7 @@ class FunctionSim:
             self._freeze(self.by_id[instance_id])
 
     def _spawn(self, provisioned: bool) -> None:
-        now = self.clock.now()
+        now = self.now
         resources = self.spec.resources
         self.result.cold_starts += 1
         info = InstanceInfo(
@@ -423,7 +445,7 @@ class FunctionSim:
         self._push(now + self.timings.cold_start_s, _READY, instance)
 
     def _ready(self, instance: _Instance) -> None:
-        now = self.clock.now()
+        now = self.now
         endpoint = Endpoint(instance.info.instance_id, self.spec.concurrency, _NO_CLIENT, ready_at=now,
                             provisioned=instance.provisioned, idle=instance)
         instance.endpoint = endpoint
@@ -435,7 +457,7 @@ class FunctionSim:
             self._idle(endpoint)
 
     def _drain(self, instance: _Instance) -> None:
-        now = self.clock.now()
+        now = self.now
         instance.draining = True
         self.draining += 1
         self.live.remove(instance)
@@ -451,8 +473,8 @@ class FunctionSim:
 
     def _freeze(self, instance: _Instance) -> None:
         """Idle mode: out of routing at once, frozen (in the ledger) ``freeze_s`` later."""
-        instance.freeze_requested_at = self.clock.now()
-        self._push(self.clock.now() + self.timings.freeze_s, _FROZEN, instance)
+        instance.freeze_requested_at = self.now
+        self._push(self.now + self.timings.freeze_s, _FROZEN, instance)
 
     def _frozen(self, instance: _Instance) -> None:
         endpoint = instance.endpoint
@@ -462,7 +484,7 @@ class FunctionSim:
         self._ledger(instance, InstanceState.FROZEN)
 
     def _thawed(self, instance: _Instance) -> None:
-        now = self.clock.now()
+        now = self.now
         endpoint = instance.endpoint
         assert endpoint is not None
         if instance.frozen:
@@ -480,7 +502,7 @@ class FunctionSim:
 
     def _ledger(self, instance: _Instance, state: InstanceState, at: float | None = None) -> None:
         """Close the instance's open interval and open one in ``state`` (STOPPED opens none)."""
-        now = self.clock.now() if at is None else at
+        now = self.now if at is None else at
         if now > instance.since:
             info = instance.info
             self.result.intervals.append(LedgerInterval(
@@ -492,7 +514,7 @@ class FunctionSim:
         starting = sum(1 for i in self.live if i.endpoint is None)
         frozen = sum(1 for i in self.live if i.frozen)
         ready = len(self.live) - starting - frozen
-        self.result.timeline.append((self.clock.now(), self.in_flight + len(self.waiters),
+        self.result.timeline.append((self.now, self.in_flight + len(self.waiters),
                                      starting, ready, frozen, self.draining))
 
 

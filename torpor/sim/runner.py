@@ -271,7 +271,8 @@ def simulate(trace: Trace, spec: FunctionSpec, *, timings: Timings, prices: Pric
     workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1 and trace.requests >= PARALLEL_MIN_REQUESTS:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_replay, jobs, chunksize=max(1, len(jobs) // (workers * 4))))
+            # small chunks: the last one decides when the pool is done (100 day-long functions: 1 each)
+            results = list(pool.map(_replay, jobs, chunksize=max(1, len(jobs) // (workers * 32))))
     else:
         results = [_replay(job) for job in jobs]
     end = duration_s if duration_s is not None else max((r.end_s for r, _ in results), default=0.0)

@@ -38,8 +38,46 @@ class PrefixRecorder(ConcurrencyRecorder):
         self._area_before: list[float] = []  # request·seconds of all seconds before that bucket
         self._busy_before: list[int] = []  # how many buckets with any area came before it
         self._newest: _Bucket | None = None  # the last bucket opened
+        # answers since the last record: a decision asks for the stable window
+        # twice (the KPA and the provisioning policy) and the engine once more after it
+        self._answers: dict[float, float] = {}  # by window_s, all at _answered_at
+        self._answered_at = -math.inf
+
+    def record(self, now: float, in_system: int) -> None:
+        if in_system < 0:
+            raise ValueError(f"in_system cannot be negative, got {in_system}")
+        bucket = self._touch_fast(now)
+        bucket.level = in_system
+        if in_system > bucket.peak:
+            bucket.peak = in_system
+
+    def arrived(self, now: float, in_system: int) -> None:
+        """``record_request(now)`` then ``record(now, in_system)``: the second touch of the same
+        instant changes nothing (its area grows by ``level × 0``), so one does for both."""
+        bucket = self._touch_fast(now)
+        bucket.requests += 1
+        self._last_request_at = bucket.t
+        bucket.level = in_system
+        if in_system > bucket.peak:
+            bucket.peak = in_system
+
+    def _touch_fast(self, now: float) -> _Bucket:
+        """``_touch``, with its usual case (a change in the second of the last one) done here."""
+        last = self._newest
+        if last is not None:
+            if now < last.t:
+                now = last.t  # as ``_touch``: a late caller is taken as at the last record
+            if int(now) == last.second:
+                if self._answers:
+                    self._answers.clear()
+                last.area += last.level * (now - last.t)
+                last.t = now
+                return last
+        return self._touch(now)
 
     def _touch(self, now: float) -> _Bucket:
+        if self._answers:
+            self._answers.clear()
         bucket = super()._touch(now)
         last = self._newest
         if bucket is not last:
@@ -70,6 +108,18 @@ class PrefixRecorder(ConcurrencyRecorder):
     def window_average(self, now: float, window_s: float) -> float:
         """As :meth:`ConcurrencyRecorder.window_average`: seconds ``end - n + 1 .. end``, never
         before the first record, the current second counted whole at its last level."""
+        answers = self._answers
+        if now != self._answered_at:
+            answers.clear()
+            self._answered_at = now
+        else:
+            answer = answers.get(window_s)
+            if answer is not None:
+                return answer
+        answer = answers[window_s] = self._window_average(now, window_s)
+        return answer
+
+    def _window_average(self, now: float, window_s: float) -> float:
         n = math.ceil(window_s)
         if not 1 <= n <= self.retention_s:
             raise ValueError(f"window_s must be within 1..{self.retention_s} s, got {window_s}")
@@ -81,7 +131,11 @@ class PrefixRecorder(ConcurrencyRecorder):
         span = end + 1 - max(start, first_at)
         if span <= 0:
             return 0.0
-        area_end, last = self._before(end + 1)
+        # every bucket opened so far lies before end + 1 (the newest is at end's second at most):
+        # _before(end + 1) without its search
+        last = len(self._seconds) - 1
+        newest = self._opened[last]
+        area_end = self._area_before[last] + newest.full_area() + newest.level * (end - newest.second)
         area_start, carried_from = self._before(start)
         if carried_from >= 0 and self._opened[carried_from].level > 0:
             pass  # a level above 0 carried into the window
