@@ -59,6 +59,13 @@ test: lint typecheck test-deps $(TEST_STAMP)
 # root, with apt-get) only where missing; elsewhere those tests skip, saying why.
 TEST_TOOLS := chromium:chromium promtool:prometheus bwrap:bubblewrap
 test-deps:
+	@# As root, the isolation tests run instances as other users, who must reach the interpreter:
+	@# the folders above it are made crossable (o+x: enter, not list) where they are not.
+	@if [ "$$(id -u)" = 0 ]; then d=$$(dirname "$$(readlink -f $(BIN)/python)"); \
+		while [ "$$d" != / ]; do \
+			if [ "$$(stat -c %A "$$d" | cut -c10)" = - ]; then chmod o+x "$$d" \
+				&& echo "test-deps: made $$d crossable (o+x) for the instances' users"; fi; \
+			d=$$(dirname "$$d"); done; fi
 	@missing=""; for pair in $(TEST_TOOLS); do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null \
