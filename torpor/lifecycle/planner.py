@@ -11,7 +11,8 @@ The reconciler takes a :class:`FunctionView` (plain data copied from its instanc
 3. **Scale in** (``live > desired``): drain the surplus among idle instances (READY or FROZEN; a
    busy or starting one is never a victim). Victim order: on-demand before provisioned, then the
    lowest-priority pool first, then the newest first — the reverse of the order they were added
-   (seed 004).
+   (seed 004). With the keep-alive policy (``decision.keep_idle_s``) only instances idle at least
+   that long are victims: each instance has its own keep-alive.
 4. **Idle mode**: freeze provisioned instances READY with nothing in flight for ``idle_after_s``.
 5. **Revisions without traffic**: each revision that takes traffic (a weight above 0 or a tag) is
    planned on its own, with its own decision (:func:`plan_revisions`). Once every one of them
@@ -30,6 +31,7 @@ from torpor.lifecycle.state import InstanceState
 
 _IDLE = frozenset({InstanceState.READY, InstanceState.FROZEN})
 _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY})
+_EPSILON_S = 1e-9  # a pass timed for the keep-alive's end finds it reached, float sums or not
 
 
 @dataclass(frozen=True)
@@ -89,12 +91,21 @@ def provisioned_ids(current: list[InstanceView], count: int) -> frozenset[str]:
     return frozenset(i.id for i in oldest[:count])
 
 
-def scale_in_victims(current: list[InstanceView], provisioned: frozenset[str],
-                     surplus: int) -> list[InstanceView]:
-    """``surplus`` idle instances to drain: on-demand first, lowest-priority pool, newest first."""
-    idle = [i for i in current if i.state in _IDLE and not i.idle_transition]
+def scale_in_victims(current: list[InstanceView], provisioned: frozenset[str], surplus: int,
+                     now: float = 0.0, keep_idle_s: float | None = None) -> list[InstanceView]:
+    """``surplus`` idle instances to drain: on-demand first, lowest-priority pool, newest first;
+    with ``keep_idle_s``, only those idle at least that long at ``now``."""
+    idle = [i for i in current if i.state in _IDLE and not i.idle_transition and (
+        keep_idle_s is None or idle_for(i, now) >= keep_idle_s - _EPSILON_S)]
     idle.sort(key=lambda i: (i.id in provisioned, i.pool_priority, -(i.ready_at or i.started_at)))
     return idle[:max(0, surplus)]
+
+
+def idle_for(instance: InstanceView, now: float) -> float:
+    """How long the instance has had nothing in flight (0 while busy or not yet routable)."""
+    if instance.in_flight or instance.idle_since is None:
+        return 0.0
+    return now - instance.idle_since
 
 
 def plan(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
@@ -134,7 +145,8 @@ def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
                   for n in range(desired - len(current))]
     elif len(current) > desired:
         drains = [Drain(i.id, "scale in")
-                  for i in scale_in_victims(current, provisioned, len(current) - desired)]
+                  for i in scale_in_victims(current, provisioned, len(current) - desired, now,
+                                            decision.keep_idle_s)]
     draining = {d.instance_id for d in drains}
     freeze: list[str] = []
     if view.idle_mode:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -73,6 +74,7 @@ class Reconciler:
         self.ledger = Ledger(store, clock)
         self.idle = IdleMode(backend, clock, self.ledger, self._background)
         self._last_heartbeat = 0.0
+        self._wake_at = math.inf  # the next instance keep-alive's end (the keep-alive policy)
         self.template_retire_idle_s = DEFAULT_RETIRE_IDLE_S  # the server config's templates:
         # (function, revision) → when its template was retired for being idle
         self.retired_templates: dict[tuple[str, int], float] = {}
@@ -182,8 +184,10 @@ class Reconciler:
                     self.reconcile(fn)
                 except Exception:
                     log.exception("reconciling %s failed", fn.name)
+            wait_s = min(RECONCILE_INTERVAL_S, max(0.0, self._wake_at - self.clock.now()))
+            self._wake_at = math.inf
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_INTERVAL_S)
+                await asyncio.wait_for(self._wake.wait(), wait_s)
 
     def set_provision(self, name: str, provision: ProvisionConfig) -> None:
         fn = self.functions[name]
@@ -208,8 +212,24 @@ class Reconciler:
         waiting = [reason for rev, plan in zip(planned, plans, strict=True)
                    if (reason := self.carry_out(fn, rev, plan)) is not None]
         self._set_waiting(fn, waiting[0] if waiting else None)
+        self._wake_for_keep_alive(fn, planned, now)
         self._retire_unused(fn)
         self._retire_idle_templates(fn, now)
+
+    def _wake_for_keep_alive(self, fn: FunctionRuntime, planned: list[RevisionRuntime],
+                             now: float) -> None:
+        """The keep-alive policy drains an instance when its own keep-alive ends: pass then, not
+        up to RECONCILE_INTERVAL_S later (each such wait is instance-seconds for nothing)."""
+        for rev in planned:
+            keep_s = rev.decision.keep_idle_s
+            if keep_s is None:
+                continue
+            for instance in fn.live(rev.number):
+                endpoint = instance.endpoint
+                if endpoint is not None and endpoint.in_flight == 0 and instance.facts.draining_at is None:
+                    ends_at = endpoint.idle_since + keep_s
+                    if ends_at > now:
+                        self._wake_at = min(self._wake_at, ends_at)
 
     def _retire_idle_templates(self, fn: FunctionRuntime, now: float) -> None:
         """What the backend holds between instances (a template and its spare) is memory held for
@@ -316,7 +336,9 @@ class Reconciler:
             keep_alive=KeepAliveConfig.from_spec(rev.spec.scaling, rev.spec.concurrency),
             cold_start_s=rev.cold_start_s,
         )
-        rev.next_decision_at = now + rev.spec.scaling.tick_s
+        # the keep-alive policy reads only what is in the system now: it decides on every pass
+        rev.next_decision_at = now + (0.0 if decision.keep_idle_s is not None
+                                      else rev.spec.scaling.tick_s)
         if decision.desired != rev.decision.desired:
             self._event(fn.name, "scaled", f"{fn.name} {rev.decision.desired}→{decision.desired}: "
                                            f"{decision.reason} (revision {rev.number})")

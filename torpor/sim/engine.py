@@ -229,7 +229,8 @@ class FunctionSim:
             self._complete(subject)
             return
         if kind == _PASS:
-            self._act()
+            # the keep-alive policy decides on every reconciler pass (the server's does too)
+            self._decide() if self.decision.keep_idle_s is not None else self._act()
             return
         if kind == _READY:
             self._ready(subject)
@@ -310,7 +311,10 @@ class FunctionSim:
     def _idle(self, endpoint: Endpoint) -> None:
         """An endpoint has nothing in flight: a later reconciler pass may drain or freeze it."""
         scaling = self.spec.scaling
-        if len(self.live) > self.decision.desired:
+        keep_s = self.decision.keep_idle_s
+        if keep_s is not None:  # the reconciler wakes when this instance's keep-alive ends
+            self._push(self.clock.now() + keep_s, _PASS, None)
+        elif len(self.live) > self.decision.desired:
             self._push(self.clock.now() + self.timings.pass_delay_s, _PASS, None)
         elif endpoint.provisioned and scaling.idle_mode:
             self._push(self.clock.now() + scaling.idle_after_s + self.timings.pass_delay_s, _PASS, None)
