@@ -153,6 +153,7 @@ class FunctionSim:
         self.seq = 0
         self.next_tick = 0.0  # the next reconciler pass that may decide
         self.next_decision_at = 0.0  # every tick_s; sooner while requests wait
+        self.keep_alive_pass_at = -_INF  # the pass asked for when a keep-alive ends
         self.draining = 0
         self.marked = 0  # provisioned count at the last plan
         self.live_changed = False  # an instance started or drained since the last plan
@@ -311,13 +312,23 @@ class FunctionSim:
     def _idle(self, endpoint: Endpoint) -> None:
         """An endpoint has nothing in flight: a later reconciler pass may drain or freeze it."""
         scaling = self.spec.scaling
-        keep_s = self.decision.keep_idle_s
-        if keep_s is not None:  # the reconciler wakes when this instance's keep-alive ends
-            self._push(self.clock.now() + keep_s, _PASS, None)
+        if self.decision.keep_idle_s is not None:  # the reconciler wakes when its keep-alive ends
+            self._wake_for_keep_alive()
         elif len(self.live) > self.decision.desired:
             self._push(self.clock.now() + self.timings.pass_delay_s, _PASS, None)
         elif endpoint.provisioned and scaling.idle_mode:
             self._push(self.clock.now() + scaling.idle_after_s + self.timings.pass_delay_s, _PASS, None)
+
+    def _wake_for_keep_alive(self) -> None:
+        """A pass when the first idle instance's keep-alive ends (``Reconciler._wake_for_keep_alive``)."""
+        keep_s = self.decision.keep_idle_s
+        assert keep_s is not None
+        now = self.clock.now()
+        ends = [e.idle_since + keep_s for e in self.endpoints if e.in_flight == 0]
+        first = min((t for t in ends if t > now), default=_INF)
+        if first < _INF and not (now < self.keep_alive_pass_at <= first):
+            self.keep_alive_pass_at = first
+            self._push(first, _PASS, None)
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first (``FunctionRoute.dispatch``)."""
@@ -410,6 +421,8 @@ class FunctionSim:
             self._drain(self.by_id[drain.instance_id])
         for instance_id in plan.freeze:
             self._freeze(self.by_id[instance_id])
+        if decision.keep_idle_s is not None:
+            self._wake_for_keep_alive()
 
     def _spawn(self, provisioned: bool) -> None:
         now = self.clock.now()
