@@ -36,6 +36,7 @@ class ScaleDecision:
     activator_in_path: bool = True  # the gateway queues requests while no instance has a free slot
     # the keep-alive policy: drain only instances idle this long (None: any idle one, the KPA's)
     keep_idle_s: float | None = None
+    keep_warm_s: float | None = None  # ... and the last instance of the revision only this long
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,12 @@ def decide(
     (whose state is left as it was); with ``auto`` only while cold starts are fast
     (``keepalive.resolve``). ``gpu`` with a target: busy GPUs may raise it (HPA's rule)."""
     keep_idle_s: float | None = None
+    keep_warm_s: float | None = None
     if keep_alive is not None and (
             not keep_alive.auto or keepalive.resolve("auto", cold_start_s)[0] == "keepalive"):
         chosen = keepalive.decide(keep_alive, window, cold_start_s)
         kpa_decision = kpa.KpaDecision(chosen.desired, False, chosen.reason, -1, True)
-        kpa_state, keep_idle_s = state.kpa, chosen.keep_alive_s
+        kpa_state, keep_idle_s, keep_warm_s = state.kpa, chosen.keep_alive_s, chosen.keep_warm_s
     else:
         inputs = KpaInputs.observe(window, config, now, ready, reachable)
         kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
@@ -107,5 +109,5 @@ def decide(
     if provisioned > on_demand:
         reason = f"provisioned {provisioned} ({target.reason}); KPA: {kpa_decision.reason}"
     decision = ScaleDecision(desired, provisioned, kpa_decision.panic, reason,
-                             kpa_decision.activator_in_path, keep_idle_s)
+                             kpa_decision.activator_in_path, keep_idle_s, keep_warm_s)
     return decision, AutoscalerState(kpa_state, policy_state)

@@ -33,6 +33,7 @@ a clock.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +45,8 @@ KEEP_ALIVE_MAX_S = 600.0  # the industry's fixed 10 minutes is the most it ever 
 KEEP_ALIVE_UNMEASURED_S = 2.0  # before the first cold start of this function was measured
 COLD_START_WEIGHT = 0.2  # each new cold start's weight in the running mean (the last ~5 count)
 AUTO_KPA_ABOVE_S = 1.0  # policy auto: the KPA once the function's cold starts average more
+WARM_QUANTILE = 0.99  # the last instance outlives this share of the function's idle spells
+WARM_MIN_GAPS = 10  # idle spells seen before their quantile is trusted
 
 
 class InSystem(Protocol):
@@ -51,6 +54,9 @@ class InSystem(Protocol):
 
     @property
     def current(self) -> int: ...
+
+    @property
+    def idle_gaps(self) -> Sequence[float]: ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,20 @@ class KeepAliveConfig:
 class KeepAliveDecision:
     desired: int
     keep_alive_s: float  # each instance's: drained once idle this long
+    keep_warm_s: float  # the last instance's: the function goes to zero once idle this long
     reason: str
+
+
+def warm_keep_alive(idle_gaps: Sequence[float], keep_alive_s: float) -> float:
+    """How long the last instance stays once the function is idle: the WARM_QUANTILE of the
+    function's own idle spells (empty → next request; Shahrad et al.'s histogram keep-alive), so
+    that few requests find it at zero, e.g. 30 spells of 1-30 s → 30 s. Never under the keep-alive
+    (nor above KEEP_ALIVE_MAX_S); with fewer than WARM_MIN_GAPS spells seen, the keep-alive."""
+    if len(idle_gaps) < WARM_MIN_GAPS:
+        return keep_alive_s
+    ordered = sorted(idle_gaps)
+    at = ordered[min(len(ordered) - 1, math.ceil(WARM_QUANTILE * len(ordered)) - 1)]
+    return min(max(at, keep_alive_s), KEEP_ALIVE_MAX_S)
 
 
 def resolve(policy: str, cold_start_s: float | None) -> tuple[str, str]:
@@ -139,11 +158,15 @@ def decide(config: KeepAliveConfig, window: InSystem, cold_start_s: float | None
     """Instances for the requests in the system now, within bounds; more stay while idle for less
     than the keep-alive (the planner drains only instances idle that long)."""
     keep_s, source = keep_alive_for(config, cold_start_s)
+    warm_s = keep_s if config.keep_alive_s is not None else warm_keep_alive(window.idle_gaps, keep_s)
     in_system = window.current
     needed = instances_for(in_system, config)
     desired = min(max(needed, config.min_instances), config.max_instances)
     reason = f"keepalive, {in_system} in system; idle instances kept {keep_s:.2f} s ({source})"
+    if warm_s != keep_s:
+        reason += (f", the last {warm_s:.2f} s (p{WARM_QUANTILE * 100:g} of "
+                   f"{len(window.idle_gaps)} idle spells)")
     if desired != needed:
         edge = "min_instances" if desired > needed else "max_instances"
         reason += f"; {edge} {desired}"
-    return KeepAliveDecision(desired, keep_s, reason)
+    return KeepAliveDecision(desired, keep_s, warm_s, reason)

@@ -25,6 +25,7 @@ import math
 from collections import deque
 
 DEFAULT_RETENTION_S = 3600  # the longest stable window ScalingSpec allows
+IDLE_GAPS_KEPT = 200  # the function's last idle gaps (empty → next request), for the keep-alive
 
 
 class _Bucket:
@@ -56,6 +57,8 @@ class ConcurrencyRecorder:
         self._first_at: float | None = None
         self._last_request_at: float | None = None
         self._dropped_level: int | None = None  # level carried out of the newest dropped bucket
+        self._empty_since: float | None = None  # when the system last emptied (None: not empty)
+        self.idle_gaps: deque[float] = deque(maxlen=IDLE_GAPS_KEPT)  # each empty spell's length
 
     @property
     def current(self) -> int:
@@ -82,6 +85,12 @@ class ConcurrencyRecorder:
         if in_system < 0:
             raise ValueError(f"in_system cannot be negative, got {in_system}")
         bucket = self._touch(now)
+        if in_system == 0:
+            if bucket.level or self._empty_since is None:
+                self._empty_since = now
+        elif self._empty_since is not None and bucket.level == 0:
+            self.idle_gaps.append(now - self._empty_since)
+            self._empty_since = None
         bucket.level = in_system
         bucket.peak = max(bucket.peak, in_system)
 

@@ -12,7 +12,8 @@ The reconciler takes a :class:`FunctionView` (plain data copied from its instanc
    busy or starting one is never a victim). Victim order: on-demand before provisioned, then the
    lowest-priority pool first, then the newest first — the reverse of the order they were added
    (seed 004). With the keep-alive policy (``decision.keep_idle_s``) only instances idle at least
-   that long are victims: each instance has its own keep-alive.
+   that long are victims: each instance has its own keep-alive; the revision's last instance
+   goes only once idle ``decision.keep_warm_s``.
 4. **Idle mode**: freeze provisioned instances READY with nothing in flight for ``idle_after_s``.
 5. **Revisions without traffic**: each revision that takes traffic (a weight above 0 or a tag) is
    planned on its own, with its own decision (:func:`plan_revisions`). Once every one of them
@@ -92,13 +93,19 @@ def provisioned_ids(current: list[InstanceView], count: int) -> frozenset[str]:
 
 
 def scale_in_victims(current: list[InstanceView], provisioned: frozenset[str], surplus: int,
-                     now: float = 0.0, keep_idle_s: float | None = None) -> list[InstanceView]:
+                     now: float = 0.0, keep_idle_s: float | None = None,
+                     keep_warm_s: float | None = None) -> list[InstanceView]:
     """``surplus`` idle instances to drain: on-demand first, lowest-priority pool, newest first;
-    with ``keep_idle_s``, only those idle at least that long at ``now``."""
+    with ``keep_idle_s``, only those idle at least that long at ``now``, and the last one left
+    only once idle ``keep_warm_s``."""
     idle = [i for i in current if i.state in _IDLE and not i.idle_transition and (
         keep_idle_s is None or idle_for(i, now) >= keep_idle_s - _EPSILON_S)]
     idle.sort(key=lambda i: (i.id in provisioned, i.pool_priority, -(i.ready_at or i.started_at)))
-    return idle[:max(0, surplus)]
+    victims = idle[:max(0, surplus)]
+    if keep_warm_s is not None and len(victims) == len(current) and victims and \
+            idle_for(victims[-1], now) < keep_warm_s - _EPSILON_S:
+        victims.pop()  # the last instance (the oldest, routed to first) keeps the function warm
+    return victims
 
 
 def idle_for(instance: InstanceView, now: float) -> float:
@@ -146,7 +153,7 @@ def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
     elif len(current) > desired:
         drains = [Drain(i.id, "scale in")
                   for i in scale_in_victims(current, provisioned, len(current) - desired, now,
-                                            decision.keep_idle_s)]
+                                            decision.keep_idle_s, decision.keep_warm_s)]
     draining = {d.instance_id for d in drains}
     freeze: list[str] = []
     if view.idle_mode:

@@ -227,9 +227,9 @@ class Reconciler:
             for instance in fn.live(rev.number):
                 endpoint = instance.endpoint
                 if endpoint is not None and endpoint.in_flight == 0 and instance.facts.draining_at is None:
-                    ends_at = endpoint.idle_since + keep_s
-                    if ends_at > now:
-                        self._wake_at = min(self._wake_at, ends_at)
+                    for keep in (keep_s, rev.decision.keep_warm_s or keep_s):
+                        if endpoint.idle_since + keep > now:
+                            self._wake_at = min(self._wake_at, endpoint.idle_since + keep)
 
     def _retire_idle_templates(self, fn: FunctionRuntime, now: float) -> None:
         """What the backend holds between instances (a template and its spare) is memory held for
