@@ -96,10 +96,12 @@ def scale_in_victims(current: list[InstanceView], provisioned: frozenset[str], s
                      now: float = 0.0, keep_idle_s: float | None = None,
                      keep_warm_s: float | None = None) -> list[InstanceView]:
     """``surplus`` idle instances to drain: on-demand first, lowest-priority pool, newest first;
-    with ``keep_idle_s``, only those idle at least that long at ``now``, and the last one left
-    only once idle ``keep_warm_s``."""
+    with ``keep_idle_s``, only on-demand ones idle at least that long at ``now`` (a provisioned
+    one waits for the on-demand ones, which it outlives), and the last one left only once idle
+    ``keep_warm_s``."""
     idle = [i for i in current if i.state in _IDLE and not i.idle_transition and (
-        keep_idle_s is None or idle_for(i, now) >= keep_idle_s - _EPSILON_S)]
+        keep_idle_s is None or (i.id not in provisioned
+                                and idle_for(i, now) >= keep_idle_s - _EPSILON_S))]
     idle.sort(key=lambda i: (i.id in provisioned, i.pool_priority, -(i.ready_at or i.started_at)))
     victims = idle[:max(0, surplus)]
     if keep_warm_s is not None and len(victims) == len(current) and victims and \
