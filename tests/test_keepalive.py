@@ -114,7 +114,8 @@ class TestDecide:
         chosen = decide(make_config(), recorder, 0.02)
         assert (chosen.desired, chosen.keep_alive_s) == (3, pytest.approx(0.4))
         assert chosen.reason == ("keepalive, 3 in system; idle instances kept 0.40 s "
-                                 "(20 × 20 ms cold start)")
+                                 "(20 × 20 ms cold start), the last to go 2.00 s "
+                                 "(0 idle spells seen, fewer than 10)")
         assert decide(make_config(max_instances=2), recorder, 0.02).desired == 2
         recorder.record(101.0, 0)
         assert decide(make_config(min_instances=1), recorder, 0.02).desired == 1
@@ -162,3 +163,16 @@ class TestTimeline:
         result = replay(*[(float(t), 1.3) for t in range(20)], keep_alive_s=0.5)
         assert result.count("cold_starts") == 20
         assert seconds(result) == {"ready": 36.0, "starting": 2.5}
+
+    def test_the_last_instance_learns_the_functions_idle_spells(self) -> None:
+        """A 1 s request every 4 s: each instance idle 2.875 s, past the 2.5 s keep-alive (and the
+        2 s used before 10 idle spells were seen), so each of the first 11 is a cold start and its
+        instance is drained 3.625 s after it arrives. The arrival at 40 records the 10th spell: the
+        last instance now stays the p99 of its spells, 2.875 s, so the next five requests, 3.75 s
+        apart (idle 2.625 and 2.75 s), are warm; it is drained 2.875 s after the last (59.75 →
+        62.625)."""
+        arrivals = [4.0 * n for n in range(11)] + [40 + 3.75 * k for k in range(1, 6)]
+        result = replay(*[(at, 1.0) for at in arrivals])
+        assert result.count("cold_starts") == 11
+        assert latencies(result) == [1.125] * 11 + [1.0] * 5
+        assert seconds(result) == {"ready": 57.5, "starting": 1.375}  # 10 × 3.5 + 40.125 → 62.625

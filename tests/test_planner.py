@@ -102,8 +102,8 @@ class TestKeepAlive:
     """The keep-alive policy's scale-in: each instance goes once idle for its own keep-alive."""
 
     @staticmethod
-    def keep(desired: int, provisioned: int = 0, warm_s: float | None = None) -> ScaleDecision:
-        return ScaleDecision(desired, provisioned, False, "test", keep_idle_s=0.5, keep_warm_s=warm_s)
+    def keep(desired: int, provisioned: int = 0, warm: tuple[float, ...] = ()) -> ScaleDecision:
+        return ScaleDecision(desired, provisioned, False, "test", keep_idle_s=0.5, keep_warm_s=warm)
 
     def test_only_instances_idle_for_the_keep_alive_go(self) -> None:
         """At 10: "a" idle since 9.0 (1 s) and "c" since 9.5 (0.5 s, just reached) go; "b", idle
@@ -129,14 +129,27 @@ class TestKeepAlive:
         assert result.provisioned == frozenset({"p"})
         assert result.drain == (Drain("od-1", "scale in"),)
 
-    def test_the_last_instance_keeps_the_function_warm(self) -> None:
-        """keep_warm_s 3: with two idle 2 s, the newer goes and the older (routed to first) stays
-        until idle 3 s."""
+    def test_the_first_in_routing_order_keeps_the_function_warm(self) -> None:
+        """Warm keep-alives (3, 1): with both idle 2 s, "b" (second in routing order) goes after
+        the keep-alive; "a" (first: the oldest) stays until idle 3 s, its warm keep-alive."""
         view = make_view(make_instance("a", 0.0, idle_since=8.0), make_instance("b", 1.0, idle_since=8.0))
-        assert plan(view, self.keep(0, warm_s=3.0), now=10.0).drain == (Drain("b", "scale in"),)
+        assert plan(view, self.keep(0, warm=(3.0, 1.0)), now=10.0).drain == (Drain("b", "scale in"),)
         alone = make_view(make_instance("a", 0.0, idle_since=8.0))
-        assert plan(alone, self.keep(0, warm_s=3.0), now=10.0).drain == ()
-        assert plan(alone, self.keep(0, warm_s=3.0), now=11.0).drain == (Drain("a", "scale in"),)
+        assert plan(alone, self.keep(0, warm=(3.0, 1.0)), now=10.0).drain == ()
+        assert plan(alone, self.keep(0, warm=(3.0, 1.0)), now=11.0).drain == (Drain("a", "scale in"),)
+
+    def test_idle_mode_freezes_after_the_keep_alive_and_drains_after_the_warm_one(self) -> None:
+        """With idle mode, warm keep-alives (3, 1.5): at 10 "a" (idle 2 s, under its 3 s) and "b"
+        (idle 1 s, under its 1.5 s) are frozen, past the 0.5 s keep-alive; "c" (third, past the
+        tuple: the keep-alive) drains; "d" idle 0.25 s is left alone."""
+        view = make_view(make_instance("a", 0.0, idle_since=8.0), make_instance("b", 1.0, idle_since=9.0),
+                         make_instance("c", 2.0, idle_since=9.0), make_instance("d", 3.0, idle_since=9.75),
+                         idle_mode=True)
+        result = plan(view, self.keep(0, warm=(3.0, 1.5)), now=10.0)
+        assert result.drain == (Drain("c", "scale in"),)
+        assert result.freeze == ("a", "b")
+        frozen = make_view(make_instance("a", 0.0, FROZEN, idle_since=8.0), idle_mode=True)
+        assert plan(frozen, self.keep(0, warm=(3.0, 1.5)), now=11.0).drain == (Drain("a", "scale in"),)
 
 
 class TestIdleMode:

@@ -36,7 +36,8 @@ class ScaleDecision:
     activator_in_path: bool = True  # the gateway queues requests while no instance has a free slot
     # the keep-alive policy: drain only instances idle this long (None: any idle one, the KPA's)
     keep_idle_s: float | None = None
-    keep_warm_s: float | None = None  # ... and the last instance of the revision only this long
+    # ... and, per instance in routing order, its warm keep-alive (keepalive.KeepAliveDecision)
+    keep_warm_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def decide(
     (whose state is left as it was); with ``auto`` only while cold starts are fast
     (``keepalive.resolve``). ``gpu`` with a target: busy GPUs may raise it (HPA's rule)."""
     keep_idle_s: float | None = None
-    keep_warm_s: float | None = None
+    keep_warm_s: tuple[float, ...] = ()
     if keep_alive is not None and (
             not keep_alive.auto or keepalive.resolve("auto", cold_start_s)[0] == "keepalive"):
         chosen = keepalive.decide(keep_alive, window, cold_start_s)

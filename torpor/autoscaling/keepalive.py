@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from torpor.autoscaling.metrics import SPELL_LEVELS
 from torpor.spec import ScalingSpec
 
 COLD_START_PRICE = 20.0  # instance-seconds one second of cold start is worth (start + the wait)
@@ -47,6 +48,7 @@ COLD_START_WEIGHT = 0.2  # each new cold start's weight in the running mean (the
 AUTO_KPA_ABOVE_S = 1.0  # policy auto: the KPA once the function's cold starts average more
 WARM_QUANTILE = 0.99  # the last instance outlives this share of the function's idle spells
 WARM_MIN_GAPS = 10  # idle spells seen before their quantile is trusted
+WARM_UNMEASURED_S = 2.0  # the last instance's keep-alive until then
 
 
 class InSystem(Protocol):
@@ -55,8 +57,7 @@ class InSystem(Protocol):
     @property
     def current(self) -> int: ...
 
-    @property
-    def idle_gaps(self) -> Sequence[float]: ...
+    def idle_spells(self, level: int) -> Sequence[float]: ...
 
 
 @dataclass(frozen=True)
@@ -91,17 +92,27 @@ class KeepAliveConfig:
 class KeepAliveDecision:
     desired: int
     keep_alive_s: float  # each instance's: drained once idle this long
-    keep_warm_s: float  # the last instance's: the function goes to zero once idle this long
+    # per instance in routing order (the first is the function's last instance): its warm
+    # keep-alive, from its own idle spells (those past the tuple: keep_alive_s)
+    keep_warm_s: tuple[float, ...]
     reason: str
 
 
+def warm_keep_alives(config: KeepAliveConfig, window: InSystem, keep_alive_s: float) -> tuple[float, ...]:
+    """Each instance's warm keep-alive in routing order: the k-th is idle exactly while fewer than
+    (k − 1) × concurrency + 1 requests are in the system, so its idle spells are that level's."""
+    ranks = min(config.max_instances, SPELL_LEVELS // config.concurrency)
+    return tuple(warm_keep_alive(window.idle_spells(k * config.concurrency + 1), keep_alive_s)
+                 for k in range(ranks))
+
+
 def warm_keep_alive(idle_gaps: Sequence[float], keep_alive_s: float) -> float:
-    """How long the last instance stays once the function is idle: the WARM_QUANTILE of the
-    function's own idle spells (empty → next request; Shahrad et al.'s histogram keep-alive), so
-    that few requests find it at zero, e.g. 30 spells of 1-30 s → 30 s. Never under the keep-alive
-    (nor above KEEP_ALIVE_MAX_S); with fewer than WARM_MIN_GAPS spells seen, the keep-alive."""
+    """How long an instance stays once idle, from its own idle spells: their WARM_QUANTILE
+    (Shahrad et al.'s histogram keep-alive), so that few requests find it gone, e.g. 30 spells of
+    1-30 s → 30 s. Never under the keep-alive (nor above KEEP_ALIVE_MAX_S); with fewer than
+    WARM_MIN_GAPS spells seen, WARM_UNMEASURED_S."""
     if len(idle_gaps) < WARM_MIN_GAPS:
-        return keep_alive_s
+        return max(keep_alive_s, WARM_UNMEASURED_S)
     ordered = sorted(idle_gaps)
     at = ordered[min(len(ordered) - 1, math.ceil(WARM_QUANTILE * len(ordered)) - 1)]
     return min(max(at, keep_alive_s), KEEP_ALIVE_MAX_S)
@@ -158,15 +169,17 @@ def decide(config: KeepAliveConfig, window: InSystem, cold_start_s: float | None
     """Instances for the requests in the system now, within bounds; more stay while idle for less
     than the keep-alive (the planner drains only instances idle that long)."""
     keep_s, source = keep_alive_for(config, cold_start_s)
-    warm_s = keep_s if config.keep_alive_s is not None else warm_keep_alive(window.idle_gaps, keep_s)
+    warm = () if config.keep_alive_s is not None else warm_keep_alives(config, window, keep_s)
     in_system = window.current
     needed = instances_for(in_system, config)
     desired = min(max(needed, config.min_instances), config.max_instances)
     reason = f"keepalive, {in_system} in system; idle instances kept {keep_s:.2f} s ({source})"
-    if warm_s != keep_s:
-        reason += (f", the last {warm_s:.2f} s (p{WARM_QUANTILE * 100:g} of "
-                   f"{len(window.idle_gaps)} idle spells)")
+    if warm:
+        spells = len(window.idle_spells(1))
+        why = (f"p{WARM_QUANTILE * 100:g} of its last {spells} idle spells" if spells >= WARM_MIN_GAPS
+               else f"{spells} idle spells seen, fewer than {WARM_MIN_GAPS}")
+        reason += f", the last to go {warm[0]:.2f} s ({why})"
     if desired != needed:
         edge = "min_instances" if desired > needed else "max_instances"
         reason += f"; {edge} {desired}"
-    return KeepAliveDecision(desired, keep_s, warm_s, reason)
+    return KeepAliveDecision(desired, keep_s, warm, reason)

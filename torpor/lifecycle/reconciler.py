@@ -224,12 +224,13 @@ class Reconciler:
             keep_s = rev.decision.keep_idle_s
             if keep_s is None:
                 continue
+            holds = {keep_s, *rev.decision.keep_warm_s}
             for instance in fn.live(rev.number):
                 endpoint = instance.endpoint
                 if endpoint is not None and endpoint.in_flight == 0 and instance.facts.draining_at is None:
-                    for keep in (keep_s, rev.decision.keep_warm_s or keep_s):
-                        if endpoint.idle_since + keep > now:
-                            self._wake_at = min(self._wake_at, endpoint.idle_since + keep)
+                    for hold in holds:
+                        if endpoint.idle_since + hold > now:
+                            self._wake_at = min(self._wake_at, endpoint.idle_since + hold)
 
     def _retire_idle_templates(self, fn: FunctionRuntime, now: float) -> None:
         """What the backend holds between instances (a template and its spare) is memory held for

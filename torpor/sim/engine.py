@@ -321,11 +321,11 @@ class FunctionSim:
 
     def _wake_for_keep_alive(self) -> None:
         """A pass when the first idle instance's keep-alive ends (``Reconciler._wake_for_keep_alive``)."""
-        keep_s, warm_s = self.decision.keep_idle_s, self.decision.keep_warm_s
+        keep_s = self.decision.keep_idle_s
         assert keep_s is not None
+        holds = {keep_s, *self.decision.keep_warm_s}
         now = self.clock.now()
-        ends = [e.idle_since + k for e in self.endpoints if e.in_flight == 0
-                for k in (keep_s, warm_s or keep_s)]
+        ends = [e.idle_since + k for e in self.endpoints if e.in_flight == 0 for k in holds]
         first = min((t for t in ends if t > now), default=_INF)
         if first < _INF and not (now < self.keep_alive_pass_at <= first):
             self.keep_alive_pass_at = first
