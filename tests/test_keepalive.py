@@ -4,7 +4,9 @@ planner and routing code).
 
 Unless a test says otherwise: concurrency 1, 0-10 instances, cold starts of 0.125 s (the simulated
 start → ready, measured by the policy as the server measures it), so each idle instance's
-keep-alive is 20 × 0.125 = 2.5 s; stops, gateway overhead and reconciler delays are 0.
+keep-alive is 20 × 0.125 = 2.5 s; the first instance in routing order (the function's last to go)
+keeps the 6 s stable window until 10 idle spells of the function were seen; stops, gateway
+overhead and reconciler delays are 0.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def replay(*requests: tuple[float, float], **scaling: Any) -> runner.RunResult:
     """(arrival s, service s) pairs through the simulator with the keep-alive policy."""
     fn = FunctionTrace(array("d", [a for a, _ in requests]), array("d", [s for _, s in requests]))
     spec = {"name": "fn", "runtime": {"command": ["serve"]}, "concurrency": 1,
-            "scaling": {"policy": "keepalive", "max_instances": 10, **scaling}}
+            "scaling": {"policy": "keepalive", "max_instances": 10, "stable_window_s": 6, **scaling}}
     return runner.simulate(Trace({"fn": fn}, "test", "torpor", "given"),
                            runner.validate_spec(spec, "test"), timings=TIMINGS, prices=PriceTable())
 
@@ -114,7 +116,7 @@ class TestDecide:
         chosen = decide(make_config(), recorder, 0.02)
         assert (chosen.desired, chosen.keep_alive_s) == (3, pytest.approx(0.4))
         assert chosen.reason == ("keepalive, 3 in system; idle instances kept 0.40 s "
-                                 "(20 × 20 ms cold start), the last to go 2.00 s "
+                                 "(20 × 20 ms cold start), the last to go 60.00 s "
                                  "(0 idle spells seen, fewer than 10)")
         assert decide(make_config(max_instances=2), recorder, 0.02).desired == 2
         recorder.record(101.0, 0)
@@ -123,56 +125,61 @@ class TestDecide:
 
 class TestTimeline:
     def test_lull_shorter_than_the_keep_alive_keeps_the_instance(self) -> None:
-        """Ready at 0.125, idle from 1.125; the request at 3 comes 1.875 s later, inside the 2.5 s
-        keep-alive: warm (latency 1 s). Idle again from 4, drained at 6.5: one cold start."""
-        result = replay((0.0, 1.0), (3.0, 1.0))
-        assert result.count("cold_starts") == 1
-        assert latencies(result) == [1.125, 1.0]
-        assert seconds(result) == {"ready": 6.375, "starting": 0.125}
+        """A 20 s request holds the first instance (ready 0.125). The request at 0.5 starts a
+        second (ready 0.625, idle from 1.625); the one at 3.5 comes 1.875 s later, inside its 2.5 s
+        keep-alive: warm. Idle again from 4.5, it is drained at 7.0; the first, idle from 20.125,
+        keeps the function warm for 6 s (drained at 26.125)."""
+        result = replay((0.0, 20.0), (0.5, 1.0), (3.5, 1.0))
+        assert result.count("cold_starts") == 2
+        assert latencies(result) == [20.125, 1.125, 1.0]  # in arrival order
+        assert seconds(result) == {"ready": 32.375, "starting": 0.25}  # 26 + 6.375
 
     def test_lull_longer_than_the_keep_alive_lets_it_go(self) -> None:
-        """Idle from 1.125, drained at 3.625 when its keep-alive ends; the request at 4 starts
-        another (ready 4.125, done 5.125, drained at 7.625): two cold starts, 7 s ready."""
-        result = replay((0.0, 1.0), (4.0, 1.0))
-        assert result.count("cold_starts") == 2
-        assert latencies(result) == [1.125, 1.125]
-        assert seconds(result) == {"ready": 7.0, "starting": 0.25}
+        """The same, but the next request at 4.5 comes 2.875 s after the second instance went
+        idle: it was drained at 4.125 when its keep-alive ended, so a third starts (ready 4.625,
+        done 5.625, drained 8.125)."""
+        result = replay((0.0, 20.0), (0.5, 1.0), (4.5, 1.0))
+        assert result.count("cold_starts") == 3
+        assert latencies(result) == [20.125, 1.125, 1.125]
+        assert seconds(result) == {"ready": 33.0, "starting": 0.375}  # 26 + 3.5 + 3.5
 
     def test_burst_starts_one_per_request_then_returns_to_zero(self) -> None:
         """Six requests at once: each queued one starts an instance in the same pass (no average to
-        move), all ready at 0.125, done at 1.125 and drained at 3.625: 6 × 3.5 s ready."""
+        move), all ready at 0.125 and done at 1.125; five are drained at 3.625 (the keep-alive),
+        the first in routing order at 7.125 (the 6 s it keeps the function warm)."""
         result = replay(*[(0.0, 1.0)] * 6)
         assert result.count("cold_starts") == 6
         assert latencies(result) == [1.125] * 6
-        assert seconds(result) == {"ready": 21.0, "starting": 0.75}
+        assert seconds(result) == {"ready": 24.5, "starting": 0.75}  # 5 × 3.5 + 7
 
     def test_steady_load_at_1_3_busy_holds_two_without_flapping(self) -> None:
         """A 1.3 s request every second (1.3 instances busy): the request at 1 finds the first
         busy and starts a second (ready 1.125); from then on they take turns, each idle 0.7 s at a
         time, inside the keep-alive: 2 cold starts in 20 requests, none after t=1. After the last
-        request (19 → 20.3) the one idle from 19.3 is drained at 21.8, the other at 22.8."""
+        request (19 → 20.3) the second is drained at 22.8 (its keep-alive), the first, idle from
+        19.3, at 25.3 (its 6 s)."""
         result = replay(*[(float(t), 1.3) for t in range(20)])
         assert result.count("cold_starts") == 2
         assert latencies(result) == [1.425, 1.425] + [1.3] * 18
-        assert seconds(result) == {"ready": 43.35, "starting": 0.25}  # 0.125 → 21.8, 1.125 → 22.8
+        assert seconds(result) == {"ready": 46.85, "starting": 0.25}  # 0.125 → 25.3, 1.125 → 22.8
 
     def test_shorter_keep_alive_trades_starts_for_instance_seconds(self) -> None:
-        """The same steady load with scaling.keep_alive_s 0.5: each instance idle 0.7 s is drained
-        after 0.5 s, so every request after the first finds none free and starts one (20 cold
-        starts), and each instance lives its request plus 0.5 s."""
+        """The same steady load with scaling.keep_alive_s 0.5 (fixed: for every instance, the
+        first too): each instance idle 0.7 s is drained after 0.5 s, so every request after the
+        first finds none free and starts one (20 cold starts), and each instance lives its request
+        plus 0.5 s."""
         result = replay(*[(float(t), 1.3) for t in range(20)], keep_alive_s=0.5)
         assert result.count("cold_starts") == 20
         assert seconds(result) == {"ready": 36.0, "starting": 2.5}
 
     def test_the_last_instance_learns_the_functions_idle_spells(self) -> None:
-        """A 1 s request every 4 s: each instance idle 2.875 s, past the 2.5 s keep-alive (and the
-        2 s used before 10 idle spells were seen), so each of the first 11 is a cold start and its
-        instance is drained 3.625 s after it arrives. The arrival at 40 records the 10th spell: the
-        last instance now stays the p99 of its spells, 2.875 s, so the next five requests, 3.75 s
-        apart (idle 2.625 and 2.75 s), are warm; it is drained 2.875 s after the last (59.75 →
-        62.625)."""
-        arrivals = [4.0 * n for n in range(11)] + [40 + 3.75 * k for k in range(1, 6)]
+        """A 1 s request every 8 s: the instance is idle 6.875 s, past the 6 s it keeps before 10
+        idle spells were seen, so each of the first 11 requests is a cold start and its instance
+        is drained at 7.125 after it. The arrival at 80 records the 10th spell: the last instance
+        now stays the p99 of its spells, 6.875 s, so the next five requests, 7.75 s apart (idle
+        6.75 s), are warm; it is drained 6.875 s after the last (119.75 → 126.625)."""
+        arrivals = [8.0 * n for n in range(11)] + [80 + 7.75 * k for k in range(1, 6)]
         result = replay(*[(at, 1.0) for at in arrivals])
         assert result.count("cold_starts") == 11
         assert latencies(result) == [1.125] * 11 + [1.0] * 5
-        assert seconds(result) == {"ready": 57.5, "starting": 1.375}  # 10 × 3.5 + 40.125 → 62.625
+        assert seconds(result) == {"ready": 116.5, "starting": 1.375}  # 10 × 7 + 80.125 → 126.625

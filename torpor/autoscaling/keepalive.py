@@ -48,7 +48,6 @@ COLD_START_WEIGHT = 0.2  # each new cold start's weight in the running mean (the
 AUTO_KPA_ABOVE_S = 1.0  # policy auto: the KPA once the function's cold starts average more
 WARM_QUANTILE = 0.99  # the last instance outlives this share of the function's idle spells
 WARM_MIN_GAPS = 10  # idle spells seen before their quantile is trusted
-WARM_UNMEASURED_S = 2.0  # the last instance's keep-alive until then
 
 
 class InSystem(Protocol):
@@ -67,6 +66,9 @@ class KeepAliveConfig:
     max_instances: int
     keep_alive_s: float | None = None  # None: from the measured cold start
     auto: bool = False  # scaling.policy auto: the KPA decides while cold starts are slow
+    # the last instance's keep-alive until WARM_MIN_GAPS idle spells were seen: the KPA's stable
+    # window (scaling.stable_window_s), so a function's first calls behave as they would there
+    warm_unmeasured_s: float = 60.0
 
     @classmethod
     def from_spec(cls, scaling: ScalingSpec, concurrency: int) -> KeepAliveConfig | None:
@@ -74,7 +76,7 @@ class KeepAliveConfig:
         if scaling.policy == "kpa":
             return None
         return cls(concurrency, scaling.min_instances, scaling.max_instances, scaling.keep_alive_s,
-                   auto=scaling.policy == "auto")
+                   auto=scaling.policy == "auto", warm_unmeasured_s=scaling.stable_window_s)
 
     def __post_init__(self) -> None:
         checks = {
@@ -100,19 +102,21 @@ class KeepAliveDecision:
 
 def warm_keep_alives(config: KeepAliveConfig, window: InSystem, keep_alive_s: float) -> tuple[float, ...]:
     """Each instance's warm keep-alive in routing order: the k-th is idle exactly while fewer than
-    (k − 1) × concurrency + 1 requests are in the system, so its idle spells are that level's."""
+    (k − 1) × concurrency + 1 requests are in the system, so its idle spells are that level's.
+    Until its spells are known the first keeps ``warm_unmeasured_s``, the others the keep-alive."""
     ranks = min(config.max_instances, SPELL_LEVELS // config.concurrency)
-    return tuple(warm_keep_alive(window.idle_spells(k * config.concurrency + 1), keep_alive_s)
+    return tuple(warm_keep_alive(window.idle_spells(k * config.concurrency + 1), keep_alive_s,
+                                 config.warm_unmeasured_s if k == 0 else keep_alive_s)
                  for k in range(ranks))
 
 
-def warm_keep_alive(idle_gaps: Sequence[float], keep_alive_s: float) -> float:
+def warm_keep_alive(idle_gaps: Sequence[float], keep_alive_s: float, unmeasured_s: float) -> float:
     """How long an instance stays once idle, from its own idle spells: their WARM_QUANTILE
     (Shahrad et al.'s histogram keep-alive), so that few requests find it gone, e.g. 30 spells of
     1-30 s → 30 s. Never under the keep-alive (nor above KEEP_ALIVE_MAX_S); with fewer than
-    WARM_MIN_GAPS spells seen, WARM_UNMEASURED_S."""
+    WARM_MIN_GAPS spells seen, ``unmeasured_s``."""
     if len(idle_gaps) < WARM_MIN_GAPS:
-        return max(keep_alive_s, WARM_UNMEASURED_S)
+        return max(keep_alive_s, unmeasured_s)
     ordered = sorted(idle_gaps)
     at = ordered[min(len(ordered) - 1, math.ceil(WARM_QUANTILE * len(ordered)) - 1)]
     return min(max(at, keep_alive_s), KEEP_ALIVE_MAX_S)
