@@ -21,7 +21,9 @@ model's requests (``--model``, one function) over ``--hours`` from ``--day``, ti
 day into 5 minutes and a 18 s image into 62 ms; the cold start, torpor's own, is not compressed).
 Beside the default policy runs the industry's fixed 10-minute keep-alive per instance (Shahrad et al.,
 ATC'20), compressed by the same factor (600 / 288 = 2.08 s). The table adds wasted
-instance-seconds (instance-seconds minus the busy seconds of the requests in the window).
+instance-seconds (instance-seconds minus the busy seconds of the requests in the window) and,
+with ``--idle-mode`` (each policy again with ``scaling.idle_mode``: idle instances frozen after the
+keep-alive instead of kept ready), the frozen ones among them, billed at the idle price.
 """
 
 from __future__ import annotations
@@ -108,13 +110,15 @@ class Result:
     window_s: float
     busy_s: float = 0.0  # the requests' service seconds within the window
     policy: str = ""  # what the API said runs, and why
+    frozen_s: float = 0.0  # of instance_s, frozen (billed at the idle price)
 
     def row(self) -> dict[str, Any]:
         return {"case": self.case, "p50_s": percentile(self.latencies, 0.5),
                 "p90_s": percentile(self.latencies, 0.9), "p99_s": percentile(self.latencies, 0.99),
                 "failed": self.failed, "cold": self.cold, "starts": self.starts,
                 "starts_per_min": self.starts / self.window_s * 60, "instance_s": self.instance_s,
-                "wasted_s": self.instance_s - self.busy_s, "policy": self.policy}
+                "wasted_s": self.instance_s - self.busy_s, "frozen_s": self.frozen_s,
+                "policy": self.policy}
 
 
 async def _send(http: httpx.AsyncClient, name: str, at: float, sleep_s: float, t0: float,
@@ -131,7 +135,7 @@ async def _send(http: httpx.AsyncClient, name: str, at: float, sleep_s: float, t
 def run_case(server: Server, case: str, scaling: dict[str, Any], arrivals: list[tuple[float, float]],
              window_s: float) -> Result:
     """Deploy ``slow`` as ``case`` with ``scaling``, replay, and measure; then delete it."""
-    name = f"replay-{case}".replace("_", "-")
+    name = f"replay-{case}".replace("_", "-").replace(".", "-")
     server.deploy(FUNCTION, name=name, scaling=scaling, queue={"max_queued": 1000, "timeout_s": 60})
     warm = scaling.get("min_instances", 0)
     deadline = time.monotonic() + 60
@@ -156,12 +160,15 @@ def run_case(server: Server, case: str, scaling: dict[str, Any], arrivals: list[
     rows = server.http.get("/api/v1/instances", params={"function": name, "all": True}).json()
     instance_s = sum(max(0.0, min(r["exited_at"] or t_end, t_end) - max(r["started_at"], t0)) for r in rows)
     starts = sum(1 for r in rows if r["started_at"] >= t0)
+    bill = server.http.get("/api/v1/billing", params={"since": t0, "until": t_end,
+                                                      "function": name}).json()
+    frozen_s = sum(float(line["state_seconds"].get("frozen", 0)) for line in bill["functions"])
     server.delete(name)
     return Result(case, [lat for lat, code, _ in out if code == 200],
                   sum(1 for _, code, _ in out if code != 200),
                   sum(1 for _, code, start in out if code == 200 and start == "cold"),
                   starts, instance_s, window_s,
-                  sum(min(s, window_s - at) for at, s in arrivals if at < window_s), policy)
+                  sum(min(s, window_s - at) for at, s in arrivals if at < window_s), policy, frozen_s)
 
 
 def cases_for(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
@@ -171,8 +178,10 @@ def cases_for(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     base: dict[str, Any] = {name: getattr(defaults, name) for name in (
         "stable_window_s", "scale_to_zero_grace_s", "target_utilization", "tick_s")}
     base["max_instances"] = args.max_instances
-    cases: list[tuple[str, dict[str, Any]]] = [
-        (policy, {**base, "policy": policy}) for policy in args.policies.split(",") if policy]
+    policies = [p for p in args.policies.split(",") if p]
+    cases: list[tuple[str, dict[str, Any]]] = [(p, {**base, "policy": p}) for p in policies]
+    if args.idle_mode:  # each policy again, idle instances frozen instead of kept ready
+        cases += [(f"{p}_idle_mode", {**base, "policy": p, "idle_mode": True}) for p in policies]
     keep_alives = [float(k) for k in args.keep_alive_s.split(",") if k]
     if args.alibaba:
         keep_alives.append(INDUSTRY_KEEP_ALIVE_S / args.compress)
@@ -190,7 +199,9 @@ def main() -> None:
     parser.add_argument("--start-s", type=float, default=0.0)
     parser.add_argument("--window-s", type=float, default=300.0)
     parser.add_argument("--keep-every", type=int, default=2)
-    parser.add_argument("--policies", default="kpa,auto")
+    parser.add_argument("--policies", default=None, help="default kpa,auto; auto with --alibaba")
+    parser.add_argument("--idle-mode", action="store_true",
+                        help="also run each policy with scaling.idle_mode (freeze idle instances)")
     parser.add_argument("--always-on", default=None,
                         help="always-on instance counts to try (default 3,4; none with --alibaba)")
     parser.add_argument("--max-instances", type=int, default=10)
@@ -204,6 +215,8 @@ def main() -> None:
     parser.add_argument("--compress", type=float, default=288.0,
                         help="--alibaba: divide arrival offsets and exec times by this")
     args = parser.parse_args()
+    if args.policies is None:
+        args.policies = "auto" if args.alibaba else "kpa,auto"
     if args.always_on is None:
         args.always_on = "" if args.alibaba else "3,4"
     if args.alibaba:
@@ -232,12 +245,12 @@ def main() -> None:
                if r["case"].startswith("always_on") and r["p99_s"] <= bound_s and not r["failed"]]
     always = min(meeting, key=lambda r: r["instance_s"]) if meeting else None
     print(f"\n{'case':<16} {'p50 s':>7} {'p90 s':>7} {'p99 s':>7} {'failed':>6} {'cold':>5} "
-          f"{'starts':>6} {'/min':>5} {'inst-s':>8} {'wasted':>7} {'% on':>6}")
+          f"{'starts':>6} {'/min':>5} {'inst-s':>8} {'wasted':>7} {'frozen':>7} {'% on':>6}")
     for r in rows:
         share = f"{100 * r['instance_s'] / always['instance_s']:.0f}" if always else "-"
         print(f"{r['case']:<16} {r['p50_s']:>7.3f} {r['p90_s']:>7.3f} {r['p99_s']:>7.3f} "
               f"{r['failed']:>6} {r['cold']:>5} {r['starts']:>6} {r['starts_per_min']:>5.1f} "
-              f"{r['instance_s']:>8.0f} {r['wasted_s']:>7.0f} {share:>6}")
+              f"{r['instance_s']:>8.0f} {r['wasted_s']:>7.0f} {r['frozen_s']:>7.0f} {share:>6}")
     if always:
         print(f"\n% on: instance-seconds over {always['case']} (the smallest always-on meeting "
               f"p99 ≤ {bound_s:.3f} s)")

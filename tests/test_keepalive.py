@@ -2,9 +2,9 @@
 its knobs, and timelines of the whole loop on the simulator's FakeClock (the server's own policy,
 planner and routing code).
 
-Unless a test says otherwise: concurrency 1, 0-10 instances, cold starts of 0.125 s (the simulated
+Unless a test says otherwise: concurrency 1, 0-10 instances, cold starts of 0.25 s (the simulated
 start → ready, measured by the policy as the server measures it), so each idle instance's
-keep-alive is 20 × 0.125 = 2.5 s; the first instance in routing order (the function's last to go)
+keep-alive is 10 × 0.25 = 2.5 s; the first instance in routing order (the function's last to go)
 keeps the 6 s stable window until 10 idle spells of the function were seen; stops, gateway
 overhead and reconciler delays are 0.
 """
@@ -20,6 +20,7 @@ from torpor.autoscaling.keepalive import (
     KEEP_ALIVE_MAX_S,
     KEEP_ALIVE_MIN_S,
     KEEP_ALIVE_UNMEASURED_S,
+    ColdStarts,
     KeepAliveConfig,
     decide,
     instances_for,
@@ -33,7 +34,7 @@ from torpor.sim import runner
 from torpor.sim.engine import Timings
 from torpor.sim.traces import FunctionTrace, Trace
 
-COLD_START_S = 0.125
+COLD_START_S = 0.25
 TIMINGS = Timings(cold_start_s=COLD_START_S, thaw_s=0.0, freeze_s=0.0, stop_s=0.0, overhead_s=0.0,
                   pass_delay_s=0.0)
 
@@ -62,16 +63,16 @@ def latencies(result: runner.RunResult) -> list[float]:
 
 class TestKeepAlive:
     def test_from_the_cold_start(self) -> None:
-        """Ski rental: keep an idle instance as long as 20 of its cold starts take."""
-        keep_s, source = keep_alive_for(make_config(), 0.02)
+        """Ski rental: keep an idle instance as long as 10 of its cold starts take."""
+        keep_s, source = keep_alive_for(make_config(), 0.04)
         assert keep_s == pytest.approx(0.4)
-        assert source == "20 × 20 ms cold start"
+        assert source == "10 × 40 ms cold start"
 
     def test_clamped(self) -> None:
         """At least 0.25 s (a reconciler pass and a stop take tens of ms); at most the industry's
         fixed 10 minutes."""
-        assert keep_alive_for(make_config(), 0.001)[0] == KEEP_ALIVE_MIN_S == 0.25  # 0.02 s → 0.25 s
-        assert keep_alive_for(make_config(), 60.0)[0] == KEEP_ALIVE_MAX_S  # 1200 s → 600 s
+        assert keep_alive_for(make_config(), 0.001)[0] == KEEP_ALIVE_MIN_S == 0.25  # 0.01 s → 0.25 s
+        assert keep_alive_for(make_config(), 100.0)[0] == KEEP_ALIVE_MAX_S  # 1000 s → 600 s
 
     def test_unmeasured_and_fixed(self) -> None:
         """Before any cold start: 2 s. scaling.keep_alive_s overrides the measurement."""
@@ -94,9 +95,9 @@ class TestResolve:
     def test_auto_by_the_cold_start(self) -> None:
         """auto: the keep-alive policy up to 1 s cold starts (or none measured), the KPA above."""
         assert resolve("auto", None) == ("keepalive", "the default auto: no cold start measured yet")
-        assert resolve("auto", 0.015) == ("keepalive", "the default auto: cold starts average 15 ms, "
+        assert resolve("auto", 0.015) == ("keepalive", "the default auto: cold starts take 15 ms, "
                                                        "at most 1 s")
-        assert resolve("auto", 4.2) == ("kpa", "the default auto: cold starts average 4.2 s, over 1 s")
+        assert resolve("auto", 4.2) == ("kpa", "the default auto: cold starts take 4.2 s, over 1 s")
 
     def test_explicit_policy_is_kept(self) -> None:
         assert resolve("kpa", 0.015) == ("kpa", "scaling.policy in the spec")
@@ -113,73 +114,85 @@ class TestDecide:
         recorder = ConcurrencyRecorder()
         recorder.record(100.0, 7)
         recorder.record(100.5, 3)
-        chosen = decide(make_config(), recorder, 0.02)
+        chosen = decide(make_config(), recorder, 0.04)
         assert (chosen.desired, chosen.keep_alive_s) == (3, pytest.approx(0.4))
         assert chosen.reason == ("keepalive, 3 in system; idle instances kept 0.40 s "
-                                 "(20 × 20 ms cold start), the last to go 60.00 s "
+                                 "(10 × 40 ms cold start), the last to go 60.00 s "
                                  "(0 idle spells seen, fewer than 10)")
-        assert decide(make_config(max_instances=2), recorder, 0.02).desired == 2
+        assert decide(make_config(max_instances=2), recorder, 0.04).desired == 2
         recorder.record(101.0, 0)
-        assert decide(make_config(min_instances=1), recorder, 0.02).desired == 1
+        assert decide(make_config(min_instances=1), recorder, 0.04).desired == 1
+
+
+class TestColdStarts:
+    def test_the_median_of_the_last_ones(self) -> None:
+        """The first start spawns (0.8 s), later ones fork: the typical one is the median, 30 ms
+        after three; only the last 9 count."""
+        starts = ColdStarts()
+        assert starts.typical is None
+        assert [starts.observe(s) for s in (0.8, 0.02, 0.03)] == [0.8, pytest.approx(0.41), 0.03]
+        for _ in range(9):
+            starts.observe(0.05)
+        assert starts.typical == 0.05
 
 
 class TestTimeline:
     def test_lull_shorter_than_the_keep_alive_keeps_the_instance(self) -> None:
-        """A 20 s request holds the first instance (ready 0.125). The request at 0.5 starts a
-        second (ready 0.625, idle from 1.625); the one at 3.5 comes 1.875 s later, inside its 2.5 s
-        keep-alive: warm. Idle again from 4.5, it is drained at 7.0; the first, idle from 20.125,
-        keeps the function warm for 6 s (drained at 26.125)."""
+        """A 20 s request holds the first instance (ready 0.25). The request at 0.5 starts a
+        second (ready 0.75, idle from 1.75); the one at 3.5 comes 1.75 s later, inside its 2.5 s
+        keep-alive: warm. Idle again from 4.5, it is drained at 7.0; the first, idle from 20.25,
+        keeps the function warm for 6 s (drained at 26.25)."""
         result = replay((0.0, 20.0), (0.5, 1.0), (3.5, 1.0))
         assert result.count("cold_starts") == 2
-        assert latencies(result) == [20.125, 1.125, 1.0]  # in arrival order
-        assert seconds(result) == {"ready": 32.375, "starting": 0.25}  # 26 + 6.375
+        assert latencies(result) == [20.25, 1.25, 1.0]  # in arrival order
+        assert seconds(result) == {"ready": 32.25, "starting": 0.5}  # 26 + 6.25
 
     def test_lull_longer_than_the_keep_alive_lets_it_go(self) -> None:
-        """The same, but the next request at 4.5 comes 2.875 s after the second instance went
-        idle: it was drained at 4.125 when its keep-alive ended, so a third starts (ready 4.625,
-        done 5.625, drained 8.125)."""
+        """The same, but the next request at 4.5 comes 2.75 s after the second instance went
+        idle: it was drained at 4.25 when its keep-alive ended, so a third starts (ready 4.75,
+        done 5.75, drained 8.25)."""
         result = replay((0.0, 20.0), (0.5, 1.0), (4.5, 1.0))
         assert result.count("cold_starts") == 3
-        assert latencies(result) == [20.125, 1.125, 1.125]
-        assert seconds(result) == {"ready": 33.0, "starting": 0.375}  # 26 + 3.5 + 3.5
+        assert latencies(result) == [20.25, 1.25, 1.25]
+        assert seconds(result) == {"ready": 33.0, "starting": 0.75}  # 26 + 3.5 + 3.5
 
     def test_burst_starts_one_per_request_then_returns_to_zero(self) -> None:
         """Six requests at once: each queued one starts an instance in the same pass (no average to
-        move), all ready at 0.125 and done at 1.125; five are drained at 3.625 (the keep-alive),
-        the first in routing order at 7.125 (the 6 s it keeps the function warm)."""
+        move), all ready at 0.25 and done at 1.25; five are drained at 3.75 (the keep-alive), the
+        first in routing order at 7.25 (the 6 s it keeps the function warm)."""
         result = replay(*[(0.0, 1.0)] * 6)
         assert result.count("cold_starts") == 6
-        assert latencies(result) == [1.125] * 6
-        assert seconds(result) == {"ready": 24.5, "starting": 0.75}  # 5 × 3.5 + 7
+        assert latencies(result) == [1.25] * 6
+        assert seconds(result) == {"ready": 24.5, "starting": 1.5}  # 5 × 3.5 + 7
 
     def test_steady_load_at_1_3_busy_holds_two_without_flapping(self) -> None:
         """A 1.3 s request every second (1.3 instances busy): the request at 1 finds the first
-        busy and starts a second (ready 1.125); from then on they take turns, each idle 0.7 s at a
+        busy and starts a second (ready 1.25); from then on they take turns, each idle 0.7 s at a
         time, inside the keep-alive: 2 cold starts in 20 requests, none after t=1. After the last
         request (19 → 20.3) the second is drained at 22.8 (its keep-alive), the first, idle from
         19.3, at 25.3 (its 6 s)."""
         result = replay(*[(float(t), 1.3) for t in range(20)])
         assert result.count("cold_starts") == 2
-        assert latencies(result) == [1.425, 1.425] + [1.3] * 18
-        assert seconds(result) == {"ready": 46.85, "starting": 0.25}  # 0.125 → 25.3, 1.125 → 22.8
+        assert latencies(result) == [1.55, 1.55] + [1.3] * 18
+        assert seconds(result) == {"ready": 46.6, "starting": 0.5}  # 0.25 → 25.3, 1.25 → 22.8
 
     def test_shorter_keep_alive_trades_starts_for_instance_seconds(self) -> None:
-        """The same steady load with scaling.keep_alive_s 0.5 (fixed: for every instance, the
-        first too): each instance idle 0.7 s is drained after 0.5 s, so every request after the
-        first finds none free and starts one (20 cold starts), and each instance lives its request
-        plus 0.5 s."""
-        result = replay(*[(float(t), 1.3) for t in range(20)], keep_alive_s=0.5)
+        """The same steady load with scaling.keep_alive_s 0.25 (fixed: for every instance, the
+        first too): each instance, idle from 1.55 s after its request came, is drained 0.25 s
+        later, before the next-but-one request: every request starts one (20 cold starts), and
+        each instance lives 1.8 s, 1.55 of them ready."""
+        result = replay(*[(float(t), 1.3) for t in range(20)], keep_alive_s=0.25)
         assert result.count("cold_starts") == 20
-        assert seconds(result) == {"ready": 36.0, "starting": 2.5}
+        assert seconds(result) == {"ready": 31.0, "starting": 5.0}
 
     def test_the_last_instance_learns_the_functions_idle_spells(self) -> None:
-        """A 1 s request every 8 s: the instance is idle 6.875 s, past the 6 s it keeps before 10
+        """A 1 s request every 8 s: the instance is idle 6.75 s, past the 6 s it keeps before 10
         idle spells were seen, so each of the first 11 requests is a cold start and its instance
-        is drained at 7.125 after it. The arrival at 80 records the 10th spell: the last instance
-        now stays the p99 of its spells, 6.875 s, so the next five requests, 7.75 s apart (idle
-        6.75 s), are warm; it is drained 6.875 s after the last (119.75 → 126.625)."""
-        arrivals = [8.0 * n for n in range(11)] + [80 + 7.75 * k for k in range(1, 6)]
+        is drained 7.25 s after it. The arrival at 80 records the 10th spell: the last instance
+        now stays the p99 of its spells, 6.75 s, so the next five requests, 7.5 s apart (idle
+        6.25 and 6.5 s), are warm; it is drained 6.75 s after the last (118.5 → 125.25)."""
+        arrivals = [8.0 * n for n in range(11)] + [80 + 7.5 * k for k in range(1, 6)]
         result = replay(*[(at, 1.0) for at in arrivals])
         assert result.count("cold_starts") == 11
-        assert latencies(result) == [1.125] * 11 + [1.0] * 5
-        assert seconds(result) == {"ready": 116.5, "starting": 1.375}  # 10 × 7 + 80.125 → 126.625
+        assert latencies(result) == [1.25] * 11 + [1.0] * 5
+        assert seconds(result) == {"ready": 115.0, "starting": 2.75}  # 10 × 7 + 80.25 → 125.25

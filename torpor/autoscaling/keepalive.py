@@ -16,7 +16,7 @@ second ("rent"); letting it go and paying a cold start later costs the start its
 the request that triggers it ("buy"), priced at ``COLD_START_PRICE`` instance-seconds per second of
 cold start. Keeping an idle instance until the rent paid equals the buy price,
 
-    keep_alive_s = COLD_START_PRICE × cold_start_s      e.g. 20 × 0.020 s = 0.4 s,
+    keep_alive_s = COLD_START_PRICE × cold_start_s      e.g. 10 × 0.040 s = 0.4 s,
 
 never costs more than twice the best choice made with hindsight (the deterministic ski-rental
 bound), whatever the arrival pattern. It is clamped to [KEEP_ALIVE_MIN_S, KEEP_ALIVE_MAX_S] and,
@@ -33,6 +33,8 @@ a clock.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,12 +42,12 @@ from typing import Protocol
 from torpor.autoscaling.metrics import SPELL_LEVELS
 from torpor.spec import ScalingSpec
 
-COLD_START_PRICE = 20.0  # instance-seconds one second of cold start is worth (start + the wait)
+COLD_START_PRICE = 10.0  # instance-seconds one second of cold start is worth (start + the wait)
 KEEP_ALIVE_MIN_S = 0.25  # no shorter: the reconciler's passes and a stop take tens of ms
 KEEP_ALIVE_MAX_S = 600.0  # the industry's fixed 10 minutes is the most it ever keeps
 KEEP_ALIVE_UNMEASURED_S = 2.0  # before the first cold start of this function was measured
-COLD_START_WEIGHT = 0.2  # each new cold start's weight in the running mean (the last ~5 count)
-AUTO_KPA_ABOVE_S = 1.0  # policy auto: the KPA once the function's cold starts average more
+COLD_STARTS_KEPT = 9  # the cold starts whose median is the function's typical one
+AUTO_KPA_ABOVE_S = 1.0  # policy auto: the KPA once the function's typical cold start is longer
 WARM_QUANTILE = 0.99  # the last instance outlives this share of the function's idle spells
 WARM_MIN_GAPS = 10  # idle spells seen before their quantile is trusted
 
@@ -123,16 +125,17 @@ def warm_keep_alive(idle_gaps: Sequence[float], keep_alive_s: float, unmeasured_
 
 
 def resolve(policy: str, cold_start_s: float | None) -> tuple[str, str]:
-    """The policy that runs and why: ``auto`` is ``keepalive`` while the function's cold starts
-    average at most AUTO_KPA_ABOVE_S (or none was measured yet: torpor's own take milliseconds),
-    the KPA above it (its windows suit slow starts). E.g. ("auto", 0.015) → keepalive."""
+    """The policy that runs and why: ``auto`` is ``keepalive`` while the function's typical cold
+    start (the median of its last ones) is at most AUTO_KPA_ABOVE_S (or none was measured yet:
+    torpor's own take milliseconds), the KPA above it (its windows suit slow starts). E.g.
+    ("auto", 0.015) → keepalive."""
     if policy != "auto":
         return policy, "scaling.policy in the spec"
     if cold_start_s is None:
         return "keepalive", "the default auto: no cold start measured yet"
     fast = cold_start_s <= AUTO_KPA_ABOVE_S
     return ("keepalive" if fast else "kpa",
-            f"the default auto: cold starts average {_ms(cold_start_s)}, "
+            f"the default auto: cold starts take {_ms(cold_start_s)}, "
             f"{'at most' if fast else 'over'} {AUTO_KPA_ABOVE_S:g} s")
 
 
@@ -141,7 +144,7 @@ def _ms(seconds: float) -> str:
 
 
 def keep_alive_for(config: KeepAliveConfig, cold_start_s: float | None) -> tuple[float, str]:
-    """The keep-alive and where it came from: e.g. 0.020 s cold starts → 20 × 0.020 = 0.4 s."""
+    """The keep-alive and where it came from: e.g. 0.040 s cold starts → 10 × 0.040 = 0.4 s."""
     if config.keep_alive_s is not None:
         return config.keep_alive_s, "scaling.keep_alive_s"
     if cold_start_s is None:
@@ -157,11 +160,22 @@ def starts_bound(config: KeepAliveConfig, keep_alive_s: float, cold_start_s: flo
     return config.max_instances * 60 / ((cold_start_s or 0.0) + keep_alive_s)
 
 
-def mean_cold_start(previous_s: float | None, observed_s: float) -> float:
-    """Running mean of a function's cold starts: e.g. 0.8 × 12 ms + 0.2 × 22 ms = 14 ms."""
-    if previous_s is None:
-        return observed_s
-    return (1 - COLD_START_WEIGHT) * previous_s + COLD_START_WEIGHT * observed_s
+class ColdStarts:
+    """A revision's last COLD_STARTS_KEPT cold starts (start → ready); :attr:`typical` is their
+    median, so one slow start (the first one spawns and loads what later forks share; a busy
+    machine's outlier) does not move the keep-alive: e.g. 0.8, 0.02, 0.03 s → 0.03 s."""
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque(maxlen=COLD_STARTS_KEPT)
+
+    def observe(self, seconds: float) -> float:
+        """Record one cold start; returns the new typical one."""
+        self._recent.append(seconds)
+        return statistics.median(self._recent)
+
+    @property
+    def typical(self) -> float | None:
+        return statistics.median(self._recent) if self._recent else None
 
 
 def instances_for(in_system: int, config: KeepAliveConfig) -> int:

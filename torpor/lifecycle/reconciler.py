@@ -20,7 +20,7 @@ from typing import Any
 
 from torpor.autoscaling import autoscaler
 from torpor.autoscaling.autoscaler import ScaleDecision
-from torpor.autoscaling.keepalive import KeepAliveConfig, mean_cold_start
+from torpor.autoscaling.keepalive import KeepAliveConfig
 from torpor.autoscaling.scaling_policies import PolicyState, ProvisionConfig
 from torpor.backends import BackendError, CodeRef, InstanceBackend, InstancePlan, StartFailed
 from torpor.clock import Clock
@@ -477,7 +477,7 @@ class Reconciler:
         self.on_ready(instance)
         total = instance.cold_start()["total_s"]
         if isinstance(total, float):
-            rev.cold_start_s = mean_cold_start(rev.cold_start_s, total)
+            rev.cold_start_s = rev.cold_starts.observe(total)
         self._event(fn.name, "started", f"instance {instance.id} ready in {total:.3f}s")
 
     async def _start_failed(self, fn: FunctionRuntime, rev: RevisionRuntime, instance: Instance,

@@ -18,8 +18,8 @@ plans out and serving would take, reduced to events on a heap:
   the decision takes the queue out of the path (``target_burst_capacity``), a request with no free
   slot goes where :func:`~torpor.gateway.route.choose_endpoint` sends it and waits at that
   instance, FIFO, as a real instance serves at most ``concurrency`` at a time;
-- the measured cold start the keep-alive policy reads is the same running mean the reconciler
-  keeps (``mean_cold_start`` of each start's ``cold_start_s``);
+- the measured cold start the keep-alive policy reads is the same median of the last ones the
+  reconciler keeps (``ColdStarts`` of each start's ``cold_start_s``);
 - every instance state change is written to a ledger list in the billing code's own
   :class:`~torpor.metering.billing.LedgerInterval` form, ``busy`` folded into ``ready`` as the
   server's ledger does.
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torpor.autoscaling import autoscaler
-from torpor.autoscaling.keepalive import KeepAliveConfig, mean_cold_start
+from torpor.autoscaling.keepalive import ColdStarts, KeepAliveConfig
 from torpor.autoscaling.kpa import KpaConfig
 from torpor.autoscaling.scaling_policies import ProvisionConfig
 from torpor.clock import FakeClock
@@ -136,7 +136,8 @@ class FunctionSim:
         self.recorder = PrefixRecorder()  # the server's recorder, with faster window sums
         self.kpa = KpaConfig.from_spec(spec.scaling, spec.concurrency)
         self.keep_alive = KeepAliveConfig.from_spec(spec.scaling, spec.concurrency)
-        self.cold_start_s: float | None = None  # running mean, as FunctionRuntime.cold_start_s
+        self.cold_starts = ColdStarts()  # as RevisionRuntime's
+        self.cold_start_s: float | None = None  # their median, as RevisionRuntime.cold_start_s
         self.provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
         self.time_dependent = bool(self.provision.target_tracking or self.provision.scheduled)
         self.policy = RoutingPolicy.make(spec.routing.policy)
@@ -446,7 +447,7 @@ class FunctionSim:
                             provisioned=instance.provisioned, idle=instance)
         instance.endpoint = endpoint
         self.endpoints.append(endpoint)
-        self.cold_start_s = mean_cold_start(self.cold_start_s, self.timings.cold_start_s)
+        self.cold_start_s = self.cold_starts.observe(self.timings.cold_start_s)
         self._ledger(instance, InstanceState.READY)
         self._dispatch()
         if endpoint.in_flight == 0:
