@@ -60,7 +60,7 @@ def test_short_real_replay_default_policy() -> None:
     finally:
         server.close()
     row = result.row()
-    assert row["policy"].startswith("keepalive (the default auto: cold starts average ")
+    assert row["policy"].startswith("keepalive (the default auto: cold starts take ")
     assert row["failed"] == 0
     assert row["p99_s"] <= 1.1 * percentile([s for _, s in arrivals], 0.99) + 0.25
     assert result.busy_s <= row["instance_s"] <= 0.5 * 4 * 30.0

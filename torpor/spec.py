@@ -139,7 +139,7 @@ class ScalingSpec(_Strict):
     tick_s: float = Field(default=2.0, ge=0.05, le=60)
     # kpa: Knative's autoscaler; keepalive: instances per request in the system, each kept warm
     # for a keep-alive sized from the measured cold start (torpor.autoscaling.keepalive); auto
-    # (the default): keepalive while the function's cold starts average at most 1 s, else kpa
+    # (the default): keepalive while the function's typical cold start is at most 1 s, else kpa
     policy: Literal["auto", "kpa", "keepalive"] = "auto"
     # keepalive/auto: each idle instance's keep-alive, fixed instead of measured
     keep_alive_s: float | None = Field(default=None, ge=0.25, le=600)
