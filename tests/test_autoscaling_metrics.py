@@ -300,3 +300,24 @@ class TestPeakAgainstBruteForce:
         """For any change sequence the bucketed peak equals scanning the changes directly."""
         recorder, changes, now = replay(steps, tail_s)
         assert recorder.window_peak(now, window_s) == _reference_peak(changes, now, window_s)
+
+
+class TestIdleSpells:
+    def test_each_level_times_its_own_spells(self) -> None:
+        """1 request at 0, none at 1, one again at 3: level 1's spell is 2 s. 2 at 3.5, 1 at 4,
+        3 at 6.5: level 2's spell is 2.5 s (4 → 6.5); level 3 never dropped, so has none."""
+        recorder = ConcurrencyRecorder()
+        for at, level in ((0.0, 1), (1.0, 0), (3.0, 1), (3.5, 2), (4.0, 1), (6.5, 3)):
+            recorder.record(at, level)
+        assert list(recorder.idle_spells(1)) == [2.0]
+        assert list(recorder.idle_spells(2)) == [2.5]
+        assert list(recorder.idle_spells(3)) == []
+
+    def test_a_drop_of_several_opens_a_spell_per_level(self) -> None:
+        """3 → 0 at 1, back to 3 at 2: one 1 s spell on each of levels 1-3; levels past the 16
+        kept have none (asking is not an error)."""
+        recorder = ConcurrencyRecorder()
+        for at, level in ((0.0, 3), (1.0, 0), (2.0, 3)):
+            recorder.record(at, level)
+        assert [list(recorder.idle_spells(n)) for n in (1, 2, 3, 4)] == [[1.0], [1.0], [1.0], []]
+        assert list(recorder.idle_spells(17)) == []

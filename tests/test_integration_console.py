@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLES, ROOT, TorporServer, make_function
+from tests.conftest import ROOT, TorporServer, make_function
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PROMTOOL = shutil.which("promtool")
@@ -45,7 +45,10 @@ def server(make_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     """echo and chatty deployed, each has served traffic, and the sampler has history."""
     monkeypatch.setenv("TORPOR_HISTORY_SAMPLE_S", "0.3")
     chatty = make_function(tmp_path, "chatty")
-    srv: TorporServer = make_server([EXAMPLES / "echo", chatty])
+    # the KPA keeps echo's instance through its 60 s window for the pages to show it (the default
+    # would let it go well under a second after its calls, which come milliseconds apart)
+    echo = make_function(tmp_path, "echo", scaling={"policy": "kpa"})
+    srv: TorporServer = make_server([echo, chatty])
     for _ in range(3):
         for n in range(10):
             assert srv.invoke("echo", {"n": n}).status_code == 200

@@ -98,6 +98,60 @@ class TestScaleIn:
         assert plan(view, decision(1), now=5.0).drain == (Drain("a", "scale in"),)
 
 
+class TestKeepAlive:
+    """The keep-alive policy's scale-in: each instance goes once idle for its own keep-alive."""
+
+    @staticmethod
+    def keep(desired: int, provisioned: int = 0, warm: tuple[float, ...] = ()) -> ScaleDecision:
+        return ScaleDecision(desired, provisioned, False, "test", keep_idle_s=0.5, keep_warm_s=warm)
+
+    def test_only_instances_idle_for_the_keep_alive_go(self) -> None:
+        """At 10: "a" idle since 9.0 (1 s) and "c" since 9.5 (0.5 s, just reached) go; "b", idle
+        0.25 s, stays though the decision wants none."""
+        view = make_view(make_instance("a", 0.0, idle_since=9.0),
+                         make_instance("b", 1.0, idle_since=9.75),
+                         make_instance("c", 2.0, idle_since=9.5))
+        assert plan(view, self.keep(0), now=10.0).drain == (Drain("c", "scale in"),
+                                                             Drain("a", "scale in"))
+
+    def test_never_more_than_the_surplus(self) -> None:
+        """Both idle past the keep-alive but one wanted: the newest goes."""
+        view = make_view(make_instance("a", 0.0, idle_since=5.0), make_instance("b", 1.0, idle_since=5.0))
+        assert plan(view, self.keep(1), now=10.0).drain == (Drain("b", "scale in"),)
+
+    def test_provisioned_outlives_the_keep_alive(self) -> None:
+        """The provisioned instance, idle longest, is no victim: only the on-demand one past its
+        keep-alive is (the one idle 0.25 s stays)."""
+        view = make_view(make_instance("p", 0.0, idle_since=1.0),
+                         make_instance("od-1", 1.0, idle_since=9.0),
+                         make_instance("od-2", 2.0, idle_since=9.75))
+        result = plan(view, self.keep(1, provisioned=1), now=10.0)
+        assert result.provisioned == frozenset({"p"})
+        assert result.drain == (Drain("od-1", "scale in"),)
+
+    def test_the_first_in_routing_order_keeps_the_function_warm(self) -> None:
+        """Warm keep-alives (3, 1): with both idle 2 s, "b" (second in routing order) goes after
+        the keep-alive; "a" (first: the oldest) stays until idle 3 s, its warm keep-alive."""
+        view = make_view(make_instance("a", 0.0, idle_since=8.0), make_instance("b", 1.0, idle_since=8.0))
+        assert plan(view, self.keep(0, warm=(3.0, 1.0)), now=10.0).drain == (Drain("b", "scale in"),)
+        alone = make_view(make_instance("a", 0.0, idle_since=8.0))
+        assert plan(alone, self.keep(0, warm=(3.0, 1.0)), now=10.0).drain == ()
+        assert plan(alone, self.keep(0, warm=(3.0, 1.0)), now=11.0).drain == (Drain("a", "scale in"),)
+
+    def test_idle_mode_freezes_after_the_keep_alive_and_drains_after_the_warm_one(self) -> None:
+        """With idle mode, warm keep-alives (3, 1.5): at 10 "a" (idle 2 s, under its 3 s) and "b"
+        (idle 1 s, under its 1.5 s) are frozen, past the 0.5 s keep-alive; "c" (third, past the
+        tuple: the keep-alive) drains; "d" idle 0.25 s is left alone."""
+        view = make_view(make_instance("a", 0.0, idle_since=8.0), make_instance("b", 1.0, idle_since=9.0),
+                         make_instance("c", 2.0, idle_since=9.0), make_instance("d", 3.0, idle_since=9.75),
+                         idle_mode=True)
+        result = plan(view, self.keep(0, warm=(3.0, 1.5)), now=10.0)
+        assert result.drain == (Drain("c", "scale in"),)
+        assert result.freeze == ("a", "b")
+        frozen = make_view(make_instance("a", 0.0, FROZEN, idle_since=8.0), idle_mode=True)
+        assert plan(frozen, self.keep(0, warm=(3.0, 1.5)), now=11.0).drain == (Drain("a", "scale in"),)
+
+
 class TestIdleMode:
     def test_timeline(self) -> None:
         """A provisioned instance freezes once idle for idle_after_s, not a moment before."""

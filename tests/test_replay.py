@@ -1,7 +1,7 @@
 """bench.replay: the trace window, the service-time model, and a short real replay.
 
 The real replay sends a few seconds of the Azure LLM conversation trace (Patel et al., "Splitwise",
-ISCA'24, CC-BY-4.0) to a real `torpor serve` under the keep-alive policy and checks the bounds
+ISCA'24, CC-BY-4.0) to a real `torpor serve` under the default policy and checks the bounds
 loosely; ``python -m bench.replay`` checks them exactly on the 5-minute window.
 """
 
@@ -45,19 +45,22 @@ def test_load_trace_window(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not TRACE.is_file(), reason="shared/traces is not beside this checkout")
-def test_short_real_replay_keepalive() -> None:
-    """20 s of the trace under the keep-alive policy: every request answered, p99 within the
-    service p99 + 1 s, and fewer instance-seconds than 3 always-on instances would take."""
+def test_short_real_replay_default_policy() -> None:
+    """30 s of the trace (30 requests, 9.1 busy seconds) under the default policy (auto: the
+    keep-alive policy, torpor's cold starts being milliseconds): every request answered, p99
+    within 1.1 × the service p99 + 0.25 s (loose: a shared machine; the bench checks it exactly),
+    and at most half the instance-seconds of the 4 always-on instances the 5-minute window needs
+    (the bench's goal is 60 % of them over 5 minutes)."""
     from bench.harness import Server
 
-    arrivals = load_trace(TRACE, start_s=0.0, window_s=20.0, keep_every=2)
+    arrivals = load_trace(TRACE, start_s=0.0, window_s=30.0, keep_every=2)
     server = Server()
     try:
-        result = run_case(server, "keepalive", {"policy": "keepalive", "max_instances": 10},
-                          arrivals, 20.0)
+        result = run_case(server, "auto", {"policy": "auto", "max_instances": 10}, arrivals, 30.0)
     finally:
         server.close()
     row = result.row()
+    assert row["policy"].startswith("keepalive (the default auto: cold starts take ")
     assert row["failed"] == 0
-    assert row["p99_s"] < percentile([s for _, s in arrivals], 0.99) + 1.0
-    assert row["instance_s"] < 3 * 20.0
+    assert row["p99_s"] <= 1.1 * percentile([s for _, s in arrivals], 0.99) + 0.25
+    assert result.busy_s <= row["instance_s"] <= 0.5 * 4 * 30.0

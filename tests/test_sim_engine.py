@@ -28,7 +28,7 @@ def make_spec(**scaling: Any) -> dict[str, Any]:
         "runtime": {"command": ["serve"]},
         "concurrency": 1,
         "timeout_s": 86_400,
-        "scaling": {"target_utilization": 1.0, "stable_window_s": 6, "tick_s": 1,
+        "scaling": {"policy": "kpa", "target_utilization": 1.0, "stable_window_s": 6, "tick_s": 1,
                     "scale_to_zero_grace_s": 0, "max_instances": 10, **scaling},
     }
 
@@ -148,22 +148,44 @@ class TestKnativeKnobs:
 
 class TestKeepAlivePolicy:
     def test_fixed_keep_alive(self) -> None:
-        """scaling.keep_alive_s 2: the instance of the request at 0 is kept through the one at 2.5
-        (warm) and gone at the t=6 tick; the request at 7 starts another (2 cold starts)."""
+        """scaling.keep_alive_s 2: the instance of the request at 0 (ready 0.5, idle from 1.5) is
+        kept through the one at 2.5 (warm, idle from 3.5) and drained at 5.5, when its own
+        keep-alive ends; the request at 7 starts another (2 cold starts), drained at 10.5."""
         result = run(make_trace((0.0, 1.0), (2.5, 1.0), (7.0, 1.0)),
                      make_spec(policy="keepalive", keep_alive_s=2))
         assert result.to_json()["cold_starts"] == 2
         assert sorted(result.latencies_s) == [1.0, 1.5, 1.5]
-        assert seconds(result) == {"starting": 1.0, "ready": 9.0}  # 0.5 → 6, 7.5 → 11
+        assert seconds(result) == {"starting": 1.0, "ready": 8.0}  # 0.5 → 5.5, 7.5 → 10.5
 
     def test_keep_alive_from_the_simulated_cold_start(self) -> None:
-        """Unfixed, the keep-alive is 200 × the measured cold start, as in the server: 200 × 0.5 s =
-        100 s once the first instance is ready, so the request at 7 is warm and the instance stays
-        until its last busy second (7) leaves the 100 s keep-alive: gone at the t=108 tick."""
+        """Unfixed, the keep-alive is 10 × the measured cold start, as in the server: 10 × 0.5 s =
+        5 s once the first instance is ready; the function's last instance keeps the 6 s stable
+        window until 10 idle spells are known, so the request at 7 is warm and the instance, idle
+        from 8, is drained at 14."""
         result = run(make_trace((0.0, 1.0), (2.5, 1.0), (7.0, 1.0)), make_spec(policy="keepalive"))
         assert result.to_json()["cold_starts"] == 1
         assert sorted(result.latencies_s) == [1.0, 1.0, 1.5]
-        assert seconds(result) == {"starting": 0.5, "ready": 107.5}
+        assert seconds(result) == {"starting": 0.5, "ready": 13.5}
+
+    @pytest.mark.parametrize(("cold_start_s", "runs", "latencies", "seconds_"), [
+        (0.5, "keepalive", [1.0, 1.0, 1.5], {"starting": 0.5, "ready": 13.5}),
+        (2.0, "kpa", [1.0, 1.5, 3.0], {"starting": 4.0, "ready": 17.5}),
+    ])
+    def test_auto_picks_by_the_cold_start(self, cold_start_s: float, runs: str,
+                                          latencies: list[float], seconds_: dict[str, float]) -> None:
+        """The default, auto, runs exactly what the policy it picks runs: with 0.5 s cold starts
+        (at most 1 s) the keep-alive policy (drained at 14, as above); with 2 s ones the KPA (the
+        first request waits the 2 s start, the one at 2.5 waits behind it, and the KPA's panic
+        starts a second instance)."""
+        timings = Timings(cold_start_s=cold_start_s, thaw_s=0.1, freeze_s=0.0, stop_s=0.0,
+                          overhead_s=0.0, pass_delay_s=0.0)
+        trace = make_trace((0.0, 1.0), (2.5, 1.0), (7.0, 1.0))
+        auto = make_spec()
+        auto["scaling"].pop("policy")
+        for spec in (auto, make_spec(policy=runs)):
+            result = run(trace, spec, timings)
+            assert sorted(result.latencies_s) == latencies
+            assert seconds(result) == seconds_
 
 
 class TestIdleMode:

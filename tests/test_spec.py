@@ -255,20 +255,20 @@ class TestKnativeKnobs:
 
 
 class TestScalingPolicy:
-    def test_default_is_kpa(self, tmp_path: Path) -> None:
-        """Knative's KPA unless the spec asks for another policy."""
+    def test_default_is_auto(self, tmp_path: Path) -> None:
+        """auto (keepalive while cold starts are fast, else the KPA) unless the spec asks."""
         scaling = load(make_spec(tmp_path)).scaling
-        assert (scaling.policy, scaling.keep_alive_s) == ("kpa", None)
+        assert (scaling.policy, scaling.keep_alive_s) == ("auto", None)
 
     def test_unknown_policy_lists_the_valid_ones(self, tmp_path: Path) -> None:
         """An unknown policy name fails naming the field and the choices."""
         assert spec_errors(make_spec(tmp_path, scaling={"policy": "fast"})) == [
-            "scaling.policy: Input should be 'kpa' or 'keepalive'"]
+            "scaling.policy: Input should be 'auto', 'kpa' or 'keepalive'"]
 
     def test_keep_alive_needs_the_keepalive_policy(self, tmp_path: Path) -> None:
         """keep_alive_s means nothing to the KPA."""
-        assert spec_errors(make_spec(tmp_path, scaling={"keep_alive_s": 5})) == [
-            "scaling: scaling.keep_alive_s applies only to scaling.policy: keepalive"]
+        assert spec_errors(make_spec(tmp_path, scaling={"policy": "kpa", "keep_alive_s": 5})) == [
+            "scaling: scaling.keep_alive_s applies only to scaling.policy: keepalive or auto"]
         scaling = load(make_spec(tmp_path, scaling={"policy": "keepalive", "keep_alive_s": 5})).scaling
         assert (scaling.policy, scaling.keep_alive_s) == ("keepalive", 5)
 

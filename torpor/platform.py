@@ -28,6 +28,7 @@ from torpor.auth import (
     hash_key,
     new_key,
 )
+from torpor.autoscaling.keepalive import resolve as resolve_policy
 from torpor.autoscaling.scaling_policies import (
     ProvisionConfig,
     parse_provision_config,
@@ -815,6 +816,8 @@ class Platform:
 
 def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None) -> dict[str, Any]:
     live = fn.live()
+    # which policy runs and why: auto picks by the measured cold start (keepalive.resolve)
+    policy, policy_why = resolve_policy(fn.spec.scaling.policy, fn.current.cold_start_s)
     counts: dict[str, int] = {}
     for instance in live:
         counts[instance.state.value] = counts.get(instance.state.value, 0) + 1
@@ -836,9 +839,9 @@ def function_to_api(fn: FunctionRuntime, template: dict[str, Any] | None = None)
         "provisioned": fn.decision.provisioned,
         "panic": fn.decision.panic,
         "scaling_reason": fn.decision.reason,
-        "scaling_policy": fn.spec.scaling.policy,
-        "scaling_policy_why": ("scaling.policy in the spec" if "policy" in fn.spec.scaling.model_fields_set
-                               else "the default"),
+        "scaling_policy": policy,
+        "scaling_policy_why": policy_why,
+        "cold_start_s": fn.current.cold_start_s,
         "waiting": fn.waiting,
         "source": fn.source,
         "code_digest": fn.code.digest,

@@ -144,9 +144,11 @@ class ScalingSpec(_Strict):
     scale_down_delay_s: float = Field(default=0.0, ge=0, le=3600)
     tick_s: float = Field(default=2.0, ge=0.05, le=60)
     # kpa: Knative's autoscaler; keepalive: instances per request in the system, each kept warm
-    # for a keep-alive sized from the measured cold start (torpor.autoscaling.keepalive)
-    policy: Literal["kpa", "keepalive"] = "kpa"
-    keep_alive_s: float | None = Field(default=None, ge=1, le=600)  # keepalive: fixed, not measured
+    # for a keep-alive sized from the measured cold start (torpor.autoscaling.keepalive); auto
+    # (the default): keepalive while the function's typical cold start is at most 1 s, else kpa
+    policy: Literal["auto", "kpa", "keepalive"] = "auto"
+    # keepalive/auto: each idle instance's keep-alive, fixed instead of measured
+    keep_alive_s: float | None = Field(default=None, ge=0.25, le=600)
     idle_mode: bool = False  # freeze provisioned instances with no request in flight
     idle_after_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S)
     target: float | None = Field(default=None, gt=0, le=100)  # percent, for gpu_utilization
@@ -182,8 +184,8 @@ class ScalingSpec(_Strict):
                 "scaling.target_concurrency applies only to scaling.metric: concurrency "
                 "(with metric rps set scaling.target_rps)"
             )
-        if self.keep_alive_s is not None and self.policy != "keepalive":
-            raise ValueError("scaling.keep_alive_s applies only to scaling.policy: keepalive")
+        if self.keep_alive_s is not None and self.policy == "kpa":
+            raise ValueError("scaling.keep_alive_s applies only to scaling.policy: keepalive or auto")
         if self.activation_scale > self.max_instances:
             raise ValueError(
                 f"scaling.activation_scale ({self.activation_scale}) exceeds "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from torpor.autoscaling import keepalive, kpa
-from torpor.autoscaling.keepalive import KeepAliveConfig, PeakWindow
+from torpor.autoscaling.keepalive import InSystem, KeepAliveConfig
 from torpor.autoscaling.kpa import ConcurrencyWindow, KpaConfig, KpaInputs, KpaState
 from torpor.autoscaling.scaling_policies import (
     PolicyInputs,
@@ -23,7 +23,7 @@ from torpor.autoscaling.scaling_policies import (
 )
 
 
-class MetricsWindow(ConcurrencyWindow, PeakWindow, Protocol):
+class MetricsWindow(ConcurrencyWindow, InSystem, Protocol):
     """Everything the policies read; ``metrics.ConcurrencyRecorder`` implements it."""
 
 
@@ -34,6 +34,10 @@ class ScaleDecision:
     panic: bool
     reason: str
     activator_in_path: bool = True  # the gateway queues requests while no instance has a free slot
+    # the keep-alive policy: drain only instances idle this long (None: any idle one, the KPA's)
+    keep_idle_s: float | None = None
+    # ... and, per instance in routing order, its warm keep-alive (keepalive.KeepAliveDecision)
+    keep_warm_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,15 @@ def decide(
     gpu: GpuSignal | None = None,
 ) -> tuple[ScaleDecision, AutoscalerState]:
     """``keep_alive`` set: the keep-alive policy decides the on-demand count instead of the KPA
-    (whose state is left as it was). ``gpu`` with a target: busy GPUs may raise it (HPA's rule)."""
-    if keep_alive is not None:
-        chosen = keepalive.decide(keep_alive, window, now, cold_start_s)
+    (whose state is left as it was); with ``auto`` only while cold starts are fast
+    (``keepalive.resolve``). ``gpu`` with a target: busy GPUs may raise it (HPA's rule)."""
+    keep_idle_s: float | None = None
+    keep_warm_s: tuple[float, ...] = ()
+    if keep_alive is not None and (
+            not keep_alive.auto or keepalive.resolve("auto", cold_start_s)[0] == "keepalive"):
+        chosen = keepalive.decide(keep_alive, window, cold_start_s)
         kpa_decision = kpa.KpaDecision(chosen.desired, False, chosen.reason, -1, True)
-        kpa_state = state.kpa
+        kpa_state, keep_idle_s, keep_warm_s = state.kpa, chosen.keep_alive_s, chosen.keep_warm_s
     else:
         inputs = KpaInputs.observe(window, config, now, ready, reachable)
         kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
@@ -102,5 +110,5 @@ def decide(
     if provisioned > on_demand:
         reason = f"provisioned {provisioned} ({target.reason}); KPA: {kpa_decision.reason}"
     decision = ScaleDecision(desired, provisioned, kpa_decision.panic, reason,
-                             kpa_decision.activator_in_path)
+                             kpa_decision.activator_in_path, keep_idle_s, keep_warm_s)
     return decision, AutoscalerState(kpa_state, policy_state)

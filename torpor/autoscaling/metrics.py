@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 DEFAULT_RETENTION_S = 3600  # the longest stable window ScalingSpec allows
+SPELLS_KEPT = 200  # per level: the last idle spells kept (for the keep-alive policy)
+SPELL_LEVELS = 16  # levels 1..16 of requests in the system have their idle spells kept
 
 
 class _Bucket:
@@ -56,6 +59,9 @@ class ConcurrencyRecorder:
         self._first_at: float | None = None
         self._last_request_at: float | None = None
         self._dropped_level: int | None = None  # level carried out of the newest dropped bucket
+        # level n's idle spell: from the system dropping below n requests to reaching n again
+        self._below_since: dict[int, float] = {}
+        self._spells: list[deque[float]] = [deque(maxlen=SPELLS_KEPT) for _ in range(SPELL_LEVELS)]
 
     @property
     def current(self) -> int:
@@ -82,8 +88,24 @@ class ConcurrencyRecorder:
         if in_system < 0:
             raise ValueError(f"in_system cannot be negative, got {in_system}")
         bucket = self._touch(now)
+        before = bucket.level
+        if in_system < before:
+            for level in range(in_system + 1, min(before, SPELL_LEVELS) + 1):
+                self._below_since[level] = now
+        elif in_system > before:
+            for level in range(before + 1, min(in_system, SPELL_LEVELS) + 1):
+                since = self._below_since.pop(level, None)
+                if since is not None:
+                    self._spells[level - 1].append(now - since)
         bucket.level = in_system
         bucket.peak = max(bucket.peak, in_system)
+
+    def idle_spells(self, level: int) -> Sequence[float]:
+        """The last idle spells of level ``level`` (1..SPELL_LEVELS; none above): each the time
+        from the system dropping below ``level`` requests to reaching ``level`` again, e.g. for
+        level 1 from emptying to the next request. With requests routed to the earliest instance,
+        they are the idle spells of the ``level``-th instance (concurrency 1)."""
+        return self._spells[level - 1] if 1 <= level <= SPELL_LEVELS else ()
 
     def record_request(self, now: float) -> None:
         """A request arrived at ``now`` (counted for ``rate`` and the scale-to-zero grace)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torpor.autoscaling.autoscaler import AutoscalerState, ScaleDecision
+from torpor.autoscaling.keepalive import ColdStarts
 from torpor.autoscaling.kpa import KpaConfig
 from torpor.autoscaling.metrics import ConcurrencyRecorder
 from torpor.autoscaling.scaling_policies import ProvisionConfig
@@ -159,7 +160,8 @@ class RevisionRuntime:
     backoff_until: float = 0.0
     last_error: str | None = None
     prepared: bool = False  # the backend was asked to prepare it (a template), not yet retired
-    cold_start_s: float | None = None  # running mean of this revision's cold starts
+    cold_starts: ColdStarts = field(default_factory=ColdStarts)  # this revision's last ones
+    cold_start_s: float | None = None  # their median (ColdStarts.typical)
 
     @property
     def plan(self) -> RevisionPlan:

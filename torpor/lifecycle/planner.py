@@ -11,7 +11,10 @@ The reconciler takes a :class:`FunctionView` (plain data copied from its instanc
 3. **Scale in** (``live > desired``): drain the surplus among idle instances (READY or FROZEN; a
    busy or starting one is never a victim). Victim order: on-demand before provisioned, then the
    lowest-priority pool first, then the newest first — the reverse of the order they were added
-   (seed 004).
+   (seed 004). With the keep-alive policy (``decision.keep_idle_s``) each on-demand instance goes
+   once idle for its own hold (:func:`keep_alive_scale_in`): the first in routing order for its
+   warm keep-alive, the others for the keep-alive; with idle mode, frozen after the keep-alive
+   and drained after their own warm keep-alive.
 4. **Idle mode**: freeze provisioned instances READY with nothing in flight for ``idle_after_s``.
 5. **Revisions without traffic**: each revision that takes traffic (a weight above 0 or a tag) is
    planned on its own, with its own decision (:func:`plan_revisions`). Once every one of them
@@ -30,6 +33,7 @@ from torpor.lifecycle.state import InstanceState
 
 _IDLE = frozenset({InstanceState.READY, InstanceState.FROZEN})
 _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY})
+_EPSILON_S = 1e-9  # a pass timed for the keep-alive's end finds it reached, float sums or not
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,48 @@ def scale_in_victims(current: list[InstanceView], provisioned: frozenset[str],
     return idle[:max(0, surplus)]
 
 
+def keep_alive_scale_in(current: list[InstanceView], provisioned: frozenset[str], surplus: int,
+                        now: float, decision: ScaleDecision,
+                        idle_mode: bool) -> tuple[list[InstanceView], list[InstanceView]]:
+    """The keep-alive policy's scale-in: (instances to drain, instances to freeze).
+
+    Each on-demand instance goes once idle for its own hold (a provisioned one never goes for
+    idleness): the first in routing order (provisioned first, then by ready time) holds for its
+    warm keep-alive, the others for the keep-alive. With idle mode each is frozen after the
+    keep-alive and drained after its warm keep-alive instead. At most ``surplus`` drain, newest
+    first."""
+    keep_s = decision.keep_idle_s
+    assert keep_s is not None
+    warm = decision.keep_warm_s
+    order = sorted(current, key=lambda i: (i.id not in provisioned, i.ready_at is None,
+                                           i.ready_at or i.started_at))
+    eligible: list[InstanceView] = []
+    freeze: list[InstanceView] = []
+    for rank, instance in enumerate(order):
+        if instance.id in provisioned or instance.state not in _IDLE or instance.idle_transition:
+            continue
+        if idle_mode:
+            hold = warm[rank] if rank < len(warm) else keep_s
+        else:
+            hold = warm[0] if rank == 0 and warm else keep_s
+        idle_s = idle_for(instance, now)
+        if idle_s >= hold - _EPSILON_S:
+            eligible.append(instance)
+        elif idle_mode and instance.state == InstanceState.READY and idle_s >= keep_s - _EPSILON_S:
+            freeze.append(instance)
+    eligible.sort(key=lambda i: (i.pool_priority, -(i.ready_at or i.started_at)))
+    drains = eligible[:max(0, surplus)]
+    freeze += [i for i in eligible[max(0, surplus):] if idle_mode and i.state == InstanceState.READY]
+    return drains, freeze
+
+
+def idle_for(instance: InstanceView, now: float) -> float:
+    """How long the instance has had nothing in flight (0 while busy or not yet routable)."""
+    if instance.in_flight or instance.idle_since is None:
+        return 0.0
+    return now - instance.idle_since
+
+
 def plan(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
     """The plan when one revision takes all the traffic."""
     return plan_revisions((view,), (decision,), now)[0]
@@ -132,9 +178,15 @@ def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
         marked = len(provisioned)
         starts = [Start(provisioned=marked + n < decision.provisioned, pools=view.pools)
                   for n in range(desired - len(current))]
-    elif len(current) > desired:
+    elif len(current) > desired and decision.keep_idle_s is None:
         drains = [Drain(i.id, "scale in")
                   for i in scale_in_victims(current, provisioned, len(current) - desired)]
+    kept_frozen: list[str] = []
+    if decision.keep_idle_s is not None and not starts:
+        victims, to_freeze = keep_alive_scale_in(current, provisioned, len(current) - desired, now,
+                                                 decision, view.idle_mode)
+        drains = [Drain(i.id, "scale in") for i in victims]
+        kept_frozen = [i.id for i in to_freeze]
     draining = {d.instance_id for d in drains}
     freeze: list[str] = []
     if view.idle_mode:
@@ -143,7 +195,7 @@ def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
             if i.id in provisioned and i.id not in draining and i.state == InstanceState.READY
             and i.in_flight == 0 and not i.idle_transition and i.idle_since is not None
             and now - i.idle_since >= view.idle_after_s
-        ]
+        ] + kept_frozen
     return Plan(provisioned=provisioned, start=tuple(starts), drain=tuple(drains),
                 freeze=tuple(freeze))
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from typing import Any
 
 from torpor.autoscaling import autoscaler
 from torpor.autoscaling.autoscaler import ScaleDecision
-from torpor.autoscaling.keepalive import KeepAliveConfig, mean_cold_start
+from torpor.autoscaling.keepalive import KeepAliveConfig
 from torpor.autoscaling.scaling_policies import PolicyState, ProvisionConfig
 from torpor.backends import BackendError, CodeRef, InstanceBackend, InstancePlan, StartFailed
 from torpor.clock import Clock
@@ -77,6 +78,7 @@ class Reconciler:
         self.ledger = Ledger(store, clock)
         self.idle = IdleMode(backend, clock, self.ledger, self._background)
         self._last_heartbeat = 0.0
+        self._wake_at = math.inf  # the next instance keep-alive's end (the keep-alive policy)
         self.template_retire_idle_s = DEFAULT_RETIRE_IDLE_S  # the server config's templates:
         # (function, revision) → when its template was retired for being idle
         self.retired_templates: dict[tuple[str, int], float] = {}
@@ -186,8 +188,10 @@ class Reconciler:
                     self.reconcile(fn)
                 except Exception:
                     log.exception("reconciling %s failed", fn.name)
+            wait_s = min(RECONCILE_INTERVAL_S, max(0.0, self._wake_at - self.clock.now()))
+            self._wake_at = math.inf
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_INTERVAL_S)
+                await asyncio.wait_for(self._wake.wait(), wait_s)
 
     def set_provision(self, name: str, provision: ProvisionConfig) -> None:
         fn = self.functions[name]
@@ -212,8 +216,25 @@ class Reconciler:
         waiting = [reason for rev, plan in zip(planned, plans, strict=True)
                    if (reason := self.carry_out(fn, rev, plan)) is not None]
         self._set_waiting(fn, waiting[0] if waiting else None)
+        self._wake_for_keep_alive(fn, planned, now)
         self._retire_unused(fn)
         self._retire_idle_templates(fn, now)
+
+    def _wake_for_keep_alive(self, fn: FunctionRuntime, planned: list[RevisionRuntime],
+                             now: float) -> None:
+        """The keep-alive policy drains an instance when its own keep-alive ends: pass then, not
+        up to RECONCILE_INTERVAL_S later (each such wait is instance-seconds for nothing)."""
+        for rev in planned:
+            keep_s = rev.decision.keep_idle_s
+            if keep_s is None:
+                continue
+            holds = {keep_s, *rev.decision.keep_warm_s}
+            for instance in fn.live(rev.number):
+                endpoint = instance.endpoint
+                if endpoint is not None and endpoint.in_flight == 0 and instance.facts.draining_at is None:
+                    for hold in holds:
+                        if endpoint.idle_since + hold > now:
+                            self._wake_at = min(self._wake_at, endpoint.idle_since + hold)
 
     def _retire_idle_templates(self, fn: FunctionRuntime, now: float) -> None:
         """What the backend holds between instances (a template and its spare) is memory held for
@@ -322,7 +343,9 @@ class Reconciler:
             keep_alive=KeepAliveConfig.from_spec(rev.spec.scaling, rev.spec.concurrency),
             cold_start_s=rev.cold_start_s,
         )
-        rev.next_decision_at = now + rev.spec.scaling.tick_s
+        # the keep-alive policy reads only what is in the system now: it decides on every pass
+        rev.next_decision_at = now + (0.0 if decision.keep_idle_s is not None
+                                      else rev.spec.scaling.tick_s)
         if decision.desired != rev.decision.desired:
             self._event(fn.name, "scaled", f"{fn.name} {rev.decision.desired}→{decision.desired}: "
                                            f"{decision.reason} (revision {rev.number})")
@@ -460,7 +483,7 @@ class Reconciler:
         self.on_ready(instance)
         total = instance.cold_start()["total_s"]
         if isinstance(total, float):
-            rev.cold_start_s = mean_cold_start(rev.cold_start_s, total)
+            rev.cold_start_s = rev.cold_starts.observe(total)
         self._event(fn.name, "started", f"instance {instance.id} ready in {total:.3f}s")
 
     async def _start_failed(self, fn: FunctionRuntime, rev: RevisionRuntime, instance: Instance,

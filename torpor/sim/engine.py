@@ -18,8 +18,8 @@ plans out and serving would take, reduced to events on a heap:
   the decision takes the queue out of the path (``target_burst_capacity``), a request with no free
   slot goes where :func:`~torpor.gateway.route.choose_endpoint` sends it and waits at that
   instance, FIFO, as a real instance serves at most ``concurrency`` at a time;
-- the measured cold start the keep-alive policy reads is the same running mean the reconciler
-  keeps (``mean_cold_start`` of each start's ``cold_start_s``);
+- the measured cold start the keep-alive policy reads is the same median of the last ones the
+  reconciler keeps (``ColdStarts`` of each start's ``cold_start_s``);
 - every instance state change is written to a ledger list in the billing code's own
   :class:`~torpor.metering.billing.LedgerInterval` form, ``busy`` folded into ``ready`` as the
   server's ledger does.
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torpor.autoscaling import autoscaler
-from torpor.autoscaling.keepalive import KeepAliveConfig, mean_cold_start
+from torpor.autoscaling.keepalive import ColdStarts, KeepAliveConfig
 from torpor.autoscaling.kpa import KpaConfig
 from torpor.autoscaling.scaling_policies import ProvisionConfig
 from torpor.clock import FakeClock
@@ -137,7 +137,8 @@ class FunctionSim:
         self.recorder = PrefixRecorder()  # the server's recorder, with faster window sums
         self.kpa = KpaConfig.from_spec(spec.scaling, spec.concurrency)
         self.keep_alive = KeepAliveConfig.from_spec(spec.scaling, spec.concurrency)
-        self.cold_start_s: float | None = None  # running mean, as FunctionRuntime.cold_start_s
+        self.cold_starts = ColdStarts()  # as RevisionRuntime's
+        self.cold_start_s: float | None = None  # their median, as RevisionRuntime.cold_start_s
         self.provision = provision or ProvisionConfig(target=spec.scaling.provisioned)
         self.time_dependent = bool(self.provision.target_tracking or self.provision.scheduled)
         self.policy = RoutingPolicy.make(spec.routing.policy)
@@ -154,6 +155,7 @@ class FunctionSim:
         self.seq = 0
         self.next_tick = 0.0  # the next reconciler pass that may decide
         self.next_decision_at = 0.0  # every tick_s; sooner while requests wait
+        self.keep_alive_pass_at = -_INF  # the pass asked for when a keep-alive ends
         self.draining = 0
         self.marked = 0  # provisioned count at the last plan
         self.live_changed = False  # an instance started or drained since the last plan
@@ -242,7 +244,8 @@ class FunctionSim:
             self._complete(subject)
             return
         if kind == _PASS:
-            self._act()
+            # the keep-alive policy decides on every reconciler pass (the server's does too)
+            self._decide() if self.decision.keep_idle_s is not None else self._act()
             return
         if kind == _READY:
             self._ready(subject)
@@ -325,10 +328,24 @@ class FunctionSim:
     def _idle(self, endpoint: Endpoint) -> None:
         """An endpoint has nothing in flight: a later reconciler pass may drain or freeze it."""
         scaling = self.spec.scaling
-        if len(self.live) > self.decision.desired:
+        if self.decision.keep_idle_s is not None:  # the reconciler wakes when its keep-alive ends
+            self._wake_for_keep_alive()
+        elif len(self.live) > self.decision.desired:
             self._push(self.now + self.timings.pass_delay_s, _PASS, None)
         elif endpoint.provisioned and scaling.idle_mode:
             self._push(self.now + scaling.idle_after_s + self.timings.pass_delay_s, _PASS, None)
+
+    def _wake_for_keep_alive(self) -> None:
+        """A pass when the first idle instance's keep-alive ends (``Reconciler._wake_for_keep_alive``)."""
+        keep_s = self.decision.keep_idle_s
+        assert keep_s is not None
+        holds = {keep_s, *self.decision.keep_warm_s}
+        now = self.clock.now()
+        ends = [e.idle_since + k for e in self.endpoints if e.in_flight == 0 for k in holds]
+        first = min((t for t in ends if t > now), default=_INF)
+        if first < _INF and not (now < self.keep_alive_pass_at <= first):
+            self.keep_alive_pass_at = first
+            self._push(first, _PASS, None)
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first (``FunctionRoute.dispatch``)."""
@@ -428,6 +445,8 @@ class FunctionSim:
             self._drain(self.by_id[drain.instance_id])
         for instance_id in plan.freeze:
             self._freeze(self.by_id[instance_id])
+        if decision.keep_idle_s is not None:
+            self._wake_for_keep_alive()
 
     def _spawn(self, provisioned: bool) -> None:
         now = self.now
@@ -450,7 +469,7 @@ class FunctionSim:
                             provisioned=instance.provisioned, idle=instance)
         instance.endpoint = endpoint
         self.endpoints.append(endpoint)
-        self.cold_start_s = mean_cold_start(self.cold_start_s, self.timings.cold_start_s)
+        self.cold_start_s = self.cold_starts.observe(self.timings.cold_start_s)
         self._ledger(instance, InstanceState.READY)
         self._dispatch()
         if endpoint.in_flight == 0:
