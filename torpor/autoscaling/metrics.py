@@ -88,17 +88,22 @@ class ConcurrencyRecorder:
         if in_system < 0:
             raise ValueError(f"in_system cannot be negative, got {in_system}")
         bucket = self._touch(now)
-        before = bucket.level
+        if in_system != bucket.level:
+            self._level_changed(now, bucket.level, in_system)
+        bucket.level = in_system
+        bucket.peak = max(bucket.peak, in_system)
+
+    def _level_changed(self, now: float, before: int, in_system: int) -> None:
+        """Idle spells: each level the system drops below starts one, each level it reaches again
+        ends one (subclasses that record on their own path call this too)."""
         if in_system < before:
             for level in range(in_system + 1, min(before, SPELL_LEVELS) + 1):
                 self._below_since[level] = now
-        elif in_system > before:
+        else:
             for level in range(before + 1, min(in_system, SPELL_LEVELS) + 1):
                 since = self._below_since.pop(level, None)
                 if since is not None:
                     self._spells[level - 1].append(now - since)
-        bucket.level = in_system
-        bucket.peak = max(bucket.peak, in_system)
 
     def idle_spells(self, level: int) -> Sequence[float]:
         """The last idle spells of level ``level`` (1..SPELL_LEVELS; none above): each the time

@@ -47,6 +47,8 @@ class PrefixRecorder(ConcurrencyRecorder):
         if in_system < 0:
             raise ValueError(f"in_system cannot be negative, got {in_system}")
         bucket = self._touch_fast(now)
+        if in_system != bucket.level:
+            self._level_changed(now, bucket.level, in_system)
         bucket.level = in_system
         if in_system > bucket.peak:
             bucket.peak = in_system
@@ -57,6 +59,8 @@ class PrefixRecorder(ConcurrencyRecorder):
         bucket = self._touch_fast(now)
         bucket.requests += 1
         self._last_request_at = bucket.t
+        if in_system != bucket.level:
+            self._level_changed(now, bucket.level, in_system)
         bucket.level = in_system
         if in_system > bucket.peak:
             bucket.peak = in_system
