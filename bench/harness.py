@@ -67,10 +67,16 @@ class Server:
             self.http.headers["authorization"] = f"Bearer {self.api_key}"
 
     def deploy(self, folder: Path, **overrides: Any) -> None:
-        """Deploy a copy of ``folder`` with ``overrides`` merged into its spec."""
+        """Deploy a copy of ``folder`` with ``overrides`` merged into its spec (a key of a section
+        left out, e.g. ``scaling.policy``, keeps the folder's value)."""
         spec = yaml.safe_load((folder / "torpor.yaml").read_text())
         for key, value in overrides.items():
             spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+        self.deploy_spec(folder, spec)
+
+    def deploy_spec(self, folder: Path, spec: dict[str, Any]) -> None:
+        """Deploy ``folder``'s code with exactly ``spec`` (its own torpor.yaml is not read): what a
+        comparison with the simulator needs, which sees that same spec and nothing else."""
         archive = pack_dir(folder)
         if self.http.head(f"/api/v1/code/{archive.digest}").status_code != 200:
             self.http.put(f"/api/v1/code/{archive.digest}", content=archive.data).raise_for_status()

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from bench.harness import ROOT, Server, write_json
+from torpor.autoscaling.keepalive import resolve
 from torpor.metering.prices import PriceTable
 from torpor.sim import runner
 from torpor.sim.engine import Timings
@@ -99,7 +100,10 @@ def measure_real(trace: FunctionTrace, spec: dict[str, Any], settle_timeout_s: f
     """Replay on a real server; wait until it is back at zero; its bill, instances and ledger."""
     server = Server()
     try:
-        server.deploy(FUNCTION, **{k: v for k, v in spec.items() if k not in ("name", "runtime")})
+        # exactly the spec the simulator is given: merged into tests/functions/slow's own (which
+        # pins scaling.policy kpa for the KPA's tests), the server ran the KPA while the simulator
+        # ran the default policy, and their instance-seconds differed by 40 %
+        server.deploy_spec(FUNCTION, spec)
         latencies, starts, t0 = asyncio.run(_replay(server.url, trace))
         server.wait_no_instances("slow", timeout_s=settle_timeout_s)
         until = time.time()
@@ -107,6 +111,7 @@ def measure_real(trace: FunctionTrace, spec: dict[str, Any], settle_timeout_s: f
                                                           "until": str(until)}).json()
         (line,) = bill["functions"]
         instances = server.http.get("/api/v1/instances", params={"function": "slow", "all": True}).json()
+        policy = server.http.get("/api/v1/functions/slow").json()["scaling_policy"]
         timings = _ledger_medians(server.tmp / "data" / "torpor.db")
     finally:
         server.close()
@@ -118,12 +123,13 @@ def measure_real(trace: FunctionTrace, spec: dict[str, Any], settle_timeout_s: f
         "cold_starts": len(instances),
         "cold_start_requests": starts.count("cold"),
         "timings": timings,
+        "policy": policy,  # the scaling policy the server says ran (auto resolved)
     }
 
 
 def simulate(trace: FunctionTrace, spec: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    result = runner.simulate(Trace({"slow": trace}, "slice", "azure_llm", ""),
-                             runner.validate_spec(spec, "validation spec"),
+    validated = runner.validate_spec(spec, "validation spec")
+    result = runner.simulate(Trace({"slow": trace}, "slice", "azure_llm", ""), validated,
                              timings=Timings(**timings), prices=PriceTable())
     data = result.to_json()
     return {
@@ -131,6 +137,8 @@ def simulate(trace: FunctionTrace, spec: dict[str, Any], timings: dict[str, floa
         "instance_seconds": float(data["instance_seconds"]),
         "state_seconds": {k: float(v) for k, v in data["state_seconds"].items()},
         "cold_starts": data["cold_starts"], "cold_start_requests": data["cold_start_requests"],
+        # the policy the simulated server runs: auto resolved with the measured cold start
+        "policy": resolve(validated.scaling.policy, Timings(**timings).cold_start_s)[0],
     }
 
 

@@ -33,6 +33,9 @@ def test_simulated_matches_measured() -> None:
     measured = measure_real(trace, SPEC, settle_timeout_s=60)
     simulated = simulate(trace, SPEC, measured["timings"])
     assert measured["answered"] == simulated["answered"] == len(trace)
+    # both ran the default policy (auto: keep-alive at millisecond cold starts), not the KPA that
+    # tests/functions/slow's own torpor.yaml pins
+    assert measured["policy"] == simulated["policy"] == "keepalive"
     rows = {row["figure"]: row for row in compare(measured, simulated)}
     for figure in ("latency p90 s", "instance-seconds", "cold starts"):
         assert abs(rows[figure]["error"]) <= 0.25, rows
