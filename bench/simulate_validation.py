@@ -1,6 +1,7 @@
 """The simulator against the real server: one trace slice, replayed for real and simulated.
 
     .venv/bin/python -m bench.simulate_validation [--start-s 600] [--window-s 300] [--time-scale 1]
+                                                  [--policy auto|kpa|keepalive]
 
 A slice of the Azure LLM inference 2023 conversation trace (arrival times as recorded; service times
 from the token model ``torpor.sim.traces.TokenModel``, optionally compressed by ``--time-scale``) is
@@ -42,7 +43,8 @@ if not TRACES.exists():
     TRACES = Path("/work/shared/traces")
 AZURE_CONV = TRACES / "azure-llm-inference-2023" / "AzureLLMInferenceTrace_conv.csv"
 FUNCTION = ROOT / "tests" / "functions" / "slow"
-SPEC: dict[str, Any] = {  # tests/functions/slow's spec with the knobs under test
+# deployed as is with tests/functions/slow's code (its torpor.yaml, which pins the KPA, unread) and simulated
+SPEC: dict[str, Any] = {
     "name": "slow",
     "runtime": {"handler": "model:Slow"},
     "concurrency": 1,
@@ -173,21 +175,25 @@ def main() -> None:
     parser.add_argument("--start-s", type=float, default=600.0)
     parser.add_argument("--window-s", type=float, default=300.0)
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--policy", choices=("auto", "kpa", "keepalive"), default="auto",
+                        help="scaling.policy on both sides (default: auto, the spec's default)")
     args = parser.parse_args()
+    spec = {**SPEC, "scaling": {**SPEC["scaling"], "policy": args.policy}}
     trace = slice_trace(args.start_s, args.window_s, args.time_scale)
     print(f"Azure LLM conv [{args.start_s:g}, {args.start_s + args.window_s:g}) s ×{args.time_scale:g}: "
           f"{len(trace)} requests, mean service {statistics.mean(trace.services_s):.2f} s")
-    measured = measure_real(trace, SPEC)
+    measured = measure_real(trace, spec)
     timings = {**measured["timings"]}
     print(f"server's ledger: median cold start {timings.get('cold_start_s', 0):.4f} s, "
           f"median drain {timings.get('stop_s', 0):.4f} s (fed to the simulator)")
-    simulated = simulate(trace, SPEC, timings)
+    simulated = simulate(trace, spec, timings)
+    print(f"policy that ran: server {measured['policy']}, simulator {simulated['policy']}")
     rows = compare(measured, simulated)
     print_rows(rows)
     headline = [r for r in rows if r["figure"] in ("latency p90 s", "instance-seconds", "cold starts")]
     ok = all(abs(r["error"]) <= GOAL for r in headline)
     print(f"\n{'within' if ok else 'NOT within'} {GOAL:.0%} on p90, instance-seconds and cold starts")
-    results = {"args": vars(args), "spec": SPEC, "measured": measured, "simulated": simulated,
+    results = {"args": vars(args), "spec": spec, "measured": measured, "simulated": simulated,
                "rows": rows}
     print(f"wrote {write_json('simulate_validation', results)}")
 
