@@ -273,6 +273,35 @@ def test_invocation_matrix(world: World) -> None:
     assert httpx.post(f"{world.srv.url}/fn/pub/invoke", json={"x": 2}).json()["echo"] == {"x": 2}
 
 
+def test_the_key_that_let_a_request_in_never_reaches_the_function(world: World,
+                                                                    tmp_path: Path) -> None:
+    """A tenant's function never sees the caller's torpor key (an admin's would reach a tenant's
+    code): /fn and OIP take it off; a public function gets ``Authorization`` as sent (it may be its
+    own scheme). The other headers pass."""
+    folder = ROOT / "tests" / "functions" / "headers"
+    for name, auth in (("a-headers", "key"), ("pub-headers", "public")):
+        copy = tmp_path / name
+        copy.mkdir()
+        (copy / "server.py").write_bytes((folder / "server.py").read_bytes())
+        (copy / "torpor.yaml").write_text((folder / "torpor.yaml").read_text().replace(
+            "name: headers", f"name: {name}\nauth: {auth}"))
+        assert deploy_as(world.srv, world.a, copy).status_code == 201
+    client = httpx.Client(base_url=world.srv.url, timeout=30)
+    try:
+        for key in (world.a, world.admin):
+            seen = client.post("/fn/a-headers/invoke", json={}, headers={**bearer(key), "x-mine": "1"})
+            assert seen.status_code == 200, seen.text
+            assert "authorization" not in seen.json()["headers"]
+            assert seen.json()["headers"]["x-mine"] == "1"
+            oip = client.post("/v2/models/a-headers/infer", json={"inputs": []}, headers=bearer(key))
+            assert oip.status_code == 200 and "authorization" not in oip.json()["headers"], oip.text
+        public = client.post("/fn/pub-headers/invoke", json={},
+                             headers={"authorization": "Basic dXNlcjpwdw=="})
+        assert public.json()["headers"]["authorization"] == "Basic dXNlcjpwdw=="
+    finally:
+        client.close()
+
+
 def test_another_tenants_name_cannot_be_taken(world: World, tmp_path: Path) -> None:
     """Names are global: tenant B deploying a name tenant A has is refused (409), A's function is
     untouched; admin deploying it makes a new revision that stays A's."""

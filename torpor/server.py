@@ -85,6 +85,16 @@ class InvokeAccess:
             return False
         return self.keys.may_invoke(scope["headers"], fn.spec.auth, self.owners.get(name))
 
+    def admit(self, scope: Scope, name: str) -> bool:
+        """``may_invoke``; a request let in by its key loses its ``Authorization`` header (an admin's
+        key would otherwise reach a tenant's code). A public function gets the header as sent: it
+        may be the function's own scheme."""
+        if not self.may_invoke(scope, name):
+            return False
+        if self.keys.enabled and self.functions[name].spec.auth == "key":
+            scope["headers"] = [h for h in scope["headers"] if h[0] != b"authorization"]
+        return True
+
 
 class RootApp:
     def __init__(self, platform: Platform, deploy: list[Path]) -> None:
@@ -107,7 +117,7 @@ class RootApp:
         if scope["type"] == "http" and scope["path"].startswith("/fn/"):
             if self.platform.keys.enabled:
                 name = scope["path"][4:].partition("/")[0].partition("@")[0]
-                if name in self.platform.functions and not self.access.may_invoke(scope, name):
+                if name in self.platform.functions and not self.access.admit(scope, name):
                     request_id = request_id_of(scope)
                     await reply(send, 401, error_json(UNAUTHORIZED, "unauthorized", name, request_id),
                                 request_id, [AUTHENTICATE])

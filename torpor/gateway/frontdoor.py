@@ -52,11 +52,19 @@ class Access(Protocol):
 
     def may_invoke(self, scope: Scope, name: str) -> bool: ...
 
+    def admit(self, scope: Scope, name: str) -> bool:
+        """``may_invoke`` for the request about to be forwarded: a key that let it in is taken off
+        its headers, so the function's code never sees a torpor credential."""
+        ...
+
 
 class Open:
     """Everyone may invoke everything (no API keys)."""
 
     def may_invoke(self, scope: Scope, name: str) -> bool:
+        return True
+
+    def admit(self, scope: Scope, name: str) -> bool:
         return True
 
 

@@ -61,7 +61,7 @@ class OipFrontDoor:
         if fn is None:
             await reply(send, 404, _error(f"model {name!r} not found"), request_id)
             return
-        if not self.access.may_invoke(scope, name):
+        if not self.access.admit(scope, name):
             await reply(send, 401, _error(UNAUTHORIZED), request_id, [AUTHENTICATE])
             return
         if method == "GET" and (rest == "ready" or (rest.startswith("versions/")

@@ -123,7 +123,7 @@ class OpenAIFrontDoor:
                             "section to its torpor.yaml)")
             await reply(send, 404, error_body(message, 404, "model", "model_not_found"), request_id)
             return
-        if not self.access.may_invoke(scope, name):
+        if not self.access.admit(scope, name):
             await reply(send, 401, error_body(UNAUTHORIZED, 401, None, "invalid_api_key"), request_id,
                         [AUTHENTICATE])
             return
