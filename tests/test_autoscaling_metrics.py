@@ -321,3 +321,22 @@ class TestIdleSpells:
             recorder.record(at, level)
         assert [list(recorder.idle_spells(n)) for n in (1, 2, 3, 4)] == [[1.0], [1.0], [1.0], []]
         assert list(recorder.idle_spells(17)) == []
+
+    def test_a_spells_quantile_follows_new_spells(self) -> None:
+        """Spells of 1, 2, …, 10 s on level 1: the p90 is 9 s (nearest rank), None while fewer
+        than 11 are asked for; an 11th spell of 20 s makes it 10 s (the cached answer is not
+        kept past a new spell)."""
+        recorder = ConcurrencyRecorder()
+        at = 0.0
+        for gap in range(1, 11):
+            recorder.record(at, 1)
+            recorder.record(at + 0.5, 0)
+            at += 0.5 + gap
+        recorder.record(at, 1)
+        assert list(recorder.idle_spells(1)) == [float(g) for g in range(1, 11)]
+        assert recorder.idle_spell_quantile(1, 0.9, 10) == 9.0
+        assert recorder.idle_spell_quantile(1, 0.9, 11) is None
+        assert recorder.idle_spell_quantile(2, 0.9, 1) is None
+        recorder.record(at + 0.5, 0)
+        recorder.record(at + 20.5, 1)
+        assert recorder.idle_spell_quantile(1, 0.9, 10) == 10.0

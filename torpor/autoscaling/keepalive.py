@@ -60,6 +60,8 @@ class InSystem(Protocol):
 
     def idle_spells(self, level: int) -> Sequence[float]: ...
 
+    def idle_spell_quantile(self, level: int, q: float, at_least: int) -> float | None: ...
+
 
 @dataclass(frozen=True)
 class KeepAliveConfig:
@@ -107,21 +109,20 @@ def warm_keep_alives(config: KeepAliveConfig, window: InSystem, keep_alive_s: fl
     (k − 1) × concurrency + 1 requests are in the system, so its idle spells are that level's.
     Until its spells are known the first keeps ``warm_unmeasured_s``, the others the keep-alive."""
     ranks = min(config.max_instances, SPELL_LEVELS // config.concurrency)
-    return tuple(warm_keep_alive(window.idle_spells(k * config.concurrency + 1), keep_alive_s,
-                                 config.warm_unmeasured_s if k == 0 else keep_alive_s)
+    return tuple(warm_keep_alive(window.idle_spell_quantile(k * config.concurrency + 1,
+                                                            WARM_QUANTILE, WARM_MIN_GAPS),
+                                 keep_alive_s, config.warm_unmeasured_s if k == 0 else keep_alive_s)
                  for k in range(ranks))
 
 
-def warm_keep_alive(idle_gaps: Sequence[float], keep_alive_s: float, unmeasured_s: float) -> float:
+def warm_keep_alive(quantile: float | None, keep_alive_s: float, unmeasured_s: float) -> float:
     """How long an instance stays once idle, from its own idle spells: their WARM_QUANTILE
     (Shahrad et al.'s histogram keep-alive), so that few requests find it gone, e.g. 30 spells of
-    1-30 s → 30 s. Never under the keep-alive (nor above KEEP_ALIVE_MAX_S); with fewer than
-    WARM_MIN_GAPS spells seen, ``unmeasured_s``."""
-    if len(idle_gaps) < WARM_MIN_GAPS:
+    1-30 s → 30 s. Never under the keep-alive (nor above KEEP_ALIVE_MAX_S); ``quantile`` None
+    (fewer than WARM_MIN_GAPS spells seen): ``unmeasured_s``."""
+    if quantile is None:
         return max(keep_alive_s, unmeasured_s)
-    ordered = sorted(idle_gaps)
-    at = ordered[min(len(ordered) - 1, math.ceil(WARM_QUANTILE * len(ordered)) - 1)]
-    return min(max(at, keep_alive_s), KEEP_ALIVE_MAX_S)
+    return min(max(quantile, keep_alive_s), KEEP_ALIVE_MAX_S)
 
 
 def resolve(policy: str, cold_start_s: float | None) -> tuple[str, str]:

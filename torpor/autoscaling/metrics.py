@@ -62,6 +62,8 @@ class ConcurrencyRecorder:
         # level n's idle spell: from the system dropping below n requests to reaching n again
         self._below_since: dict[int, float] = {}
         self._spells: list[deque[float]] = [deque(maxlen=SPELLS_KEPT) for _ in range(SPELL_LEVELS)]
+        self._spells_added = [0] * SPELL_LEVELS  # per level, to know a cached quantile is current
+        self._quantiles: dict[tuple[int, float], tuple[int, float]] = {}  # → (added, value)
 
     @property
     def current(self) -> int:
@@ -104,6 +106,7 @@ class ConcurrencyRecorder:
                 since = self._below_since.pop(level, None)
                 if since is not None:
                     self._spells[level - 1].append(now - since)
+                    self._spells_added[level - 1] += 1
 
     def idle_spells(self, level: int) -> Sequence[float]:
         """The last idle spells of level ``level`` (1..SPELL_LEVELS; none above): each the time
@@ -111,6 +114,22 @@ class ConcurrencyRecorder:
         level 1 from emptying to the next request. With requests routed to the earliest instance,
         they are the idle spells of the ``level``-th instance (concurrency 1)."""
         return self._spells[level - 1] if 1 <= level <= SPELL_LEVELS else ()
+
+    def idle_spell_quantile(self, level: int, q: float, at_least: int) -> float | None:
+        """The ``q`` quantile (nearest rank: the smallest spell with at least ``q`` of them at or
+        below it) of level ``level``'s kept idle spells; None with fewer than ``at_least``. Sorted
+        once per new spell, not per decision (the keep-alive policy asks on every pass)."""
+        spells = self.idle_spells(level)
+        if len(spells) < at_least or not spells:
+            return None
+        added = self._spells_added[level - 1]
+        cached = self._quantiles.get((level, q))
+        if cached is not None and cached[0] == added:
+            return cached[1]
+        ordered = sorted(spells)
+        value = ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+        self._quantiles[level, q] = (added, value)
+        return value
 
     def record_request(self, now: float) -> None:
         """A request arrived at ``now`` (counted for ``rate`` and the scale-to-zero grace)."""
