@@ -1,15 +1,15 @@
 """Simulation speed: a day of 100 functions at 0.5 requests/s each (about 4.3 million requests).
 
     .venv/bin/python -m bench.simulate_speed [--functions 100] [--rate 0.5] [--duration-s 86400]
-                                             [--workers N]
+                                             [--workers N] [--policy auto|kpa|keepalive]
 
 Arrivals are resampled from the Azure LLM inference 2023 conversation trace (inter-arrival gaps
 scaled to the rate, so its burstiness is kept; Azure/AzurePublicDataset, CC-BY-4.0; Patel et al.,
 "Splitwise", ISCA 2024), service times from its token counts by the default token model. Each
-function is replayed with the default spec (KPA defaults, concurrency 1, a 2 s tick) and billed over
-the day. Prints wall time, CPU time (this process and its workers) and the time per request, and
-writes bench/results/simulate_speed.json. The machine's load average is printed beside them: on a
-shared box the wall time is only as good as the cores that were free.
+function is replayed with the default spec (concurrency 1, a 2 s tick, the default scaling policy
+``auto``, or ``--policy``) and billed over the day. Prints wall time, CPU time (this process and its
+workers) and the time per request, and writes bench/results/simulate_speed.json. The machine's load
+average is printed beside them: on a shared box the wall time is only as good as the cores that were free.
 """
 
 from __future__ import annotations
@@ -43,18 +43,23 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=86_400)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--policy", choices=("auto", "kpa", "keepalive"), default=None,
+                        help="scaling.policy (default: the spec's default, auto)")
     args = parser.parse_args()
+    spec = SPEC if args.policy is None else {
+        **SPEC, "scaling": {**SPEC["scaling"], "policy": args.policy}}  # type: ignore[dict-item]
     started, cpu0 = time.perf_counter(), cpu_s()
     trace = resample(load_trace(AZURE_CONV), functions=args.functions, rate_per_s=args.rate,
                      duration_s=args.duration_s, seed=args.seed)
     resampled, cpu1 = time.perf_counter(), cpu_s()
-    result = runner.simulate(trace, runner.validate_spec(SPEC, "speed spec"), timings=Timings(),
+    result = runner.simulate(trace, runner.validate_spec(spec, "speed spec"), timings=Timings(),
                              prices=PriceTable(), duration_s=args.duration_s, workers=args.workers)
     done, cpu2 = time.perf_counter(), cpu_s()
     data = result.to_json()
     wall, cpu = done - resampled, cpu2 - cpu1
     figures = {
         "requests": data["requests"], "functions": args.functions, "workers": args.workers,
+        "policy": args.policy or "auto",
         "cores": os.cpu_count(), "load_average": os.getloadavg(),
         "resample_s": resampled - started, "resample_cpu_s": cpu1 - cpu0,
         "simulate_wall_s": wall, "simulate_cpu_s": cpu,
