@@ -346,3 +346,20 @@ def test_sandboxed_instance_freezes_whole(serve: Any, tmp_path: Path) -> None:
     assert response.status_code == 200
     assert response.headers["x-torpor-start"] == "thawed"
     assert srv.stop() == 0
+
+
+def test_a_sandbox_sees_the_interpreter_and_torpor_under_tmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout (and its venv) under /tmp would be hidden by the sandbox's private /tmp: those
+    folders are bound again read-only, outermost only; nothing outside /tmp is bound again."""
+    from torpor.backends.local import sandbox
+
+    monkeypatch.setattr(sandbox.sys, "prefix", "/tmp/ci/.venv")
+    monkeypatch.setattr(sandbox.sys, "base_prefix", "/usr")
+    monkeypatch.setattr(sandbox.sys, "executable", "/usr/bin/python3")
+    monkeypatch.setattr(sandbox, "__file__", "/tmp/ci/torpor/backends/local/sandbox.py")
+    assert sandbox.runtime_paths() == ["/tmp/ci"]
+    argv = sandbox.sandbox_argv(["python3"], cwd="/", network=False, writable=[])
+    assert argv[argv.index("--tmpfs") + 1] == "/tmp"
+    assert argv.index("/tmp/ci") > argv.index("--tmpfs")  # after the private /tmp: it wins
+    monkeypatch.setattr(sandbox, "__file__", "/opt/torpor/torpor/backends/local/sandbox.py")
+    assert sandbox.runtime_paths() == ["/tmp/ci/.venv"]

@@ -17,7 +17,9 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 BWRAP = "bwrap"
 _CHECK_TIMEOUT_S = 10.0
@@ -35,11 +37,22 @@ def sandbox_argv(argv: list[str], *, cwd: str, network: bool, writable: list[str
         wrapped.append("--unshare-net")
     for device in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
         wrapped += ["--dev-bind", device, device]
-    for path in readable:
+    for path in [*runtime_paths(), *readable]:
         wrapped += ["--ro-bind", path, path]
     for folder in writable:
         wrapped += ["--bind", folder, folder]
     return [*wrapped, "--chdir", cwd, "--", *argv]
+
+
+def runtime_paths() -> list[str]:
+    """What every instance runs that the sandbox's private ``/tmp`` would hide: the interpreter's
+    environment and torpor itself, when they live under ``/tmp`` (a checkout there, as on a CI
+    machine). Outermost folders only."""
+    candidates = {os.path.realpath(p) for p in (
+        sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+        str(Path(__file__).resolve().parents[3]))}  # the folder holding the torpor package
+    under_tmp = sorted(p for p in candidates if p.startswith("/tmp/"))
+    return [p for p in under_tmp if not any(p.startswith(q + "/") for q in under_tmp)]
 
 
 def sandbox_problem(preexec: Callable[[], None] | None = None) -> str | None:
