@@ -515,10 +515,14 @@ class Reconciler:
         self._background(self._end_backoff(rev, backoff_s), f"backoff {fn.name}")
 
     async def _end_backoff(self, rev: RevisionRuntime, delay_s: float) -> None:
-        """After the backoff, requests queue again (and so trigger the next attempt)."""
+        """After the backoff, requests queue again (and so trigger the next attempt). The sleep
+        runs on the monotonic clock and ``now`` is the wall clock, which may trail it: a check made
+        once could find the backoff not over and leave the function refusing requests for good, so
+        it waits out what is left (a later failure's longer backoff included)."""
         await self.clock.sleep(delay_s)
-        if self.clock.now() >= rev.backoff_until:
-            rev.route.failure = None
+        while (left := rev.backoff_until - self.clock.now()) > 0:
+            await self.clock.sleep(left)
+        rev.route.failure = None
         self.poke()
 
     # exits and stopping ------------------------------------------------------------------------
