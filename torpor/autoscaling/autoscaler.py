@@ -85,7 +85,7 @@ def decide(
     keep_idle_s: float | None = None
     keep_warm_s: tuple[float, ...] = ()
     if keep_alive is not None and (
-            not keep_alive.auto or keepalive.resolve("auto", cold_start_s)[0] == "keepalive"):
+            not keep_alive.auto or keepalive.cold_starts_fast(cold_start_s)):
         chosen = keepalive.decide(keep_alive, window, cold_start_s)
         kpa_decision = kpa.KpaDecision(chosen.desired, False, chosen.reason, -1, True)
         kpa_state, keep_idle_s, keep_warm_s = state.kpa, chosen.keep_alive_s, chosen.keep_warm_s

@@ -125,6 +125,12 @@ def warm_keep_alive(quantile: float | None, keep_alive_s: float, unmeasured_s: f
     return min(max(quantile, keep_alive_s), KEEP_ALIVE_MAX_S)
 
 
+def cold_starts_fast(cold_start_s: float | None) -> bool:
+    """Whether ``auto`` runs the keep-alive policy: no cold start measured yet (torpor's own take
+    milliseconds), or the typical one at most AUTO_KPA_ABOVE_S."""
+    return cold_start_s is None or cold_start_s <= AUTO_KPA_ABOVE_S
+
+
 def resolve(policy: str, cold_start_s: float | None) -> tuple[str, str]:
     """The policy that runs and why: ``auto`` is ``keepalive`` while the function's typical cold
     start (the median of its last ones) is at most AUTO_KPA_ABOVE_S (or none was measured yet:
@@ -134,7 +140,7 @@ def resolve(policy: str, cold_start_s: float | None) -> tuple[str, str]:
         return policy, "scaling.policy in the spec"
     if cold_start_s is None:
         return "keepalive", "the default auto: no cold start measured yet"
-    fast = cold_start_s <= AUTO_KPA_ABOVE_S
+    fast = cold_starts_fast(cold_start_s)
     return ("keepalive" if fast else "kpa",
             f"the default auto: cold starts take {_ms(cold_start_s)}, "
             f"{'at most' if fast else 'over'} {AUTO_KPA_ABOVE_S:g} s")
