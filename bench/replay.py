@@ -1,7 +1,7 @@
 """Replay a window of a real trace against a real `torpor serve`, one scaling policy at a time.
 
     .venv/bin/python -m bench.replay [--window-s 300] [--start-s 0] [--keep-every 2]
-                                     [--policies kpa,auto] [--always-on 3,4]
+                                     [--policies kpa,auto] [--always-on search|3,4] [--no-ray]
     .venv/bin/python -m bench.replay --alibaba [--model M0002] [--day 2024-12-03] [--hours 24]
                                      [--compress 288]
 
@@ -13,6 +13,19 @@ take one request at a time (as one GPU would). For each case the table gives lat
 failures, requests that waited for a cold start, instance starts (and per minute), instance-seconds
 over the window and their share of the smallest always-on count that meets the p99 bound (1.1 × the
 service time's p99). The issue's goal: the default policy at most 60 % of it, within the bound.
+
+That always-on count is searched (``--always-on search``, the default; ``--always-on 3,4`` runs
+those counts instead and takes the smallest meeting the bound): the search starts at the smallest N,
+at least the mean busy instances rounded up, whose ideal queue meets the bound (N servers, first
+come first served as torpor's queue, no overhead at all: a count that misses there misses in a real
+run too), then runs always-on N, N + 1, ... for real (at most ``--always-on-tries``) and takes the
+first with p99 within the bound and no failure; it prints every count's reason.
+
+Ray Serve 2.60 runs the same arrivals in the same run (``--ray``, the default on this trace; skipped
+with the reason printed when its venv cannot be installed): ``bench/replay_ray.py``, the deployment
+``replay_sleep`` of ``bench/ray_apps.py`` (one request at a time per replica, autoscaling tuned:
+see ``REPLAY_AUTOSCALING`` there), replica-seconds integrated from ``serve.status()`` polled every
+0.25 s.
 
 Alibaba (``--alibaba``): the Alibaba GenTD26 serverless Stable-Diffusion requests (Lin et al.,
 SoCC'25; EuroSys'26 FlexPipe; research use; ``shared/traces/alibaba-genai-2026``), one checkpoint
@@ -296,7 +309,9 @@ def run_ray(args: argparse.Namespace, arrivals: list[tuple[float, float]]) -> Re
     from bench.replay_ray import run_ray_case
 
     result = run_ray_case(arrivals, args.window_s)
-    print(f"  ray_serve_tuned: {'done, ' + result.policy if isinstance(result, Result) else result}",
+    # (isinstance(result, Result) would be False: under `python -m bench.replay` this module is
+    # __main__, and bench.replay_ray's Result is bench.replay's)
+    print(f"  ray_serve_tuned: {result if isinstance(result, str) else 'done, ' + result.policy}",
           flush=True)
     return result
 
@@ -379,7 +394,7 @@ def main() -> None:
     ray: Result | str = "not asked for (--no-ray)"
     if args.ray:
         ray = run_ray(args, arrivals)
-        if isinstance(ray, Result):
+        if not isinstance(ray, str):
             results.append(ray)
     rows = [r.row() for r in results]
     if search:
@@ -396,7 +411,7 @@ def main() -> None:
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "bound_s": bound_s, "rows": rows,
               "always_on": {"case": always["case"] if always else None,
                             "search": search.get("why", [])},
-              "ray": ray.policy if isinstance(ray, Result) else f"skipped: {ray}"}
+              "ray": f"skipped: {ray}" if isinstance(ray, str) else ray.policy}
     print(f"wrote {write_json('replay_alibaba' if args.alibaba else 'replay', result)}")
 
 
