@@ -391,7 +391,7 @@ def main() -> None:
             results += search["tried"]
     finally:
         server.close()
-    ray: Result | str = "not asked for (--no-ray)"
+    ray: Result | str = "off (--no-ray, the default with --alibaba)"
     if args.ray:
         ray = run_ray(args, arrivals)
         if not isinstance(ray, str):

@@ -7,6 +7,7 @@ loosely; ``python -m bench.replay`` checks them exactly on the 5-minute window.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from bench.replay import (
     TRACE,
     Result,
     always_on_start,
+    cases_for,
     fixed_servers_latencies,
     load_trace,
     percentile,
@@ -115,6 +117,19 @@ def test_always_on_start_from_mean_busy() -> None:
     assert always_on_start(arrivals, 10.0, 100.0, max_n=10) == (3, [
         "mean busy instances 2.40: at least 3",
         "always-on 3: ideal queue p99 8.000 s ≤ 100.000 s: start here"])
+
+
+def test_always_on_counts_given_override_the_search() -> None:
+    """``--always-on 3,4`` runs those two counts among the cases (each fixed: min = max = N, the
+    spec's KPA windows); ``--always-on search`` adds none there (the search runs its own)."""
+    args = argparse.Namespace(policies="auto", idle_mode=False, keep_alive_s="", alibaba=False,
+                              max_instances=10, always_on="3,4")
+    cases = dict(cases_for(args))
+    assert list(cases) == ["auto", "always_on_3", "always_on_4"]
+    assert (cases["always_on_3"]["min_instances"], cases["always_on_3"]["max_instances"]) == (3, 3)
+    assert cases["always_on_4"]["stable_window_s"] == 60.0
+    args.always_on = "search"
+    assert [case for case, _ in cases_for(args)] == ["auto"]
 
 
 def _result(n: int, p99_s: float, failed: int = 0) -> Result:
