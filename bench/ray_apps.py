@@ -11,6 +11,9 @@ Apps (each deployed under route ``/<name>``):
 - ``noop_scale_to_zero_tuned``: the same with the handles' metrics pushed every 0.1 s
   (``metrics_interval_s``), Ray's fastest scale from zero: the controller starts a replica for a
   deployment at zero only when a handle's push reports the queued request.
+- ``replay_sleep``: ``bench/replay``'s Ray Serve case. Each request sleeps its JSON body's
+  ``sleep_s`` (none: 0) and answers ``"ok"``; one request at a time per replica
+  (``max_ongoing_requests=1``, as on a GPU); autoscaling tuned as ``REPLAY_AUTOSCALING`` says.
 
 Agent (``python bench/ray_apps.py --port P --temp-dir D --apps noop,...``): starts a local single-node
 Ray (``ray.init``), Serve's HTTP proxy on 127.0.0.1:P, deploys the apps, prints one JSON line
@@ -24,6 +27,7 @@ read from stdin:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -52,6 +56,30 @@ SCALE_TO_ZERO_AUTOSCALING: dict[str, Any] = {
     "look_back_period_s": 2.0,
 }
 SCALE_TO_ZERO_TUNED_AUTOSCALING: dict[str, Any] = {**SCALE_TO_ZERO_AUTOSCALING, "metrics_interval_s": 0.1}
+# bench/replay's Ray Serve case, its defaults tuned for a trace of 50 ms-2 s requests one at a time:
+# - target_ongoing_requests 1: one replica per request in the system (queued ones included), as
+#   torpor's keep-alive policy and the KPA at target_utilization 1 ask for with concurrency 1;
+# - upscale_delay_s 0 and metrics pushed every 0.1 s (Ray's defaults: 30 s and 10 s): a queued
+#   request asks for a replica at the controller's next pass, not tens of seconds later;
+# - look_back_period_s 2 (default 30): the average the decision reads follows the load;
+# - downscale_delay_s 10 (default 600): a Ray replica takes seconds to start, so a surplus one is
+#   kept 10 s (about ten of its starts: the ski-rental break-even torpor's own policy uses);
+# - min_replicas 1: Ray's scale from zero waits for a metrics push and a replica start (seconds, see
+#   bench/ray_peer.py), which no request of a 2.4 req/s trace should pay; one replica kept costs the
+#   window's length, and torpor's default keeps its last instance through most gaps of this trace too;
+# - max_replicas 10: torpor's max_instances in the same bench.
+REPLAY_AUTOSCALING: dict[str, Any] = {
+    "min_replicas": 1,
+    "initial_replicas": 1,
+    "max_replicas": 10,
+    "target_ongoing_requests": 1,
+    "upscale_delay_s": 0,
+    "downscale_delay_s": 10.0,
+    "look_back_period_s": 2.0,
+    "metrics_interval_s": 0.1,
+}
+# A replica reserves no CPU (Serve's default 1 would fit only 2 replicas on a 2-CPU Ray): it sleeps.
+REPLAY_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0}
 
 
 @serve.deployment(max_ongoing_requests=100, num_replicas=1)
@@ -66,15 +94,26 @@ class NoopScaleToZero:
         return "ok"
 
 
+@serve.deployment(max_ongoing_requests=1, autoscaling_config=REPLAY_AUTOSCALING,
+                  ray_actor_options=REPLAY_ACTOR_OPTIONS)
+class ReplaySleep:
+    async def __call__(self, request: Any) -> str:
+        body = await request.body()
+        await asyncio.sleep(float(json.loads(body).get("sleep_s", 0)) if body else 0.0)
+        return "ok"
+
+
 noop = Noop.bind()
 noop_scale_to_zero = NoopScaleToZero.bind()
 noop_scale_to_zero_tuned = NoopScaleToZero.options(
     name="NoopScaleToZeroTuned", autoscaling_config=SCALE_TO_ZERO_TUNED_AUTOSCALING).bind()
 
 APPS: dict[str, Any] = {"noop": noop, "noop_scale_to_zero": noop_scale_to_zero,
-                        "noop_scale_to_zero_tuned": noop_scale_to_zero_tuned}
+                        "noop_scale_to_zero_tuned": noop_scale_to_zero_tuned,
+                        "replay_sleep": ReplaySleep.bind()}
 AUTOSCALING: dict[str, dict[str, Any]] = {"noop_scale_to_zero": SCALE_TO_ZERO_AUTOSCALING,
-                                          "noop_scale_to_zero_tuned": SCALE_TO_ZERO_TUNED_AUTOSCALING}
+                                          "noop_scale_to_zero_tuned": SCALE_TO_ZERO_TUNED_AUTOSCALING,
+                                          "replay_sleep": REPLAY_AUTOSCALING}
 
 
 def app_status(name: str) -> dict[str, Any]:
