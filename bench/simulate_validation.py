@@ -56,11 +56,14 @@ SPEC: dict[str, Any] = {
 GOAL = 0.10
 
 
-async def _replay(url: str, trace: FunctionTrace) -> tuple[list[float], list[str], float]:
+async def _replay(url: str, trace: FunctionTrace) -> tuple[list[float], list[str], float,
+                                                          dict[str, float]]:
     """Open-loop replay: each request sent at its arrival time; returns latencies (s), each response's
-    ``x-torpor-start``, and the wall-clock time of arrival 0."""
+    ``x-torpor-start``, the wall-clock time of arrival 0, and per instance (``x-torpor-instance``)
+    the wall-clock time its last response arrived."""
     latencies: list[float] = []
     starts: list[str] = []
+    last_response: dict[str, float] = {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=600)) as session:
@@ -75,10 +78,12 @@ async def _replay(url: str, trace: FunctionTrace) -> tuple[list[float], list[str
                 if response.status == 200:
                     latencies.append(loop.time() - (t0_loop + arrival))
                     starts.append(response.headers.get("x-torpor-start", "?"))
+                    instance = response.headers.get("x-torpor-instance", "?")
+                    last_response[instance] = max(last_response.get(instance, 0.0), time.time())
 
         await asyncio.gather(*(one(a, s) for a, s in zip(trace.arrivals_s, trace.services_s,
                                                           strict=True)))
-    return latencies, starts, t0_wall
+    return latencies, starts, t0_wall, last_response
 
 
 def _ledger_starts(db: Path) -> int:
@@ -101,6 +106,17 @@ def _ledger_medians(db: Path) -> dict[str, float]:
     return out
 
 
+def _idle_before_drain(db: Path, last_response: dict[str, float]) -> list[float]:
+    """Per instance that served and was drained: seconds from its last response reaching the client
+    to its drain (the ledger's DRAINING start), sorted. The policy keeps an idle instance its
+    keep-alive (the function's last one longer): the time the server really kept them. (The client
+    reads the response a little after the instance went idle: never more than the real figure.)"""
+    with sqlite3.connect(db) as conn:
+        drains = dict(conn.execute(
+            "SELECT instance_id, start FROM ledger WHERE state = 'draining'").fetchall())
+    return sorted(float(drains[i]) - at for i, at in last_response.items() if i in drains)
+
+
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, -(-len(ordered) * int(q) // 100) - 1)]
@@ -114,7 +130,7 @@ def measure_real(trace: FunctionTrace, spec: dict[str, Any], settle_timeout_s: f
         # pins scaling.policy kpa for the KPA's tests), the server ran the KPA while the simulator
         # ran the default policy, and their instance-seconds differed by 40 %
         server.deploy_spec(FUNCTION, spec)
-        latencies, starts, t0 = asyncio.run(_replay(server.url, trace))
+        latencies, starts, t0, last_response = asyncio.run(_replay(server.url, trace))
         server.wait_no_instances("slow", timeout_s=settle_timeout_s)
         until = time.time()
         bill = server.http.get("/api/v1/billing", params={"function": "slow", "since": str(t0),
@@ -123,6 +139,7 @@ def measure_real(trace: FunctionTrace, spec: dict[str, Any], settle_timeout_s: f
         policy = server.http.get("/api/v1/functions/slow").json()["scaling_policy"]
         timings = _ledger_medians(server.tmp / "data" / "torpor.db")
         started = _ledger_starts(server.tmp / "data" / "torpor.db")
+        idle = _idle_before_drain(server.tmp / "data" / "torpor.db", last_response)
     finally:
         server.close()
     return {
@@ -133,6 +150,9 @@ def measure_real(trace: FunctionTrace, spec: dict[str, Any], settle_timeout_s: f
         "cold_starts": started,
         "cold_start_requests": starts.count("cold"),
         "timings": timings,
+        # seconds each instance was kept idle before its drain: p50, p90 (the keep-alive policy's
+        # is 10 × the cold start, at least 0.25 s; the function's last instance keeps longer)
+        "idle_before_drain_s": {"p50": _p(idle, 50), "p90": _p(idle, 90)} if idle else {},
         "policy": policy,  # the scaling policy the server says ran (auto resolved)
     }
 
@@ -196,6 +216,10 @@ def main() -> None:
           f"median drain {timings.get('stop_s', 0):.4f} s (fed to the simulator)")
     simulated = simulate(trace, spec, timings)
     print(f"policy that ran: server {measured['policy']}, simulator {simulated['policy']}")
+    if measured["idle_before_drain_s"]:
+        idle = measured["idle_before_drain_s"]
+        print(f"server kept idle instances before draining them: p50 {idle['p50']:.3f} s, "
+              f"p90 {idle['p90']:.3f} s")
     rows = compare(measured, simulated)
     print_rows(rows)
     headline = [r for r in rows if r["figure"] in ("latency p90 s", "instance-seconds", "cold starts")]

@@ -391,3 +391,43 @@ class TestObserver:
             await route.acquire()
         assert recorder.records == [(100.0, 1), (100.0, 0)]
 
+
+
+class TestOnIdle:
+    """``on_idle``: the reconciler times each instance's keep-alive from the moment the gateway
+    sees it with nothing in flight (``idle_since``), not from its next pass."""
+
+    async def test_told_when_an_endpoint_goes_idle(self, make_route: MakeRoute) -> None:
+        """Ready with nothing to do, and on the release that empties it (not on one that leaves a
+        request in flight): each time with the endpoint, whose idle_since is the clock's time."""
+        told: list[tuple[str, float]] = []
+        route = make_route(on_idle=lambda e: told.append((e.instance_id, e.idle_since)))
+        route.add_endpoint(make_endpoint("i0", 2))
+        assert told == [("i0", 0.0)]  # its ready_at
+        first, second = await route.acquire(), await route.acquire()
+        route.clock.advance(1.5)  # type: ignore[attr-defined]
+        first.release()
+        assert told == [("i0", 0.0)]  # one still in flight
+        second.release()
+        assert told == [("i0", 0.0), ("i0", 101.5)]
+
+    async def test_not_told_when_a_waiter_takes_the_slot(self, make_route: MakeRoute) -> None:
+        """A release that hands the slot to a queued request leaves the endpoint busy: no call;
+        a new endpoint a waiter takes at once is not idle either."""
+        told: list[str] = []
+        route = make_route(1, on_idle=lambda e: told.append(e.instance_id))
+        assert told == ["i0"]  # ready with nothing to do
+        told.clear()
+        held = await route.acquire()
+        waiter = await queue_acquire(route)
+        held.release()
+        lease = await waiter
+        assert (told, lease.endpoint.instance_id) == ([], "i0")
+        late = await queue_acquire(route)
+        route.add_endpoint(make_endpoint("i1", 1))
+        assert (told, (await late).endpoint.instance_id) == ([], "i1")
+        lease.release()
+        assert told == ["i0"]
+        route.remove_endpoint(route.endpoints[1])  # removed (draining): never idle again
+        (await late).release()
+        assert told == ["i0"]

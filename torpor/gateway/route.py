@@ -128,6 +128,7 @@ class FunctionRoute:
         observer: LoadObserver | None = None,
         thaw: Callable[[Endpoint], None] = lambda endpoint: None,
         revision: int = 0,
+        on_idle: Callable[[Endpoint], None] = lambda endpoint: None,
     ) -> None:
         self.name = name
         self.revision = revision
@@ -140,6 +141,9 @@ class FunctionRoute:
         self.on_demand = on_demand
         self.observer = observer
         self.thaw = thaw
+        # an endpoint has nothing in flight (from ``idle_since``): the reconciler times the end of
+        # its keep-alive from here, not from its next pass
+        self.on_idle = on_idle
         self.endpoints: list[Endpoint] = []
         self.in_flight = 0
         self.last_request_at: float | None = None
@@ -246,6 +250,13 @@ class FunctionRoute:
             self.dispatch()
         else:
             self._changed()
+        self.went_idle(endpoint)
+
+    def went_idle(self, endpoint: Endpoint) -> None:
+        """Tell ``on_idle`` when ``endpoint`` (released, just ready or thawed) has nothing in flight
+        and still takes requests."""
+        if endpoint.in_flight == 0 and endpoint.open:
+            self.on_idle(endpoint)
 
     def _changed(self) -> None:
         if self.observer is not None:
@@ -269,6 +280,7 @@ class FunctionRoute:
         self.endpoints.append(endpoint)
         self.failure = None
         self.dispatch()
+        self.went_idle(endpoint)
 
     def remove_endpoint(self, endpoint: Endpoint) -> None:
         endpoint.open = False

@@ -111,7 +111,9 @@ class IdleMode:
         endpoint.idle_since = now
         facts.freeze_requested_at = None
         facts.thaw_requested_at = None
-        fn.revision_of(instance).route.dispatch()
+        route = fn.revision_of(instance).route
+        route.dispatch()
+        route.went_idle(endpoint)
         if was_frozen:
             self.on_thawed(instance, now - began)
 

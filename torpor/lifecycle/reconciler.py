@@ -79,6 +79,10 @@ class Reconciler:
         self.idle = IdleMode(backend, clock, self.ledger, self._background)
         self._last_heartbeat = 0.0
         self._wake_at = math.inf  # the next instance keep-alive's end (the keep-alive policy)
+        self._sleep_until = math.inf  # when the loop's current wait ends (it passes then anyway)
+        # a pass at the keep-alive's end of an instance that went idle between passes
+        self._keep_alive_timer: asyncio.TimerHandle | None = None
+        self._keep_alive_timer_at = math.inf
         self.template_retire_idle_s = DEFAULT_RETIRE_IDLE_S  # the server config's templates:
         # (function, revision) → when its template was retired for being idle
         self.retired_templates: dict[tuple[str, int], float] = {}
@@ -137,6 +141,7 @@ class Reconciler:
                               created_at=created_at, model=model, created_by=created_by)
         route.observer = rev.recorder
         route.thaw = lambda endpoint: self.idle.thaw(fn, endpoint)
+        route.on_idle = lambda endpoint: self._went_idle(rev, endpoint)
         fn.revisions[number] = rev
         fn.traffic.set(fn.config, {n: r.route for n, r in fn.revisions.items()})
         return rev
@@ -188,10 +193,40 @@ class Reconciler:
                     self.reconcile(fn)
                 except Exception:
                     log.exception("reconciling %s failed", fn.name)
-            wait_s = min(RECONCILE_INTERVAL_S, max(0.0, self._wake_at - self.clock.now()))
+            now = self.clock.now()
+            wait_s = min(RECONCILE_INTERVAL_S, max(0.0, self._wake_at - now))
             self._wake_at = math.inf
+            self._sleep_until = now + wait_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
+            self._sleep_until = math.inf
+
+    def _went_idle(self, rev: RevisionRuntime, endpoint: Endpoint) -> None:
+        """An instance has nothing in flight (the gateway says): under the keep-alive policy,
+        pass when its keep-alive ends. A pass sets its wake only for instances idle at that pass
+        (:meth:`_wake_for_keep_alive`), so one that went idle just after a pass was kept until the
+        next (up to RECONCILE_INTERVAL_S): idle 0.25-0.5 s instead of its 0.25 s keep-alive, for
+        44 % of the drains on 90 s of an Azure LLM trace, and 10 % fewer cold starts than the
+        policy (and the simulator) gives. One timer, for the earliest such end."""
+        keep_s = rev.decision.keep_idle_s
+        if keep_s is None or self._stopping:
+            return
+        at = endpoint.idle_since + keep_s
+        if at >= min(self._sleep_until, self._keep_alive_timer_at):
+            return  # a pass comes by then anyway
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop runs passes (a test driving reconcile() itself)
+        if self._keep_alive_timer is not None:
+            self._keep_alive_timer.cancel()
+        self._keep_alive_timer_at = at
+        self._keep_alive_timer = loop.call_later(max(0.0, at - self.clock.now()),
+                                                 self._keep_alive_ended)
+
+    def _keep_alive_ended(self) -> None:
+        self._keep_alive_timer, self._keep_alive_timer_at = None, math.inf
+        self.poke()
 
     def set_provision(self, name: str, provision: ProvisionConfig) -> None:
         fn = self.functions[name]
@@ -587,6 +622,8 @@ class Reconciler:
         """Stop every instance; nothing survives the server."""
         self._stopping = True
         self._wake.set()
+        if self._keep_alive_timer is not None:
+            self._keep_alive_timer.cancel()
         if self._loop_task is not None:
             await self._loop_task
         for fn in self.functions.values():
