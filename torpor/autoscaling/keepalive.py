@@ -37,6 +37,7 @@ import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 from torpor.autoscaling.metrics import SPELL_LEVELS
@@ -61,6 +62,8 @@ class InSystem(Protocol):
     def idle_spells(self, level: int) -> Sequence[float]: ...
 
     def idle_spell_quantile(self, level: int, q: float, at_least: int) -> float | None: ...
+
+    def idle_spell_quantiles(self, levels: range, q: float, at_least: int) -> tuple[float | None, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -108,11 +111,21 @@ def warm_keep_alives(config: KeepAliveConfig, window: InSystem, keep_alive_s: fl
     """Each instance's warm keep-alive in routing order: the k-th is idle exactly while fewer than
     (k − 1) × concurrency + 1 requests are in the system, so its idle spells are that level's.
     Until its spells are known the first keeps ``warm_unmeasured_s``, the others the keep-alive."""
+    return _warm_from(_quantiles(config, window), keep_alive_s, config.warm_unmeasured_s)
+
+
+def _quantiles(config: KeepAliveConfig, window: InSystem) -> tuple[float | None, ...]:
+    """The WARM_QUANTILE of each rank's idle spells (None: too few seen yet)."""
     ranks = min(config.max_instances, SPELL_LEVELS // config.concurrency)
-    return tuple(warm_keep_alive(window.idle_spell_quantile(k * config.concurrency + 1,
-                                                            WARM_QUANTILE, WARM_MIN_GAPS),
-                                 keep_alive_s, config.warm_unmeasured_s if k == 0 else keep_alive_s)
-                 for k in range(ranks))
+    levels = range(1, ranks * config.concurrency + 1, config.concurrency)  # k × concurrency + 1
+    return window.idle_spell_quantiles(levels, WARM_QUANTILE, WARM_MIN_GAPS)
+
+
+@lru_cache(maxsize=1024)
+def _warm_from(quantiles: tuple[float | None, ...], keep_alive_s: float,
+               unmeasured_s: float) -> tuple[float, ...]:
+    return tuple(warm_keep_alive(q, keep_alive_s, unmeasured_s if k == 0 else keep_alive_s)
+                 for k, q in enumerate(quantiles))
 
 
 def warm_keep_alive(quantile: float | None, keep_alive_s: float, unmeasured_s: float) -> float:
@@ -192,15 +205,26 @@ def instances_for(in_system: int, config: KeepAliveConfig) -> int:
 
 def decide(config: KeepAliveConfig, window: InSystem, cold_start_s: float | None) -> KeepAliveDecision:
     """Instances for the requests in the system now, within bounds; more stay while idle for less
-    than the keep-alive (the planner drains only instances idle that long)."""
+    than the keep-alive (the planner drains only instances idle that long).
+
+    The decision is a function of what it reads (the requests in the system, the cold start, the
+    idle spells' quantiles and count), so the same reads give the same decision, made once: the
+    reconciler asks on every pass, and most passes read what the last one did."""
+    if config.keep_alive_s is not None:
+        return _decide(config, window.current, cold_start_s, (), 0)
+    return _decide(config, window.current, cold_start_s, _quantiles(config, window),
+                   len(window.idle_spells(1)))
+
+
+@lru_cache(maxsize=4096)
+def _decide(config: KeepAliveConfig, in_system: int, cold_start_s: float | None,
+            quantiles: tuple[float | None, ...], spells: int) -> KeepAliveDecision:
     keep_s, source = keep_alive_for(config, cold_start_s)
-    warm = () if config.keep_alive_s is not None else warm_keep_alives(config, window, keep_s)
-    in_system = window.current
+    warm = _warm_from(quantiles, keep_s, config.warm_unmeasured_s) if quantiles else ()
     needed = instances_for(in_system, config)
     desired = min(max(needed, config.min_instances), config.max_instances)
     reason = f"keepalive, {in_system} in system; idle instances kept {keep_s:.2f} s ({source})"
     if warm:
-        spells = len(window.idle_spells(1))
         why = (f"p{WARM_QUANTILE * 100:g} of its last {spells} idle spells" if spells >= WARM_MIN_GAPS
                else f"{spells} idle spells seen, fewer than {WARM_MIN_GAPS}")
         reason += f", the last to go {warm[0]:.2f} s ({why})"
