@@ -160,10 +160,12 @@ def plan_revisions(views: Sequence[FunctionView], decisions: Sequence[ScaleDecis
         i.state in _SERVING for i in view.instances if i.revision == view.revision)
         for view, decision in zip(views, decisions, strict=True))
     if settled:
-        why = (f"replaced by revision {views[0].revision}" if len(views) == 1
-               else "its revision takes no traffic")
-        drains = tuple(Drain(i.id, why) for i in views[0].instances if i.revision not in routed)
-        plans[0] = replace(plans[0], drain=plans[0].drain + drains)
+        unrouted = [i for i in views[0].instances if i.revision not in routed]
+        if unrouted:
+            why = (f"replaced by revision {views[0].revision}" if len(views) == 1
+                   else "its revision takes no traffic")
+            drains = tuple(Drain(i.id, why) for i in unrouted)
+            plans[0] = replace(plans[0], drain=plans[0].drain + drains)
     return plans
 
 
