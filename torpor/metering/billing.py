@@ -60,6 +60,9 @@ def classify(state: InstanceState | str) -> Usage:
     raise ValueError(f"{state.value!r} is not a billed state; an instance that is gone costs nothing")
 
 
+_USAGE: dict[InstanceState, Usage] = {state: classify(state) for state in BILLED_STATES}
+
+
 @dataclass(frozen=True)
 class InstanceInfo:
     """What the ledger records about an instance besides its state; fixed for its lifetime."""
@@ -93,8 +96,10 @@ class LedgerInterval:
     node: str = "local"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "state", InstanceState(self.state))
-        classify(self.state)  # only billed states may enter the ledger
+        if type(self.state) is not InstanceState:  # e.g. "ready", read back from the store
+            object.__setattr__(self, "state", InstanceState(self.state))
+        if self.state not in BILLED_STATES:
+            classify(self.state)  # only billed states may enter the ledger: raises, naming it
         if not math.isfinite(self.start) or (self.end is not None and not math.isfinite(self.end)):
             raise ValueError(f"interval of {self.instance_id}: start and end must be finite")
         if self.end is not None and self.end < self.start:
@@ -186,11 +191,12 @@ def bill(
         ctx.prec = _DIGITS
         lo, hi = exact_seconds(since), exact_seconds(until)
         by_function: dict[str, list[_Clipped]] = defaultdict(list)
+        exact = _ExactSeconds()  # an interval's end is mostly the start of the instance's next one
         for interval in intervals:
             if function is not None and interval.function != function:
                 continue
-            end = hi if interval.end is None else min(exact_seconds(interval.end), hi)
-            start = max(exact_seconds(interval.start), lo)
+            end = hi if interval.end is None else min(exact(interval.end), hi)
+            start = max(exact(interval.start), lo)
             if end > start:
                 by_function[interval.function].append(_Clipped(interval, start, end))
         spans = {name: _existed(name, lifetimes, parts, lo, hi) if lifetimes is not None else hi - lo
@@ -256,15 +262,26 @@ def intervals_from_timeline(
     return sorted(out, key=lambda interval: (interval.start, interval.instance_id))
 
 
-@dataclass(frozen=True)
-class _Clipped:
-    interval: LedgerInterval
-    start: Decimal
-    end: Decimal
+class _ExactSeconds(dict[float, Decimal]):
+    """:func:`exact_seconds`, each time worked out once (0.0 and -0.0 apart: their decimals differ)."""
 
-    @property
-    def seconds(self) -> Decimal:
-        return self.end - self.start
+    def __call__(self, t: float) -> Decimal:
+        exact = self.get(t)
+        if exact is None or t == 0:
+            exact = self[t] = exact_seconds(t)
+        return exact
+
+
+class _Clipped:
+    """The part of an interval inside the bill's window."""
+
+    __slots__ = ("end", "interval", "seconds", "start")
+
+    def __init__(self, interval: LedgerInterval, start: Decimal, end: Decimal) -> None:
+        self.interval = interval
+        self.start = start
+        self.end = end
+        self.seconds = end - start
 
 
 @dataclass
@@ -286,8 +303,9 @@ def _price_line(name: str, clipped: list[_Clipped], prices: PriceTable, window_s
     state_seconds: dict[str, Decimal] = defaultdict(lambda: _ZERO)
     per_instance: dict[tuple[str, Usage], list[_Clipped]] = defaultdict(list)
     for part in clipped:
-        state_seconds[part.interval.state.value] += part.seconds
-        per_instance[(part.interval.instance_id, classify(part.interval.state))].append(part)
+        state = part.interval.state
+        state_seconds[state.value] += part.seconds
+        per_instance[(part.interval.instance_id, _USAGE.get(state) or classify(state))].append(part)
     for (_, usage), parts in per_instance.items():
         for part in parts:
             meters[usage].add(part.interval, part.seconds)
