@@ -33,6 +33,7 @@ from torpor.lifecycle.state import InstanceState
 
 _IDLE = frozenset({InstanceState.READY, InstanceState.FROZEN})
 _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY})
+_NONE: frozenset[str] = frozenset()
 _EPSILON_S = 1e-9  # a pass timed for the keep-alive's end finds it reached, float sums or not
 
 
@@ -89,6 +90,8 @@ class Plan:
 
 def provisioned_ids(current: list[InstanceView], count: int) -> frozenset[str]:
     """The oldest ``count`` instances (by start time) are the provisioned ones."""
+    if count == 0:  # the usual case: nothing to sort
+        return _NONE
     oldest = sorted(current, key=lambda i: i.started_at)
     return frozenset(i.id for i in oldest[:count])
 

@@ -98,6 +98,7 @@ class _Instance:
     since: float = 0.0
     # requests sent past a full slot (gateway queue out of the path): (arrived, sent, service)
     backlog: deque[tuple[float, float, float]] = field(default_factory=deque)
+    view: planner.InstanceView | None = None  # as the planner last saw it
 
 
 @dataclass
@@ -592,7 +593,8 @@ _NO_CLIENT = _NoClient()
 
 
 def _view(instance: _Instance) -> planner.InstanceView:
-    """The instance as the planner sees it: its state derived from the same facts the server has."""
+    """The instance as the planner sees it: its state derived from the same facts the server has
+    (the last view again while they are the same: its id, start and ready time never change)."""
     endpoint = instance.endpoint
     if endpoint is None:
         state, in_flight, idle_since = InstanceState.STARTING, 0, None
@@ -604,7 +606,12 @@ def _view(instance: _Instance) -> planner.InstanceView:
             state = InstanceState.BUSY if in_flight else InstanceState.READY
     transition = instance.thaw_requested_at is not None or (
         instance.freeze_requested_at is not None and not instance.frozen)
-    return planner.InstanceView(
+    view = instance.view
+    if (view is not None and view.state is state and view.in_flight == in_flight
+            and view.idle_since == idle_since and view.idle_transition is transition):
+        return view
+    view = instance.view = planner.InstanceView(
         id=instance.info.instance_id, revision=1, state=state, started_at=instance.started_at,
         ready_at=endpoint.ready_at if endpoint is not None else None, in_flight=in_flight,
         idle_since=idle_since, idle_transition=transition)
+    return view
