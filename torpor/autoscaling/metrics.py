@@ -67,7 +67,10 @@ class ConcurrencyRecorder:
         # one index: the keep-alive policy asks for 16 of them on every pass)
         self._ordered: list[list[float]] = [[] for _ in range(SPELL_LEVELS)]
         self._spells_version = 0  # spells added so far, at any level
-        self._quantile_tuples: dict[tuple[range, float, int], tuple[int, tuple[float | None, ...]]] = {}
+        self._spells_added = [0] * SPELL_LEVELS  # ... and per level
+        # (levels, q, at_least) → (spells version, spells added per level, the quantiles)
+        self._quantile_tuples: dict[tuple[range, float, int],
+                                    tuple[int, list[int], tuple[float | None, ...]]] = {}
 
     @property
     def current(self) -> int:
@@ -116,6 +119,7 @@ class ConcurrencyRecorder:
                     kept.append(spell)
                     insort(ordered, spell)
                     self._spells_version += 1
+                    self._spells_added[level - 1] += 1
 
     def idle_spells(self, level: int) -> Sequence[float]:
         """The last idle spells of level ``level`` (1..SPELL_LEVELS; none above): each the time
@@ -142,10 +146,20 @@ class ConcurrencyRecorder:
         tuple until another idle spell ends (a pass with no new spell reuses it)."""
         key = (levels, q, at_least)
         cached = self._quantile_tuples.get(key)
-        if cached is not None and cached[0] == self._spells_version:
-            return cached[1]
-        values = tuple(self.idle_spell_quantile(level, q, at_least) for level in levels)
-        self._quantile_tuples[key] = (self._spells_version, values)
+        if cached is None:
+            added = [self._spells_added[level - 1] if 1 <= level <= SPELL_LEVELS else 0
+                     for level in levels]
+            values = tuple(self.idle_spell_quantile(level, q, at_least) for level in levels)
+        elif cached[0] == self._spells_version:
+            return cached[2]
+        else:  # worked out again only for the levels with new spells (mostly level 1 alone)
+            added, fresh = cached[1], list(cached[2])
+            for k, level in enumerate(levels):
+                if 1 <= level <= SPELL_LEVELS and added[k] != self._spells_added[level - 1]:
+                    added[k] = self._spells_added[level - 1]
+                    fresh[k] = self.idle_spell_quantile(level, q, at_least)
+            values = tuple(fresh)
+        self._quantile_tuples[key] = (self._spells_version, added, values)
         return values
 
     def record_request(self, now: float) -> None:
