@@ -187,15 +187,22 @@ class ColdStarts:
 
     def __init__(self) -> None:
         self._recent: deque[float] = deque(maxlen=COLD_STARTS_KEPT)
+        self._typical: float | None = None
 
     def observe(self, seconds: float) -> float:
         """Record one cold start; returns the new typical one."""
-        self._recent.append(seconds)
-        return statistics.median(self._recent)
+        recent = self._recent
+        if (len(recent) == COLD_STARTS_KEPT and recent[0] == seconds and seconds != 0
+                and self._typical is not None):
+            recent.append(seconds)  # it replaces an equal one: the same median
+            return self._typical
+        recent.append(seconds)
+        typical = self._typical = statistics.median(recent)
+        return typical
 
     @property
     def typical(self) -> float | None:
-        return statistics.median(self._recent) if self._recent else None
+        return self._typical
 
 
 def instances_for(in_system: int, config: KeepAliveConfig) -> int:
