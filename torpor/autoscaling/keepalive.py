@@ -36,7 +36,7 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
@@ -76,6 +76,8 @@ class KeepAliveConfig:
     # the last instance's keep-alive until WARM_MIN_GAPS idle spells were seen: the KPA's stable
     # window (scaling.stable_window_s), so a function's first calls behave as they would there
     warm_unmeasured_s: float = 60.0
+    # the idle-spell level of each instance rank that has a warm keep-alive: k × concurrency + 1
+    warm_levels: range = field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_spec(cls, scaling: ScalingSpec, concurrency: int) -> KeepAliveConfig | None:
@@ -95,6 +97,9 @@ class KeepAliveConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid keep-alive config: {', '.join(bad)} ({self})")
+        ranks = min(self.max_instances, SPELL_LEVELS // self.concurrency)
+        object.__setattr__(self, "warm_levels",
+                           range(1, ranks * self.concurrency + 1, self.concurrency))
 
 
 @dataclass(frozen=True)
@@ -116,9 +121,7 @@ def warm_keep_alives(config: KeepAliveConfig, window: InSystem, keep_alive_s: fl
 
 def _quantiles(config: KeepAliveConfig, window: InSystem) -> tuple[float | None, ...]:
     """The WARM_QUANTILE of each rank's idle spells (None: too few seen yet)."""
-    ranks = min(config.max_instances, SPELL_LEVELS // config.concurrency)
-    levels = range(1, ranks * config.concurrency + 1, config.concurrency)  # k × concurrency + 1
-    return window.idle_spell_quantiles(levels, WARM_QUANTILE, WARM_MIN_GAPS)
+    return window.idle_spell_quantiles(config.warm_levels, WARM_QUANTILE, WARM_MIN_GAPS)
 
 
 @lru_cache(maxsize=1024)

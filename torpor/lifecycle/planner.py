@@ -148,7 +148,11 @@ def idle_for(instance: InstanceView, now: float) -> float:
 
 def plan(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
     """The plan when one revision takes all the traffic."""
-    return plan_revisions((view,), (decision,), now)[0]
+    revision = view.revision
+    for instance in view.instances:
+        if instance.revision != revision:
+            return plan_revisions((view,), (decision,), now)[0]
+    return _scale(view, decision, now)  # no instance of another revision to drain
 
 
 def plan_revisions(views: Sequence[FunctionView], decisions: Sequence[ScaleDecision],
@@ -192,9 +196,9 @@ def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
                                                  decision, view.idle_mode)
         drains = [Drain(i.id, "scale in") for i in victims]
         kept_frozen = [i.id for i in to_freeze]
-    draining = {d.instance_id for d in drains}
     freeze: list[str] = []
     if view.idle_mode:
+        draining = {d.instance_id for d in drains}
         freeze = [
             i.id for i in current
             if i.id in provisioned and i.id not in draining and i.state == InstanceState.READY
