@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Protocol
 
 from torpor.autoscaling import keepalive, kpa
@@ -64,6 +63,10 @@ def gpu_desired(ready: int, utilization_pct: float, target_pct: float) -> tuple[
 class AutoscalerState:
     kpa: KpaState = field(default_factory=KpaState)
     policy: PolicyState = field(default_factory=PolicyState)
+    # the last keep-alive decision and what it was made of (the policy's decision, the provisioned
+    # target, max_instances): the same objects again give the same decision
+    keep_alive: tuple[keepalive.KeepAliveDecision, ProvisionDecision, int, ScaleDecision] | None = field(
+        default=None, repr=False, compare=False)
 
 
 def decide(
@@ -105,9 +108,12 @@ def decide(
     ) if provision.target_tracking else None
     target, policy_state = provisioned_target(provision, policy_inputs, now, state.policy)
     if chosen is not None and (gpu is None or gpu.target_pct is None or ready == 0):
-        # the same keep-alive decision and target give the same decision: made once
-        return _keep_alive_decision(chosen, target, config.max_instances), AutoscalerState(
-            kpa_state, policy_state)
+        last = state.keep_alive
+        if not (last is not None and last[0] is chosen and last[1] is target
+                and last[2] == config.max_instances):
+            last = (chosen, target, config.max_instances,
+                    _keep_alive_decision(chosen, target, config.max_instances))
+        return last[3], AutoscalerState(kpa_state, policy_state, last)
     provisioned = min(target.target, config.max_instances)
     on_demand, reason = kpa_decision.desired, kpa_decision.reason
     if gpu is not None and gpu.target_pct is not None and ready > 0:
@@ -129,7 +135,6 @@ def _combine(provisioned: int, target: ProvisionDecision, on_demand: int, reason
                          kpa_decision.activator_in_path, keep_idle_s, keep_warm_s)
 
 
-@lru_cache(maxsize=1024)
 def _keep_alive_decision(chosen: keepalive.KeepAliveDecision, target: ProvisionDecision,
                          max_instances: int) -> ScaleDecision:
     """The keep-alive policy's decision with the provisioned target (no GPU signal)."""

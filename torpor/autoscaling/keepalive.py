@@ -78,6 +78,7 @@ class KeepAliveConfig:
     warm_unmeasured_s: float = 60.0
     # the idle-spell level of each instance rank that has a warm keep-alive: k × concurrency + 1
     warm_levels: range = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_spec(cls, scaling: ScalingSpec, concurrency: int) -> KeepAliveConfig | None:
@@ -100,6 +101,12 @@ class KeepAliveConfig:
         ranks = min(self.max_instances, SPELL_LEVELS // self.concurrency)
         object.__setattr__(self, "warm_levels",
                            range(1, ranks * self.concurrency + 1, self.concurrency))
+        object.__setattr__(self, "_hash", hash((
+            self.concurrency, self.min_instances, self.max_instances, self.keep_alive_s, self.auto,
+            self.warm_unmeasured_s)))
+
+    def __hash__(self) -> int:  # the fields' hash, worked out once (decide's cache key)
+        return self._hash
 
 
 @dataclass(frozen=True)
