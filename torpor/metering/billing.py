@@ -303,17 +303,22 @@ def _price_line(name: str, clipped: list[_Clipped], prices: PriceTable, window_s
     meters: dict[Usage, _Meter] = {"active": _Meter(), "idle": _Meter()}
     state_seconds: dict[str, Decimal] = defaultdict(lambda: _ZERO)
     per_instance: dict[tuple[str, Usage], list[_Clipped]] = defaultdict(list)
+    by_minute = prices.rounding == "minute"
     for part in clipped:
         state = part.interval.state
         state_seconds[_NAME[state]] += part.seconds
-        per_instance[(part.interval.instance_id, _USAGE.get(state) or classify(state))].append(part)
+        usage = _USAGE.get(state) or classify(state)
+        if by_minute:
+            per_instance[(part.interval.instance_id, usage)].append(part)
+        else:  # (sums of decimals this precise are exact: the order of the parts does not matter)
+            meters[usage].add(part.interval, part.seconds)
     for (_, usage), parts in per_instance.items():
         for part in parts:
             meters[usage].add(part.interval, part.seconds)
         raw = sum((part.seconds for part in parts), _ZERO)
-        if prices.rounding == "minute":  # 61 s → ceil(61 / 60) × 60 = 120 s, charged at the last shape
-            padding = (raw / _MINUTE_S).to_integral_value(rounding=ROUND_CEILING) * _MINUTE_S - raw
-            meters[usage].add(max(parts, key=lambda part: part.end).interval, padding)
+        # 61 s → ceil(61 / 60) × 60 = 120 s, charged at the last shape
+        padding = (raw / _MINUTE_S).to_integral_value(rounding=ROUND_CEILING) * _MINUTE_S - raw
+        meters[usage].add(max(parts, key=lambda part: part.end).interval, padding)
     active, idle = meters["active"], meters["idle"]
     peak, always_on = _always_on(clipped, prices, window_s)
     on_gpu = any(part.interval.gpu_memory_mb > 0 for part in clipped)
