@@ -340,3 +340,24 @@ class TestIdleSpells:
         recorder.record(at + 0.5, 0)
         recorder.record(at + 20.5, 1)
         assert recorder.idle_spell_quantile(1, 0.9, 10) == 10.0
+
+    def test_the_quantiles_of_many_levels_follow_each_levels_spells(self) -> None:
+        """Levels 1-3 as one tuple: 1 s spells on levels 1 and 2 (2 → 0 at 0.5, back at 1.5),
+        none on level 3, then a 3 s spell on level 1 alone (1 → 0 at 2, back at 5): medians 1 s
+        and 1 s, and level 2 has too few for at least 2. Then 201 spells of 0.25 s on level 1
+        push its first two out of the 200 kept: level 1's median and maximum are 0.25 s, level
+        2's median is still 1 s (its answer is not lost when another level's changes)."""
+        recorder = ConcurrencyRecorder()
+        levels = range(1, 4)
+        for at, level in ((0.0, 2), (0.5, 0), (1.5, 2), (1.75, 1), (2.0, 0), (5.0, 1)):
+            recorder.record(at, level)
+        assert recorder.idle_spell_quantiles(levels, 0.5, 1) == (1.0, 1.0, None)
+        assert recorder.idle_spell_quantiles(levels, 0.5, 2) == (1.0, None, None)
+        at = 5.0
+        for _ in range(201):
+            recorder.record(at + 0.5, 0)
+            at += 0.75
+            recorder.record(at, 1)
+        assert recorder.idle_spell_quantiles(levels, 0.5, 1) == (0.25, 1.0, None)
+        assert recorder.idle_spell_quantiles(levels, 1.0, 1) == (0.25, 1.0, None)
+        assert recorder.idle_spell_quantile(1, 1.0, 1) == 0.25  # the 1 and 3 s spells are gone

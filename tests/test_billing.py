@@ -315,6 +315,21 @@ class TestAlwaysOn:
         line = bill(intervals, GPU_ONLY, since=0, until=1800).line("sd")
         assert (line.peak_instances, line.always_on_cost) == (1, 1)
 
+    def test_peak_follows_each_instances_states(self) -> None:
+        """i-1 starting 0-100, ready 100-1000, draining 1000-1100 (one life, one GPU); i-2 frozen
+        500-600 and busy 700-800 (a gap: no instance at 600-700 but i-1): two GPUs at most, and
+        one GPU only when i-2 comes back just as i-1's life ends (1100-1200): 2 × 1 h × 2 = 4,
+        then 1 × 1 h × 2 = 2."""
+        life = [make_interval(S.STARTING, 0, 100), make_interval(S.READY, 100, 1000),
+                make_interval(S.DRAINING, 1000, 1100)]
+        overlapping = [make_interval(S.FROZEN, 500, 600, instance_id="i-2"),
+                       make_interval(S.BUSY, 700, 800, instance_id="i-2")]
+        line = bill(life + overlapping, GPU_ONLY, since=0, until=3600).line("sd")
+        assert (line.peak_instances, line.always_on_cost) == (2, 4)
+        after = [make_interval(S.BUSY, 1100, 1200, instance_id="i-2")]
+        line = bill(life + after, GPU_ONLY, since=0, until=3600).line("sd")
+        assert (line.peak_instances, line.always_on_cost) == (1, 2)
+
     def test_cpu_only_function(self) -> None:
         """A CPU function compares with its peak shape always on: 100 s × (1 × 0.00002 + 2 × 0.000003)."""
         shape = {"gpu_memory_mb": 0, "device": "cpu", "cpus": 1.0, "memory_mb": 2048}

@@ -134,6 +134,9 @@ class TestColdStarts:
         for _ in range(9):
             starts.observe(0.05)
         assert starts.typical == 0.05
+        assert starts.observe(0.05) == 0.05  # replaces an equal one: the same median
+        assert [starts.observe(0.8) for _ in range(5)] == [0.05] * 4 + [0.8]  # 5 of the last 9
+        assert starts.typical == 0.8
 
 
 class TestTimeline:

@@ -173,6 +173,17 @@ class TestTargetTracking:
             " (highest of 2 open policies)"
         )
 
+    def test_inputs_are_needed_only_by_target_tracking(self) -> None:
+        """A config without a target-tracking policy never reads the inputs (None will do: the
+        autoscaler then skips measuring its window); one with a policy refuses to go without."""
+        scheduled = make_config(scheduled=[{"name": "boost", "schedule": "at(2024-07-01T00:00:00Z)",
+                                             "target": 7}])
+        decision, state = provisioned_target(scheduled, None, ts("2024-07-10T00:00:00Z"), PolicyState())
+        assert (decision.target, decision.source, state.fired) == (7, "scheduled", "boost")
+        tracking = make_config(target_tracking=[make_policy()])
+        with pytest.raises(ValueError, match="target-tracking policies need the policy inputs"):
+            provisioned_target(tracking, None, ts("2024-07-10T12:00:00Z"), PolicyState())
+
     def test_impossible_inputs_are_refused(self) -> None:
         with pytest.raises(ValueError):
             PolicyInputs(in_system=-1, current_provisioned=0, concurrency=1)

@@ -19,6 +19,7 @@ from torpor.autoscaling.scaling_policies import (
     PolicyInputs,
     PolicyState,
     ProvisionConfig,
+    ProvisionDecision,
     provisioned_target,
 )
 
@@ -62,6 +63,10 @@ def gpu_desired(ready: int, utilization_pct: float, target_pct: float) -> tuple[
 class AutoscalerState:
     kpa: KpaState = field(default_factory=KpaState)
     policy: PolicyState = field(default_factory=PolicyState)
+    # the last keep-alive decision and what it was made of (the policy's decision, the provisioned
+    # target, max_instances): the same objects again give the same decision
+    keep_alive: tuple[keepalive.KeepAliveDecision, ProvisionDecision, int, ScaleDecision] | None = field(
+        default=None, repr=False, compare=False)
 
 
 def decide(
@@ -84,6 +89,7 @@ def decide(
     (``keepalive.resolve``). ``gpu`` with a target: busy GPUs may raise it (HPA's rule)."""
     keep_idle_s: float | None = None
     keep_warm_s: tuple[float, ...] = ()
+    chosen: keepalive.KeepAliveDecision | None = None
     if keep_alive is not None and (
             not keep_alive.auto or keepalive.cold_starts_fast(cold_start_s)):
         chosen = keepalive.decide(keep_alive, window, cold_start_s)
@@ -92,23 +98,46 @@ def decide(
     else:
         inputs = KpaInputs.observe(window, config, now, ready, reachable)
         kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
+    # the policy's inputs are measured only for a target-tracking policy (nothing else reads them)
     policy_inputs = PolicyInputs(
         in_system=window.window_average(now, config.stable_window_s),
         current_provisioned=current_provisioned,
         concurrency=concurrency,
         gpu_utilization=gpu.utilization_pct / 100 if gpu is not None else None,
         gpu_memory_utilization=gpu.memory_fraction if gpu is not None else None,
-    )
+    ) if provision.target_tracking else None
     target, policy_state = provisioned_target(provision, policy_inputs, now, state.policy)
+    if chosen is not None and (gpu is None or gpu.target_pct is None or ready == 0):
+        last = state.keep_alive
+        if not (last is not None and last[0] is chosen and last[1] is target
+                and last[2] == config.max_instances):
+            last = (chosen, target, config.max_instances,
+                    _keep_alive_decision(chosen, target, config.max_instances))
+        return last[3], AutoscalerState(kpa_state, policy_state, last)
     provisioned = min(target.target, config.max_instances)
     on_demand, reason = kpa_decision.desired, kpa_decision.reason
     if gpu is not None and gpu.target_pct is not None and ready > 0:
         by_gpu, gpu_reason = gpu_desired(ready, gpu.utilization_pct, gpu.target_pct)
         if by_gpu > on_demand:
             on_demand, reason = by_gpu, f"{gpu_reason}; KPA: {kpa_decision.reason}"
-    desired = min(max(provisioned, on_demand), config.max_instances)
+    return _combine(provisioned, target, on_demand, reason, kpa_decision, config.max_instances,
+                    keep_idle_s, keep_warm_s), AutoscalerState(kpa_state, policy_state)
+
+
+def _combine(provisioned: int, target: ProvisionDecision, on_demand: int, reason: str,
+             kpa_decision: kpa.KpaDecision, max_instances: int, keep_idle_s: float | None,
+             keep_warm_s: tuple[float, ...]) -> ScaleDecision:
+    """The provisioned target and the on-demand count together."""
+    desired = min(max(provisioned, on_demand), max_instances)
     if provisioned > on_demand:
         reason = f"provisioned {provisioned} ({target.reason}); KPA: {kpa_decision.reason}"
-    decision = ScaleDecision(desired, provisioned, kpa_decision.panic, reason,
-                             kpa_decision.activator_in_path, keep_idle_s, keep_warm_s)
-    return decision, AutoscalerState(kpa_state, policy_state)
+    return ScaleDecision(desired, provisioned, kpa_decision.panic, reason,
+                         kpa_decision.activator_in_path, keep_idle_s, keep_warm_s)
+
+
+def _keep_alive_decision(chosen: keepalive.KeepAliveDecision, target: ProvisionDecision,
+                         max_instances: int) -> ScaleDecision:
+    """The keep-alive policy's decision with the provisioned target (no GPU signal)."""
+    kpa_decision = kpa.KpaDecision(chosen.desired, False, chosen.reason, -1, True)
+    return _combine(min(target.target, max_instances), target, chosen.desired, chosen.reason,
+                    kpa_decision, max_instances, chosen.keep_alive_s, chosen.keep_warm_s)

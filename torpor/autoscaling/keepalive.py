@@ -36,7 +36,8 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 from torpor.autoscaling.metrics import SPELL_LEVELS
@@ -62,6 +63,8 @@ class InSystem(Protocol):
 
     def idle_spell_quantile(self, level: int, q: float, at_least: int) -> float | None: ...
 
+    def idle_spell_quantiles(self, levels: range, q: float, at_least: int) -> tuple[float | None, ...]: ...
+
 
 @dataclass(frozen=True)
 class KeepAliveConfig:
@@ -73,6 +76,9 @@ class KeepAliveConfig:
     # the last instance's keep-alive until WARM_MIN_GAPS idle spells were seen: the KPA's stable
     # window (scaling.stable_window_s), so a function's first calls behave as they would there
     warm_unmeasured_s: float = 60.0
+    # the idle-spell level of each instance rank that has a warm keep-alive: k × concurrency + 1
+    warm_levels: range = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_spec(cls, scaling: ScalingSpec, concurrency: int) -> KeepAliveConfig | None:
@@ -92,6 +98,15 @@ class KeepAliveConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid keep-alive config: {', '.join(bad)} ({self})")
+        ranks = min(self.max_instances, SPELL_LEVELS // self.concurrency)
+        object.__setattr__(self, "warm_levels",
+                           range(1, ranks * self.concurrency + 1, self.concurrency))
+        object.__setattr__(self, "_hash", hash((
+            self.concurrency, self.min_instances, self.max_instances, self.keep_alive_s, self.auto,
+            self.warm_unmeasured_s)))
+
+    def __hash__(self) -> int:  # the fields' hash, worked out once (decide's cache key)
+        return self._hash
 
 
 @dataclass(frozen=True)
@@ -108,11 +123,19 @@ def warm_keep_alives(config: KeepAliveConfig, window: InSystem, keep_alive_s: fl
     """Each instance's warm keep-alive in routing order: the k-th is idle exactly while fewer than
     (k − 1) × concurrency + 1 requests are in the system, so its idle spells are that level's.
     Until its spells are known the first keeps ``warm_unmeasured_s``, the others the keep-alive."""
-    ranks = min(config.max_instances, SPELL_LEVELS // config.concurrency)
-    return tuple(warm_keep_alive(window.idle_spell_quantile(k * config.concurrency + 1,
-                                                            WARM_QUANTILE, WARM_MIN_GAPS),
-                                 keep_alive_s, config.warm_unmeasured_s if k == 0 else keep_alive_s)
-                 for k in range(ranks))
+    return _warm_from(_quantiles(config, window), keep_alive_s, config.warm_unmeasured_s)
+
+
+def _quantiles(config: KeepAliveConfig, window: InSystem) -> tuple[float | None, ...]:
+    """The WARM_QUANTILE of each rank's idle spells (None: too few seen yet)."""
+    return window.idle_spell_quantiles(config.warm_levels, WARM_QUANTILE, WARM_MIN_GAPS)
+
+
+@lru_cache(maxsize=1024)
+def _warm_from(quantiles: tuple[float | None, ...], keep_alive_s: float,
+               unmeasured_s: float) -> tuple[float, ...]:
+    return tuple(warm_keep_alive(q, keep_alive_s, unmeasured_s if k == 0 else keep_alive_s)
+                 for k, q in enumerate(quantiles))
 
 
 def warm_keep_alive(quantile: float | None, keep_alive_s: float, unmeasured_s: float) -> float:
@@ -174,15 +197,22 @@ class ColdStarts:
 
     def __init__(self) -> None:
         self._recent: deque[float] = deque(maxlen=COLD_STARTS_KEPT)
+        self._typical: float | None = None
 
     def observe(self, seconds: float) -> float:
         """Record one cold start; returns the new typical one."""
-        self._recent.append(seconds)
-        return statistics.median(self._recent)
+        recent = self._recent
+        if (len(recent) == COLD_STARTS_KEPT and recent[0] == seconds and seconds != 0
+                and self._typical is not None):
+            recent.append(seconds)  # it replaces an equal one: the same median
+            return self._typical
+        recent.append(seconds)
+        typical = self._typical = statistics.median(recent)
+        return typical
 
     @property
     def typical(self) -> float | None:
-        return statistics.median(self._recent) if self._recent else None
+        return self._typical
 
 
 def instances_for(in_system: int, config: KeepAliveConfig) -> int:
@@ -192,15 +222,26 @@ def instances_for(in_system: int, config: KeepAliveConfig) -> int:
 
 def decide(config: KeepAliveConfig, window: InSystem, cold_start_s: float | None) -> KeepAliveDecision:
     """Instances for the requests in the system now, within bounds; more stay while idle for less
-    than the keep-alive (the planner drains only instances idle that long)."""
+    than the keep-alive (the planner drains only instances idle that long).
+
+    The decision is a function of what it reads (the requests in the system, the cold start, the
+    idle spells' quantiles and count), so the same reads give the same decision, made once: the
+    reconciler asks on every pass, and most passes read what the last one did."""
+    if config.keep_alive_s is not None:
+        return _decide(config, window.current, cold_start_s, (), 0)
+    return _decide(config, window.current, cold_start_s, _quantiles(config, window),
+                   len(window.idle_spells(1)))
+
+
+@lru_cache(maxsize=4096)
+def _decide(config: KeepAliveConfig, in_system: int, cold_start_s: float | None,
+            quantiles: tuple[float | None, ...], spells: int) -> KeepAliveDecision:
     keep_s, source = keep_alive_for(config, cold_start_s)
-    warm = () if config.keep_alive_s is not None else warm_keep_alives(config, window, keep_s)
-    in_system = window.current
+    warm = _warm_from(quantiles, keep_s, config.warm_unmeasured_s) if quantiles else ()
     needed = instances_for(in_system, config)
     desired = min(max(needed, config.min_instances), config.max_instances)
     reason = f"keepalive, {in_system} in system; idle instances kept {keep_s:.2f} s ({source})"
     if warm:
-        spells = len(window.idle_spells(1))
         why = (f"p{WARM_QUANTILE * 100:g} of its last {spells} idle spells" if spells >= WARM_MIN_GAPS
                else f"{spells} idle spells seen, fewer than {WARM_MIN_GAPS}")
         reason += f", the last to go {warm[0]:.2f} s ({why})"

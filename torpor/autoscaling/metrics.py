@@ -22,6 +22,7 @@ get a bucket, and buckets older than ``retention_s`` are dropped, so memory is O
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Sequence
 
@@ -62,8 +63,14 @@ class ConcurrencyRecorder:
         # level n's idle spell: from the system dropping below n requests to reaching n again
         self._below_since: dict[int, float] = {}
         self._spells: list[deque[float]] = [deque(maxlen=SPELLS_KEPT) for _ in range(SPELL_LEVELS)]
-        self._spells_added = [0] * SPELL_LEVELS  # per level, to know a cached quantile is current
-        self._quantiles: dict[tuple[int, float], tuple[int, float]] = {}  # → (added, value)
+        # the same spells per level in ascending order, kept as each one comes (a quantile is then
+        # one index: the keep-alive policy asks for 16 of them on every pass)
+        self._ordered: list[list[float]] = [[] for _ in range(SPELL_LEVELS)]
+        self._spells_version = 0  # spells added so far, at any level
+        self._spells_added = [0] * SPELL_LEVELS  # ... and per level
+        # (levels, q, at_least) → (spells version, spells added per level, the quantiles)
+        self._quantile_tuples: dict[tuple[range, float, int],
+                                    tuple[int, list[int], tuple[float | None, ...]]] = {}
 
     @property
     def current(self) -> int:
@@ -105,7 +112,13 @@ class ConcurrencyRecorder:
             for level in range(before + 1, min(in_system, SPELL_LEVELS) + 1):
                 since = self._below_since.pop(level, None)
                 if since is not None:
-                    self._spells[level - 1].append(now - since)
+                    spell = now - since
+                    kept, ordered = self._spells[level - 1], self._ordered[level - 1]
+                    if len(kept) == SPELLS_KEPT:  # the oldest leaves both
+                        del ordered[bisect_left(ordered, kept[0])]
+                    kept.append(spell)
+                    insort(ordered, spell)
+                    self._spells_version += 1
                     self._spells_added[level - 1] += 1
 
     def idle_spells(self, level: int) -> Sequence[float]:
@@ -117,19 +130,37 @@ class ConcurrencyRecorder:
 
     def idle_spell_quantile(self, level: int, q: float, at_least: int) -> float | None:
         """The ``q`` quantile (nearest rank: the smallest spell with at least ``q`` of them at or
-        below it) of level ``level``'s kept idle spells; None with fewer than ``at_least``. Sorted
-        once per new spell, not per decision (the keep-alive policy asks on every pass)."""
-        spells = self.idle_spells(level)
-        if len(spells) < at_least or not spells:
+        below it) of level ``level``'s kept idle spells; None with fewer than ``at_least``. The
+        spells are kept sorted as they come, so this is one index, not a sort per decision (the
+        keep-alive policy asks on every pass)."""
+        if not 1 <= level <= SPELL_LEVELS:
             return None
-        added = self._spells_added[level - 1]
-        cached = self._quantiles.get((level, q))
-        if cached is not None and cached[0] == added:
-            return cached[1]
-        ordered = sorted(spells)
-        value = ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
-        self._quantiles[level, q] = (added, value)
-        return value
+        ordered = self._ordered[level - 1]
+        n = len(ordered)
+        if n < at_least or not n:
+            return None
+        return ordered[min(n - 1, math.ceil(q * n) - 1)]
+
+    def idle_spell_quantiles(self, levels: range, q: float, at_least: int) -> tuple[float | None, ...]:
+        """:meth:`idle_spell_quantile` of each level in ``levels``, e.g. ``range(1, 17)``; the same
+        tuple until another idle spell ends (a pass with no new spell reuses it)."""
+        key = (levels, q, at_least)
+        cached = self._quantile_tuples.get(key)
+        if cached is None:
+            added = [self._spells_added[level - 1] if 1 <= level <= SPELL_LEVELS else 0
+                     for level in levels]
+            values = tuple(self.idle_spell_quantile(level, q, at_least) for level in levels)
+        elif cached[0] == self._spells_version:
+            return cached[2]
+        else:  # worked out again only for the levels with new spells (mostly level 1 alone)
+            added, fresh = cached[1], list(cached[2])
+            for k, level in enumerate(levels):
+                if 1 <= level <= SPELL_LEVELS and added[k] != self._spells_added[level - 1]:
+                    added[k] = self._spells_added[level - 1]
+                    fresh[k] = self.idle_spell_quantile(level, q, at_least)
+            values = tuple(fresh)
+        self._quantile_tuples[key] = (self._spells_version, added, values)
+        return values
 
     def record_request(self, now: float) -> None:
         """A request arrived at ``now`` (counted for ``rate`` and the scale-to-zero grace)."""

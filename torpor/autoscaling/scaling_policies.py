@@ -256,17 +256,20 @@ class ProvisionDecision:
 
 
 def provisioned_target(
-    config: ProvisionConfig, inputs: PolicyInputs, now: float, state: PolicyState
+    config: ProvisionConfig, inputs: PolicyInputs | None, now: float, state: PolicyState
 ) -> tuple[ProvisionDecision, PolicyState]:
     """How many provisioned instances the function should have at ``now`` (epoch seconds, UTC).
 
     Scheduled actions that fired in (last check, now] set the base target, the latest firing
     winning; it persists until another fires. An open target-tracking window overrides the base
     (the highest of several open policies wins); outside every window the base target stands.
+    ``inputs`` are read by target-tracking policies only: None will do for a config without one.
     """
     state = _fire_scheduled(config, now, state)
+    if config.target_tracking and inputs is None:
+        raise ValueError("target-tracking policies need the policy inputs, got None")
     tracked = ([_track(p, inputs) for p in config.target_tracking if p.is_open(now)]
-               if config.target_tracking else None)
+               if config.target_tracking and inputs is not None else None)
     if tracked:
         target, reason = max(tracked, key=lambda pair: pair[0])
         if len(tracked) > 1:

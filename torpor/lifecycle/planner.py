@@ -33,6 +33,7 @@ from torpor.lifecycle.state import InstanceState
 
 _IDLE = frozenset({InstanceState.READY, InstanceState.FROZEN})
 _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY})
+_NONE: frozenset[str] = frozenset()
 _EPSILON_S = 1e-9  # a pass timed for the keep-alive's end finds it reached, float sums or not
 
 
@@ -89,6 +90,8 @@ class Plan:
 
 def provisioned_ids(current: list[InstanceView], count: int) -> frozenset[str]:
     """The oldest ``count`` instances (by start time) are the provisioned ones."""
+    if count == 0:  # the usual case: nothing to sort
+        return _NONE
     oldest = sorted(current, key=lambda i: i.started_at)
     return frozenset(i.id for i in oldest[:count])
 
@@ -145,7 +148,11 @@ def idle_for(instance: InstanceView, now: float) -> float:
 
 def plan(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
     """The plan when one revision takes all the traffic."""
-    return plan_revisions((view,), (decision,), now)[0]
+    revision = view.revision
+    for instance in view.instances:
+        if instance.revision != revision:
+            return plan_revisions((view,), (decision,), now)[0]
+    return _scale(view, decision, now)  # no instance of another revision to drain
 
 
 def plan_revisions(views: Sequence[FunctionView], decisions: Sequence[ScaleDecision],
@@ -160,10 +167,12 @@ def plan_revisions(views: Sequence[FunctionView], decisions: Sequence[ScaleDecis
         i.state in _SERVING for i in view.instances if i.revision == view.revision)
         for view, decision in zip(views, decisions, strict=True))
     if settled:
-        why = (f"replaced by revision {views[0].revision}" if len(views) == 1
-               else "its revision takes no traffic")
-        drains = tuple(Drain(i.id, why) for i in views[0].instances if i.revision not in routed)
-        plans[0] = replace(plans[0], drain=plans[0].drain + drains)
+        unrouted = [i for i in views[0].instances if i.revision not in routed]
+        if unrouted:
+            why = (f"replaced by revision {views[0].revision}" if len(views) == 1
+                   else "its revision takes no traffic")
+            drains = tuple(Drain(i.id, why) for i in unrouted)
+            plans[0] = replace(plans[0], drain=plans[0].drain + drains)
     return plans
 
 
@@ -187,9 +196,9 @@ def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
                                                  decision, view.idle_mode)
         drains = [Drain(i.id, "scale in") for i in victims]
         kept_frozen = [i.id for i in to_freeze]
-    draining = {d.instance_id for d in drains}
     freeze: list[str] = []
     if view.idle_mode:
+        draining = {d.instance_id for d in drains}
         freeze = [
             i.id for i in current
             if i.id in provisioned and i.id not in draining and i.state == InstanceState.READY

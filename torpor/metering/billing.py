@@ -60,6 +60,10 @@ def classify(state: InstanceState | str) -> Usage:
     raise ValueError(f"{state.value!r} is not a billed state; an instance that is gone costs nothing")
 
 
+_USAGE: dict[InstanceState, Usage] = {state: classify(state) for state in BILLED_STATES}
+_NAME = {state: state.value for state in InstanceState}  # (an enum's .value is a slow descriptor)
+
+
 @dataclass(frozen=True)
 class InstanceInfo:
     """What the ledger records about an instance besides its state; fixed for its lifetime."""
@@ -93,8 +97,10 @@ class LedgerInterval:
     node: str = "local"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "state", InstanceState(self.state))
-        classify(self.state)  # only billed states may enter the ledger
+        if type(self.state) is not InstanceState:  # e.g. "ready", read back from the store
+            object.__setattr__(self, "state", InstanceState(self.state))
+        if self.state not in BILLED_STATES:
+            classify(self.state)  # only billed states may enter the ledger: raises, naming it
         if not math.isfinite(self.start) or (self.end is not None and not math.isfinite(self.end)):
             raise ValueError(f"interval of {self.instance_id}: start and end must be finite")
         if self.end is not None and self.end < self.start:
@@ -186,11 +192,12 @@ def bill(
         ctx.prec = _DIGITS
         lo, hi = exact_seconds(since), exact_seconds(until)
         by_function: dict[str, list[_Clipped]] = defaultdict(list)
+        exact = _ExactSeconds()  # an interval's end is mostly the start of the instance's next one
         for interval in intervals:
             if function is not None and interval.function != function:
                 continue
-            end = hi if interval.end is None else min(exact_seconds(interval.end), hi)
-            start = max(exact_seconds(interval.start), lo)
+            end = hi if interval.end is None else min(exact(interval.end), hi)
+            start = max(exact(interval.start), lo)
             if end > start:
                 by_function[interval.function].append(_Clipped(interval, start, end))
         spans = {name: _existed(name, lifetimes, parts, lo, hi) if lifetimes is not None else hi - lo
@@ -256,15 +263,26 @@ def intervals_from_timeline(
     return sorted(out, key=lambda interval: (interval.start, interval.instance_id))
 
 
-@dataclass(frozen=True)
-class _Clipped:
-    interval: LedgerInterval
-    start: Decimal
-    end: Decimal
+class _ExactSeconds(dict[float, Decimal]):
+    """:func:`exact_seconds`, each time worked out once (0.0 and -0.0 apart: their decimals differ)."""
 
-    @property
-    def seconds(self) -> Decimal:
-        return self.end - self.start
+    def __call__(self, t: float) -> Decimal:
+        exact = self.get(t)
+        if exact is None or t == 0:
+            exact = self[t] = exact_seconds(t)
+        return exact
+
+
+class _Clipped:
+    """The part of an interval inside the bill's window."""
+
+    __slots__ = ("end", "interval", "seconds", "start")
+
+    def __init__(self, interval: LedgerInterval, start: Decimal, end: Decimal) -> None:
+        self.interval = interval
+        self.start = start
+        self.end = end
+        self.seconds = end - start
 
 
 @dataclass
@@ -285,16 +303,22 @@ def _price_line(name: str, clipped: list[_Clipped], prices: PriceTable, window_s
     meters: dict[Usage, _Meter] = {"active": _Meter(), "idle": _Meter()}
     state_seconds: dict[str, Decimal] = defaultdict(lambda: _ZERO)
     per_instance: dict[tuple[str, Usage], list[_Clipped]] = defaultdict(list)
+    by_minute = prices.rounding == "minute"
     for part in clipped:
-        state_seconds[part.interval.state.value] += part.seconds
-        per_instance[(part.interval.instance_id, classify(part.interval.state))].append(part)
+        state = part.interval.state
+        state_seconds[_NAME[state]] += part.seconds
+        usage = _USAGE.get(state) or classify(state)
+        if by_minute:
+            per_instance[(part.interval.instance_id, usage)].append(part)
+        else:  # (sums of decimals this precise are exact: the order of the parts does not matter)
+            meters[usage].add(part.interval, part.seconds)
     for (_, usage), parts in per_instance.items():
         for part in parts:
             meters[usage].add(part.interval, part.seconds)
         raw = sum((part.seconds for part in parts), _ZERO)
-        if prices.rounding == "minute":  # 61 s → ceil(61 / 60) × 60 = 120 s, charged at the last shape
-            padding = (raw / _MINUTE_S).to_integral_value(rounding=ROUND_CEILING) * _MINUTE_S - raw
-            meters[usage].add(max(parts, key=lambda part: part.end).interval, padding)
+        # 61 s → ceil(61 / 60) × 60 = 120 s, charged at the last shape
+        padding = (raw / _MINUTE_S).to_integral_value(rounding=ROUND_CEILING) * _MINUTE_S - raw
+        meters[usage].add(max(parts, key=lambda part: part.end).interval, padding)
     active, idle = meters["active"], meters["idle"]
     peak, always_on = _always_on(clipped, prices, window_s)
     on_gpu = any(part.interval.gpu_memory_mb > 0 for part in clipped)
@@ -349,8 +373,24 @@ def _always_on(clipped: list[_Clipped], prices: PriceTable, window_s: Decimal) -
 
 
 def _peak(clipped: list[_Clipped]) -> int:
-    """Most intervals open at once; half-open, so an end and a start at the same time do not overlap."""
-    edges = sorted([(part.start, 1) for part in clipped] + [(part.end, -1) for part in clipped])
+    """Most intervals open at once; half-open, so an end and a start at the same time do not overlap.
+
+    An instance's next interval mostly starts where its last one ended: [a, b) and [b, c) are open
+    at exactly the moments [a, c) is, so each such run is counted as one (fewer edges to sort)."""
+    runs: dict[str, list[Decimal]] = {}  # instance → [start, end) of its current run
+    edges: list[tuple[Decimal, int]] = []
+    for part in clipped:
+        instance_id = part.interval.instance_id
+        run = runs.get(instance_id)
+        if run is not None and run[1] == part.start:
+            run[1] = part.end
+            continue
+        if run is not None:
+            edges += ((run[0], 1), (run[1], -1))
+        runs[instance_id] = [part.start, part.end]
+    for start, end in runs.values():
+        edges += ((start, 1), (end, -1))
+    edges.sort()
     open_now = peak = 0
     for _, step in edges:  # (t, -1) sorts before (t, +1)
         open_now += step

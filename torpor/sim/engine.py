@@ -49,6 +49,7 @@ from torpor.gateway.route import Endpoint, choose_endpoint
 from torpor.gateway.routing_policies import PowerOfTwo, RoutingPolicy
 from torpor.gateway.upstream import UpstreamResponse
 from torpor.lifecycle import planner
+from torpor.lifecycle.planner import _EPSILON_S
 from torpor.lifecycle.state import InstanceState
 from torpor.metering.billing import InstanceInfo, LedgerInterval
 from torpor.sim.traces import FunctionTrace
@@ -97,6 +98,7 @@ class _Instance:
     since: float = 0.0
     # requests sent past a full slot (gateway queue out of the path): (arrived, sent, service)
     backlog: deque[tuple[float, float, float]] = field(default_factory=deque)
+    view: planner.InstanceView | None = None  # as the planner last saw it
 
 
 @dataclass
@@ -156,6 +158,8 @@ class FunctionSim:
         self.next_tick = 0.0  # the next reconciler pass that may decide
         self.next_decision_at = 0.0  # every tick_s; sooner while requests wait
         self.keep_alive_pass_at = -_INF  # the pass asked for when a keep-alive ends
+        self._holds: list[float] = []  # the keep-alive decision's holds, ascending
+        self._holds_of: autoscaler.ScaleDecision | None = None  # ... of this decision
         self.draining = 0
         self.marked = 0  # provisioned count at the last plan
         self.live_changed = False  # an instance started or drained since the last plan
@@ -336,16 +340,35 @@ class FunctionSim:
             self._push(self.now + scaling.idle_after_s + self.timings.pass_delay_s, _PASS, None)
 
     def _wake_for_keep_alive(self) -> None:
-        """A pass when the first idle instance's keep-alive ends (``Reconciler._wake_for_keep_alive``)."""
-        keep_s = self.decision.keep_idle_s
-        assert keep_s is not None
-        holds = {keep_s, *self.decision.keep_warm_s}
-        now = self.clock.now()
-        ends = [e.idle_since + k for e in self.endpoints if e.in_flight == 0 for k in holds]
-        first = min((t for t in ends if t > now), default=_INF)
+        """A pass when the first idle instance's keep-alive ends (``Reconciler._wake_for_keep_alive``):
+        the earliest ``idle_since + hold`` after now over idle endpoints and the decision's holds.
+        The holds are sorted once per decision; an endpoint's first hold that ends after now is
+        its earliest (a float sum grows with the hold)."""
+        holds = self._sorted_holds()
+        now = self.now
+        first = _INF
+        for e in self.endpoints:
+            if e.in_flight == 0:
+                idle_since = e.idle_since
+                for k in holds:
+                    end = idle_since + k
+                    if end > now:
+                        if end < first:
+                            first = end
+                        break
         if first < _INF and not (now < self.keep_alive_pass_at <= first):
             self.keep_alive_pass_at = first
             self._push(first, _PASS, None)
+
+    def _sorted_holds(self) -> list[float]:
+        """The keep-alive decision's holds (its keep-alive and warm keep-alives), ascending."""
+        decision = self.decision
+        if decision is not self._holds_of:
+            keep_s = decision.keep_idle_s
+            assert keep_s is not None
+            self._holds = sorted({keep_s, *decision.keep_warm_s})
+            self._holds_of = decision
+        return self._holds
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first (``FunctionRoute.dispatch``)."""
@@ -364,7 +387,10 @@ class FunctionSim:
         self.recorder.record(self.now, self.in_flight + len(self.waiters))
 
     def _thaw_for_waiters(self) -> None:
-        """Thaw as many frozen endpoints as the queue needs, provisioned first."""
+        """Thaw as many frozen endpoints as the queue needs, provisioned first (without idle mode
+        none is ever frozen)."""
+        if not self.idle_mode:
+            return
         thawing = sum(e.capacity for e in self.endpoints if e.thawing)
         for endpoint in sorted(self.endpoints, key=lambda e: not e.provisioned):
             if thawing >= len(self.waiters):
@@ -416,7 +442,9 @@ class FunctionSim:
         marking of provisioned instances cannot move (the provisioned count is the one marked at the
         last plan, and either no instance started or drained since, or that count is 0: every
         instance is then on-demand, as every start since was), and the live count is the decision,
-        or above it with no idle instance to drain (``planner.scale_in_victims`` takes idle ones).
+        or above it with no idle instance to drain (``planner.scale_in_victims`` takes idle ones;
+        the keep-alive policy's scale-in only those idle for one of the decision's holds at least,
+        and its pass ends by asking for the next one).
         """
         live, decision = self.live, self.decision
         if (not self.idle_mode and decision.provisioned == self.marked
@@ -425,11 +453,21 @@ class FunctionSim:
             if surplus == 0:
                 return
             if surplus > 0:
-                for endpoint in self.endpoints:  # the live instances that are ready
-                    if endpoint.in_flight == 0:
-                        break  # an idle victim: plan
+                if decision.keep_idle_s is None:
+                    for endpoint in self.endpoints:  # the live instances that are ready
+                        if endpoint.in_flight == 0:
+                            break  # an idle victim: plan
+                    else:
+                        return
                 else:
-                    return
+                    now = self.now
+                    shortest = self._sorted_holds()[0] - _EPSILON_S  # as keep_alive_scale_in's test
+                    for endpoint in self.endpoints:
+                        if endpoint.in_flight == 0 and now - endpoint.idle_since >= shortest:
+                            break  # idle for a hold: plan
+                    else:
+                        self._wake_for_keep_alive()
+                        return
         now = self.now
         view = planner.FunctionView(revision=1, instances=tuple(_view(i) for i in live),
                                     idle_mode=self.idle_mode, idle_after_s=self.spec.scaling.idle_after_s)
@@ -555,7 +593,8 @@ _NO_CLIENT = _NoClient()
 
 
 def _view(instance: _Instance) -> planner.InstanceView:
-    """The instance as the planner sees it: its state derived from the same facts the server has."""
+    """The instance as the planner sees it: its state derived from the same facts the server has
+    (the last view again while they are the same: its id, start and ready time never change)."""
     endpoint = instance.endpoint
     if endpoint is None:
         state, in_flight, idle_since = InstanceState.STARTING, 0, None
@@ -567,7 +606,12 @@ def _view(instance: _Instance) -> planner.InstanceView:
             state = InstanceState.BUSY if in_flight else InstanceState.READY
     transition = instance.thaw_requested_at is not None or (
         instance.freeze_requested_at is not None and not instance.frozen)
-    return planner.InstanceView(
+    view = instance.view
+    if (view is not None and view.state is state and view.in_flight == in_flight
+            and view.idle_since == idle_since and view.idle_transition is transition):
+        return view
+    view = instance.view = planner.InstanceView(
         id=instance.info.instance_id, revision=1, state=state, started_at=instance.started_at,
         ready_at=endpoint.ready_at if endpoint is not None else None, in_flight=in_flight,
         idle_since=idle_since, idle_transition=transition)
+    return view
