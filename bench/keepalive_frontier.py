@@ -12,7 +12,9 @@ offsets and exec times divided by ``--compress``; 10 minutes ÷ 288 = 2.08 s). T
    ``FIXED_S`` (the frontier it traces: each longer one trades wasted seconds for cold starts),
    and the default ``auto`` with and without idle mode. Cold = requests that waited for a cold
    start; wasted = instance-seconds minus the requests' busy seconds, frozen ones counted in full.
-2. **The idle-spell model**, which bounds every per-instance keep-alive rule: with requests packed
+2. **The idle-spell model** of per-rank keep-alives (an estimate, not a proof: it holds while a
+   higher rank's hold is not longer than a lower one's, and it drops each level's last open
+   spell): with requests packed
    onto the earliest instance (torpor's routing) the k-th instance is idle exactly while fewer than
    k requests are in the system, so its idle spells are level k's
    (``ConcurrencyRecorder.idle_spells``). Kept K after it idles, it costs min(spell, K) wasted

@@ -69,7 +69,10 @@ class ReplicaSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             asked = time.time()
-            status = self.ray_serve.status()
+            try:
+                status = self.ray_serve.status()
+            except Exception:  # a missed poll is counted and reported, not fatal
+                status = {"status": "ERROR"}
             replicas = status.get("replicas", {})
             if status.get("status") == "ERROR":
                 self.errors += 1
@@ -94,13 +97,15 @@ def run_ray_case(arrivals: list[tuple[float, float]], window_s: float,
                 time.sleep(0.25)  # back at its minimum before the window
             sampler = ReplicaSampler(ray_serve)
             sampler.start()
-            t0, out = replay_open_loop(f"http://127.0.0.1:{ray_serve.port}", f"/{APP}", arrivals)
-            t_end = t0 + window_s
-            time.sleep(max(0.0, t_end + POLL_S - time.time()))
-            sampler.stop()
+            try:
+                t0, out = replay_open_loop(f"http://127.0.0.1:{ray_serve.port}", f"/{APP}", arrivals)
+                t_end = t0 + window_s
+                time.sleep(max(0.0, t_end + POLL_S - time.time()))
+            finally:
+                sampler.stop()
             config = dict(ray_serve.autoscaling)
-    except (RuntimeError, OSError) as error:
-        return f"Ray Serve failed: {error}"
+    except Exception as error:  # any failure: the torpor cases' results are kept; the reason is printed
+        return f"Ray Serve failed: {type(error).__name__}: {error}"
     policy = (f"Ray Serve {RAY_VERSION}, max_ongoing_requests 1, "
               + ", ".join(f"{k} {v}" for k, v in config.items()))
     if sampler.errors:
