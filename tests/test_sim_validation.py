@@ -45,6 +45,8 @@ def test_simulated_matches_measured() -> None:
     config = KeepAliveConfig.from_spec(validate_spec(SPEC, "test spec").scaling, 1)
     assert config is not None
     keep_s, _ = keep_alive_for(config, measured["timings"]["cold_start_s"])
+    # (the function's last instance keeps longer, its warm keep-alive: a few of the drains here)
+    assert measured["idle_before_drain_s"], f"no instance was drained: {measured}"
     assert measured["idle_before_drain_s"]["p90"] <= keep_s + 0.1, (keep_s, measured)
     rows = {row["figure"]: row for row in compare(measured, simulated)}
     for figure in ("latency p90 s", "instance-seconds", "cold starts"):
