@@ -391,7 +391,7 @@ def main() -> None:
             results += search["tried"]
     finally:
         server.close()
-    ray: Result | str = "off (--no-ray, the default with --alibaba)"
+    ray: Result | str = "off (the default with --alibaba)" if args.alibaba else "off (--no-ray)"
     if args.ray:
         ray = run_ray(args, arrivals)
         if not isinstance(ray, str):
