@@ -53,6 +53,8 @@ from torpor.placement.pools import Pool, placement_attempts, pool_of
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 KEEP_EXITED = 256  # exited instances remembered for log_tail()
+SIGNAL_CHECK_S = 2.0  # an instance killed by a signal: its agent's answer to a ping within this says
+# whether its node is still there (a node removed at once may kill the instance before its agent)
 AGENT_START_S = 60.0  # a new Ray worker process for the node's agent, then its first ping
 
 
@@ -304,11 +306,23 @@ class RayBackend:
             reply = await instance.agent.wait.remote(instance.instance_id)
             instance.log_tail = reply.get("log_tail", "")
             exit_ = Exit(reply.get("code"))
+            if exit_.code is not None and exit_.code < 0 and not await self._agent_alive(instance):
+                # killed by a signal as its node went down: a node removed at once kills the
+                # instance with everything else there, and its agent may still answer first
+                exit_ = Exit(exit_.code, f"node {instance.node} lost")
         except RayActorError:
             exit_ = Exit(None, f"node {instance.node} lost")
         except RayError as exc:
             exit_ = Exit(None, f"node {instance.node}: {exc}")
         self._finish(instance, exit_)
+
+    async def _agent_alive(self, instance: _Instance) -> bool:
+        """Whether the instance's node agent still answers (within SIGNAL_CHECK_S)."""
+        try:
+            await _within(instance.agent.ping.remote(), SIGNAL_CHECK_S)
+        except (RayError, TimeoutError):
+            return False
+        return True
 
     def _finish(self, instance: _Instance, exit_: Exit) -> None:
         if not instance.exit.done():
