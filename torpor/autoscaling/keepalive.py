@@ -61,8 +61,6 @@ class InSystem(Protocol):
 
     def idle_spells(self, level: int) -> Sequence[float]: ...
 
-    def idle_spell_quantile(self, level: int, q: float, at_least: int) -> float | None: ...
-
     def idle_spell_quantiles(self, levels: range, q: float, at_least: int) -> tuple[float | None, ...]: ...
 
 
@@ -119,21 +117,18 @@ class KeepAliveDecision:
     reason: str
 
 
-def warm_keep_alives(config: KeepAliveConfig, window: InSystem, keep_alive_s: float) -> tuple[float, ...]:
-    """Each instance's warm keep-alive in routing order: the k-th is idle exactly while fewer than
-    (k − 1) × concurrency + 1 requests are in the system, so its idle spells are that level's.
-    Until its spells are known the first keeps ``warm_unmeasured_s``, the others the keep-alive."""
-    return _warm_from(_quantiles(config, window), keep_alive_s, config.warm_unmeasured_s)
-
-
 def _quantiles(config: KeepAliveConfig, window: InSystem) -> tuple[float | None, ...]:
-    """The WARM_QUANTILE of each rank's idle spells (None: too few seen yet)."""
+    """The WARM_QUANTILE of each rank's idle spells (None: too few seen yet): in routing order the
+    k-th instance is idle exactly while fewer than (k − 1) × concurrency + 1 requests are in the
+    system, so its idle spells are that level's."""
     return window.idle_spell_quantiles(config.warm_levels, WARM_QUANTILE, WARM_MIN_GAPS)
 
 
 @lru_cache(maxsize=1024)
 def _warm_from(quantiles: tuple[float | None, ...], keep_alive_s: float,
                unmeasured_s: float) -> tuple[float, ...]:
+    """Each instance's warm keep-alive in routing order, from its rank's quantile. Until its spells
+    are known the first keeps ``unmeasured_s``, the others the keep-alive."""
     return tuple(warm_keep_alive(q, keep_alive_s, unmeasured_s if k == 0 else keep_alive_s)
                  for k, q in enumerate(quantiles))
 
