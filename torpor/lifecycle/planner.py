@@ -34,7 +34,7 @@ from torpor.lifecycle.state import InstanceState
 _IDLE = frozenset({InstanceState.READY, InstanceState.FROZEN})
 _SERVING = frozenset({InstanceState.READY, InstanceState.BUSY})
 _NONE: frozenset[str] = frozenset()
-_EPSILON_S = 1e-9  # a pass timed for the keep-alive's end finds it reached, float sums or not
+HOLD_EPSILON_S = 1e-9  # a pass timed for the keep-alive's end finds it reached, float sums or not
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,9 @@ def keep_alive_scale_in(current: list[InstanceView], provisioned: frozenset[str]
         else:
             hold = warm[0] if rank == 0 and warm else keep_s
         idle_s = idle_for(instance, now)
-        if idle_s >= hold - _EPSILON_S:
+        if idle_s >= hold - HOLD_EPSILON_S:
             eligible.append(instance)
-        elif idle_mode and instance.state == InstanceState.READY and idle_s >= keep_s - _EPSILON_S:
+        elif idle_mode and instance.state == InstanceState.READY and idle_s >= keep_s - HOLD_EPSILON_S:
             freeze.append(instance)
     eligible.sort(key=lambda i: (i.pool_priority, -(i.ready_at or i.started_at)))
     drains = eligible[:max(0, surplus)]

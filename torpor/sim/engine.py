@@ -49,7 +49,7 @@ from torpor.gateway.route import Endpoint, choose_endpoint
 from torpor.gateway.routing_policies import PowerOfTwo, RoutingPolicy
 from torpor.gateway.upstream import UpstreamResponse
 from torpor.lifecycle import planner
-from torpor.lifecycle.planner import _EPSILON_S
+from torpor.lifecycle.planner import HOLD_EPSILON_S
 from torpor.lifecycle.state import InstanceState
 from torpor.metering.billing import InstanceInfo, LedgerInterval
 from torpor.sim.traces import FunctionTrace
@@ -461,7 +461,7 @@ class FunctionSim:
                         return
                 else:
                     now = self.now
-                    shortest = self._sorted_holds()[0] - _EPSILON_S  # as keep_alive_scale_in's test
+                    shortest = self._sorted_holds()[0] - HOLD_EPSILON_S  # as keep_alive_scale_in's test
                     for endpoint in self.endpoints:
                         if endpoint.in_flight == 0 and now - endpoint.idle_since >= shortest:
                             break  # idle for a hold: plan
