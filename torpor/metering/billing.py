@@ -278,10 +278,11 @@ def _micros(t: float) -> int:
          |t|·2⁻⁵³`` for a normal ``t`` (at most 2⁻¹⁰⁷⁵ for a subnormal one);
        - the float product rounds to nearest: ``|y − 10⁶t| ≤ |10⁶t|·2⁻⁵³`` (2⁻¹⁰⁷⁵ if it underflows);
        - so ``|10⁶D − y| ≤ 10⁶|t|·2⁻⁵² + 2⁻¹⁰⁵⁰ ≤ |y|·2⁻⁵¹ + 2⁻⁴⁰`` (as ``10⁶|t| ≤ |y|/(1 − 2⁻⁵³)``);
-       - ``y − n`` is exact (Sterbenz; for ``|y| ≥ 2⁵¹`` the bound below is negative anyway), the
-         scaling by 2⁻⁵¹ is exact (or underflows by less than 2⁻⁴⁰), and the one rounded subtraction
-         of the test errs by at most 2⁻⁵⁴ < 2⁻³⁰: so a passed test means ``|10⁶D − n| < 0.5``, and
-         ``n`` is the one integer that near, whatever the rounding rule.
+       - ``y − n`` is exact (``n`` is within 0.5 of ``y``: Sterbenz, and ``float(n)`` is exact below
+         2⁵³, past which ``y`` is already an integer), the scaling by 2⁻⁵¹ is exact (or underflows
+         by less than 2⁻⁴⁰), and the one rounded subtraction of the test errs by at most
+         2⁻⁵⁴ < 2⁻³⁰: so a passed test means ``|10⁶D − n| < 0.5``, and ``n`` is the one integer
+         that near, whatever the rounding rule.
        This holds for times below ~10⁹ s (simulated time); a tie such as 0.0000005 fails it.
     2. Text: round ``repr(t)``'s own digits (``'-12.3456785'`` → -12345678, half-even), which is the
        definition itself. Epoch seconds (~1.7e9: no room for test 1) take this way.
@@ -291,8 +292,8 @@ def _micros(t: float) -> int:
     The sign of a zero is not kept (-0.0 → 0): a bill compares and subtracts these integers, and
     works out the one place where a zero's sign shows (a function's lifetime) from the decimals.
     """
-    y = t * 1e6
     try:
+        y = t * 1e6
         n = round(y)
     except OverflowError:  # |t| ≳ 1.8e302
         return _micros_text(t)
