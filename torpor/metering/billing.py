@@ -199,11 +199,11 @@ def bill(
         if lifetimes is not None:
             intervals = list(intervals)  # read again for a function missing from lifetimes
         tally = _Tally(intervals, function, since, until, prices.rounding == "minute")
-        lines = []
-        for name in sorted(tally.functions):
-            keys = tally.functions[name]
-            window_s = hi - lo if lifetimes is None else _existed(name, lifetimes, intervals, lo, hi)
-            lines.append(_price_line(name, keys, tally, prices, window_s))
+        spans = None if lifetimes is None else _existed(tally.functions, lifetimes, intervals, lo, hi)
+        lines = [
+            _price_line(name, tally.functions[name], tally, prices, hi - lo if spans is None else spans[name])
+            for name in sorted(tally.functions)
+        ]
         cost = sum((line.cost for line in lines), _ZERO)
         always_on = sum((line.always_on_cost for line in lines), _ZERO)
         return Bill(
@@ -219,25 +219,30 @@ def bill(
         )
 
 
-def _existed(name: str, lifetimes: Mapping[str, tuple[float, float | None]],
-             intervals: Iterable[LedgerInterval], lo: Decimal, hi: Decimal) -> Decimal:
-    """Seconds of ``[lo, hi)`` in which the function existed."""
-    if name in lifetimes:
-        born_at, gone_at = lifetimes[name]
-        born = exact_seconds(born_at)
-        gone = hi if gone_at is None else exact_seconds(gone_at)
-    else:  # from its intervals that reach into the window (rare: a deleted function)
-        billed = []
+def _existed(names: Iterable[str], lifetimes: Mapping[str, tuple[float, float | None]],
+             intervals: Iterable[LedgerInterval], lo: Decimal, hi: Decimal) -> dict[str, Decimal]:
+    """Seconds of ``[lo, hi)`` in which each function existed."""
+    bounds: dict[str, tuple[Decimal, Decimal]] = {}
+    billed: dict[str, list[LedgerInterval]] = {}  # a function missing from lifetimes (rare: deleted)
+    for name in names:
+        if name in lifetimes:
+            born_at, gone_at = lifetimes[name]
+            bounds[name] = exact_seconds(born_at), hi if gone_at is None else exact_seconds(gone_at)
+        else:
+            billed[name] = []
+    if billed:  # from its intervals that reach into the window, in one pass for all of them
         for interval in intervals:
-            if interval.function == name:
+            mine = billed.get(interval.function)
+            if mine is not None:
                 start = max(exact_seconds(interval.start), lo)
                 end = hi if interval.end is None else min(exact_seconds(interval.end), hi)
                 if end > start:
-                    billed.append(interval)
-        born = min(exact_seconds(interval.start) for interval in billed)
-        ends = [interval.end for interval in billed]
-        gone = hi if None in ends else max(exact_seconds(end) for end in ends if end is not None)
-    return max(min(gone, hi) - max(born, lo), _ZERO)
+                    mine.append(interval)
+        for name, mine in billed.items():
+            ends = [interval.end for interval in mine]
+            gone = hi if None in ends else max(exact_seconds(end) for end in ends if end is not None)
+            bounds[name] = min(exact_seconds(interval.start) for interval in mine), gone
+    return {name: max(min(gone, hi) - max(born, lo), _ZERO) for name, (born, gone) in bounds.items()}
 
 
 def intervals_from_timeline(
