@@ -288,7 +288,8 @@ def _micros(t: float) -> int:
          by less than 2⁻⁴⁰), and the one rounded subtraction of the test errs by at most
          2⁻⁵⁴ < 2⁻³⁰: so a passed test means ``|10⁶D − n| < 0.5``, and ``n`` is the one integer
          that near, whatever the rounding rule.
-       This holds for times below ~10⁹ s (simulated time); a tie such as 0.0000005 fails it.
+       It can pass only below ~1.1·10⁹ s (``|y| < 2⁵⁰``): simulated time, not epoch seconds; and a
+       time that is a tie or near one (0.0000005) fails it.
     2. Text: round ``repr(t)``'s own digits (``'-12.3456785'`` → -12345678, half-even), which is the
        definition itself. Epoch seconds (~1.7e9: no room for test 1) take this way.
     3. Decimal: :func:`exact_seconds` for ``repr`` in exponent form (|t| ≥ 1e16 or < 1e-4), in the
