@@ -16,10 +16,12 @@ instance-seconds: two instances ready for one second are two seconds.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from functools import reduce
+from itertools import chain
+from operator import or_, sub
 from typing import Any, Literal
 
 from torpor.metering.prices import MB_PER_GB, PriceTable
@@ -36,7 +38,6 @@ BILLED_STATES = ACTIVE_STATES | IDLE_STATES
 _DIGITS = 100  # enough that no product of a price, a size and a duration is ever rounded
 _ZERO = Decimal(0)
 _MICROSECOND = Decimal("1e-6")
-_MINUTE_S = Decimal(60)
 _HOUR_S = Decimal(3600)
 _ALWAYS_ON_PLACES = Decimal("1e-10")  # always-on cost divides by 3600: the one inexact step
 _PCT_PLACES = Decimal("0.01")
@@ -185,27 +186,24 @@ def bill(
     ``lifetimes`` (function → deployed at, deleted at or None) limits each always-on comparison to
     the time the function existed; a function missing from it is taken to exist from its first
     interval to its last one (to ``until`` while one is open). Without it, the whole window counts.
+
+    The arithmetic is the Decimal arithmetic described above; it is carried out in whole
+    microseconds (:func:`_micros`) and priced once per meter (see :class:`_Tally`), which gives the
+    same decimals, exponents included.
     """
     if until < since:
         raise ValueError(f"until ({until}) is before since ({since})")
     with localcontext() as ctx:
         ctx.prec = _DIGITS
         lo, hi = exact_seconds(since), exact_seconds(until)
-        by_function: dict[str, list[_Clipped]] = defaultdict(list)
-        exact = _ExactSeconds()  # an interval's end is mostly the start of the instance's next one
-        for interval in intervals:
-            if function is not None and interval.function != function:
-                continue
-            end = hi if interval.end is None else min(exact(interval.end), hi)
-            start = max(exact(interval.start), lo)
-            if end > start:
-                by_function[interval.function].append(_Clipped(interval, start, end))
-        spans = {name: _existed(name, lifetimes, parts, lo, hi) if lifetimes is not None else hi - lo
-                 for name, parts in by_function.items()}
-        lines = tuple(
-            _price_line(name, clipped, prices, spans[name])
-            for name, clipped in sorted(by_function.items())
-        )
+        if lifetimes is not None:
+            intervals = list(intervals)  # read again for a function missing from lifetimes
+        tally = _Tally(intervals, function, since, until, prices.rounding == "minute")
+        spans = None if lifetimes is None else _existed(tally.functions, lifetimes, intervals, lo, hi)
+        lines = [
+            _price_line(name, tally.functions[name], tally, prices, hi - lo if spans is None else spans[name])
+            for name in sorted(tally.functions)
+        ]
         cost = sum((line.cost for line in lines), _ZERO)
         always_on = sum((line.always_on_cost for line in lines), _ZERO)
         return Bill(
@@ -213,7 +211,7 @@ def bill(
             until,
             prices.currency,
             prices.rounding,
-            lines,
+            tuple(lines),
             cost=cost,
             always_on_cost=always_on,
             saving=always_on - cost,
@@ -221,18 +219,30 @@ def bill(
         )
 
 
-def _existed(name: str, lifetimes: Mapping[str, tuple[float, float | None]],
-             clipped: list[_Clipped], lo: Decimal, hi: Decimal) -> Decimal:
-    """Seconds of ``[lo, hi)`` in which the function existed."""
-    if name in lifetimes:
-        born_at, gone_at = lifetimes[name]
-        born = exact_seconds(born_at)
-        gone = hi if gone_at is None else exact_seconds(gone_at)
-    else:
-        born = min(exact_seconds(part.interval.start) for part in clipped)
-        ends = [part.interval.end for part in clipped]
-        gone = hi if None in ends else max(exact_seconds(end) for end in ends if end is not None)
-    return max(min(gone, hi) - max(born, lo), _ZERO)
+def _existed(names: Iterable[str], lifetimes: Mapping[str, tuple[float, float | None]],
+             intervals: Iterable[LedgerInterval], lo: Decimal, hi: Decimal) -> dict[str, Decimal]:
+    """Seconds of ``[lo, hi)`` in which each function existed."""
+    bounds: dict[str, tuple[Decimal, Decimal]] = {}
+    billed: dict[str, list[LedgerInterval]] = {}  # a function missing from lifetimes (rare: deleted)
+    for name in names:
+        if name in lifetimes:
+            born_at, gone_at = lifetimes[name]
+            bounds[name] = exact_seconds(born_at), hi if gone_at is None else exact_seconds(gone_at)
+        else:
+            billed[name] = []
+    if billed:  # from its intervals that reach into the window, in one pass for all of them
+        for interval in intervals:
+            mine = billed.get(interval.function)
+            if mine is not None:
+                start = max(exact_seconds(interval.start), lo)
+                end = hi if interval.end is None else min(exact_seconds(interval.end), hi)
+                if end > start:
+                    mine.append(interval)
+        for name, mine in billed.items():
+            ends = [interval.end for interval in mine]
+            gone = hi if None in ends else max(exact_seconds(end) for end in ends if end is not None)
+            bounds[name] = min(exact_seconds(interval.start) for interval in mine), gone
+    return {name: max(min(gone, hi) - max(born, lo), _ZERO) for name, (born, gone) in bounds.items()}
 
 
 def intervals_from_timeline(
@@ -263,87 +273,245 @@ def intervals_from_timeline(
     return sorted(out, key=lambda interval: (interval.start, interval.instance_id))
 
 
-class _ExactSeconds(dict[float, Decimal]):
-    """:func:`exact_seconds`, each time worked out once (0.0 and -0.0 apart: their decimals differ)."""
+def _micros(t: float) -> int:
+    """``exact_seconds(t)`` in whole microseconds, i.e. ``round_half_even(D × 10⁶)`` where ``D`` is the
+    decimal ``repr(t)`` writes. Three ways, the first that applies:
 
-    def __call__(self, t: float) -> Decimal:
-        exact = self.get(t)
-        if exact is None or t == 0:
-            exact = self[t] = exact_seconds(t)
-        return exact
+    1. Float: ``y = t × 10⁶`` as a float and ``n = round(y)`` (an int). Proof that ``n`` is the answer
+       when ``|y − n| < 0.5 − 2⁻³⁰ − 2⁻⁴⁰ − |y|·2⁻⁵¹``:
+       - ``repr`` round-trips, so ``D`` lies in ``t``'s rounding interval: ``|D − t| ≤ ulp(t)/2 ≤
+         |t|·2⁻⁵³`` for a normal ``t`` (at most 2⁻¹⁰⁷⁵ for a subnormal one);
+       - the float product rounds to nearest: ``|y − 10⁶t| ≤ |10⁶t|·2⁻⁵³`` (2⁻¹⁰⁷⁵ if it underflows);
+       - so ``|10⁶D − y| ≤ 10⁶|t|·2⁻⁵² + 2⁻¹⁰⁵⁰ ≤ |y|·2⁻⁵¹ + 2⁻⁴⁰`` (as ``10⁶|t| ≤ |y|/(1 − 2⁻⁵³)``);
+       - ``y − n`` is exact (``n`` is within 0.5 of ``y``: Sterbenz, and ``float(n)`` is exact below
+         2⁵³, past which ``y`` is already an integer), the scaling by 2⁻⁵¹ is exact (or underflows
+         by less than 2⁻⁴⁰), and the one rounded subtraction of the test errs by at most
+         2⁻⁵⁴ < 2⁻³⁰: so a passed test means ``|10⁶D − n| < 0.5``, and ``n`` is the one integer
+         that near, whatever the rounding rule.
+       It can pass only below ~1.1·10⁹ s (``|y| < 2⁵⁰``): simulated time, not epoch seconds; and a
+       time that is a tie or near one (0.0000005) fails it.
+    2. Text: round ``repr(t)``'s own digits (``'-12.3456785'`` → -12345678, half-even), which is the
+       definition itself. Epoch seconds (~1.7e9: no room for test 1) take this way.
+    3. Decimal: :func:`exact_seconds` for ``repr`` in exponent form (|t| ≥ 1e16 or < 1e-4), in the
+       caller's context (``bill`` uses 100 digits; it raises there exactly as it did).
+
+    The sign of a zero is not kept (-0.0 → 0): a bill compares and subtracts these integers, and
+    works out the one place where a zero's sign shows (a function's lifetime) from the decimals.
+    """
+    try:
+        y = t * 1e6
+        n = round(y)
+    except OverflowError:  # |t| ≳ 1.8e302
+        return _micros_text(t)
+    if abs(y - n) < _FLOAT_SAFE - abs(y) * _TWO_M51:
+        return n
+    return _micros_text(t)
 
 
-class _Clipped:
-    """The part of an interval inside the bill's window."""
-
-    __slots__ = ("end", "interval", "seconds", "start")
-
-    def __init__(self, interval: LedgerInterval, start: Decimal, end: Decimal) -> None:
-        self.interval = interval
-        self.start = start
-        self.end = end
-        self.seconds = end - start
+_FLOAT_SAFE = 0.5 - 2.0**-30 - 2.0**-40  # exact in a float (40 bits)
+_TWO_M51 = 2.0**-51
 
 
-@dataclass
+def _micros_text(t: float) -> int:
+    text = repr(t)
+    if "e" in text or "n" in text:  # exponent form (or inf/nan, which exact_seconds rejects)
+        return int(exact_seconds(t).scaleb(6))
+    whole, _, fraction = text.partition(".")
+    micros = int(whole + fraction[:6].ljust(6, "0"))  # '-0' + '500000': the sign is in whole
+    rest = fraction[6:].rstrip("0")
+    if rest > "5" or (rest == "5" and micros % 2):  # past half, or a tie on an odd µs: away from 0
+        micros += -1 if text[0] == "-" else 1
+    return micros
+
+
+_Key = tuple[str, InstanceState, int, float, type, int]
+"""What a clipped interval is billed by: function, state, GPU MB, cpus (and its type: ``1`` and ``1.0``
+are equal but write different decimals), memory MB."""
+
+
+class _Tally:
+    """A bill's intervals clipped to the window in whole µs, grouped by :data:`_Key`.
+
+    Each key keeps its parts' starts and ends (``spans``), in order; ``functions`` lists each
+    function's keys in the order they first occur (that order is the order of ``state_seconds`` and
+    of ties in the always-on maxima, as when parts were kept one by one). With minute rounding,
+    ``padding`` holds each instance's round-up (one per instance and usage), under the key of the
+    part that ends last (the first such part): the shape it is charged at.
+
+    Clipping happens on the floats first: :func:`exact_seconds` is monotone, so ``max(exact(t), lo)``
+    is ``lo`` when ``t <= since`` (and ``min(exact(t), hi)`` is ``hi`` when ``t >= until``). The other
+    times lie between ``since`` and ``until``, so one bound on ``|t × 10⁶|`` serves test 1 of
+    :func:`_micros` for all of them; it is inlined here, the rest goes to :func:`_micros_text`.
+    """
+
+    __slots__ = ("functions", "padding", "spans")
+
+    def __init__(self, intervals: Iterable[LedgerInterval], function: str | None, since: float,
+                 until: float, by_minute: bool) -> None:
+        lo, hi = _micros(since), _micros(until)
+        # |y| <= Y for every y = t × 10⁶ computed below (rounding is monotone); see _micros, test 1
+        limit = _FLOAT_SAFE - max(abs(since), abs(until)) * 1e6 * _TWO_M51
+        spans: dict[_Key, tuple[list[int], list[int]]] = {}
+        last: dict[tuple[str, str, Usage], list[Any]] = {}  # (fn, instance, usage) → [µs, end, key]
+        for interval in intervals:
+            name = interval.function
+            if function is not None and name != function:
+                continue
+            t = interval.start
+            if t <= since:
+                start = lo
+            else:
+                y = t * 1e6
+                start = round(y)
+                if not -limit < y - start < limit:
+                    start = _micros_text(t)
+            t = interval.end  # type: ignore[assignment]
+            if t is None or t >= until:
+                end = hi
+            else:
+                y = t * 1e6
+                end = round(y)
+                if not -limit < y - end < limit:
+                    end = _micros_text(t)
+            if end <= start:
+                continue
+            cpus = interval.cpus
+            key = (name, interval.state, interval.gpu_memory_mb, cpus, type(cpus), interval.memory_mb)
+            span = spans.get(key)
+            if span is None:
+                span = spans[key] = ([], [])
+            span[0].append(start)
+            span[1].append(end)
+            if by_minute:
+                state = interval.state
+                instance = (name, interval.instance_id, _USAGE.get(state) or classify(state))
+                seen = last.get(instance)
+                if seen is None:
+                    last[instance] = [end - start, end, key]
+                else:
+                    seen[0] += end - start
+                    if end > seen[1]:
+                        seen[1:] = end, key
+        self.spans = spans
+        self.functions: dict[str, list[_Key]] = {}
+        for key in spans:
+            self.functions.setdefault(key[0], []).append(key)
+        self.padding: dict[_Key, list[int]] = {}
+        for raw, _, key in last.values():  # 61 s → ceil(61 / 60) × 60 = 120 s: 59 s of padding
+            self.padding.setdefault(key, []).append(-raw % _MINUTE_US)
+
+
+_MINUTE_US = 60_000_000
+
+
+def _twos(n: int) -> int:
+    """How many times 2 divides ``n`` (≠ 0)."""
+    return (n & -n).bit_length() - 1
+
+
 class _Meter:
-    seconds: Decimal = _ZERO
-    gpu_gb_s: Decimal = _ZERO
-    vcpu_s: Decimal = _ZERO
-    memory_gb_s: Decimal = _ZERO
+    """One usage's sums, as the parts' decimals would add up one by one.
 
-    def add(self, interval: LedgerInterval, seconds: Decimal) -> None:
-        self.seconds += seconds
-        self.gpu_gb_s += seconds * interval.gpu_memory_mb / MB_PER_GB  # 4096 MB × 1 s / 1024 = 4 GB-s
-        self.vcpu_s += seconds * Decimal(repr(interval.cpus))
-        self.memory_gb_s += seconds * interval.memory_mb / MB_PER_GB
+    Per key, the µs of its parts ``k_i`` add up exactly; each meter is then one product per key:
+    ``Σ (k_i·10⁻⁶ × m / 1024) = (Σ k_i)·m / 1024 × 10⁻⁶`` (decimals of 100 digits are exact here). A sum
+    of decimals takes the smallest exponent of its terms, so that is worked out too (``repr`` shows
+    it): ``k·10⁻⁶`` has exponent -6; ``k·10⁻⁶ × c`` has -6 + the exponent of ``Decimal(repr(c))``;
+    ``k·10⁻⁶ × m / 1024`` (exact division: the ideal exponent -6 unless the quotient needs more
+    places) has ``-6 - max(0, 10 - v₂(k·m))``, so over a key ``-6 - max(0, 10 - v₂(m) - v₂(k₁|k₂|…))``.
+    The running sums started at ``Decimal(0)`` (exponent 0), which a meter with no parts keeps.
+    """
+
+    __slots__ = ("cpu_exp", "gpu", "gpu_exp", "memory", "memory_exp", "micros", "used", "vcpu")
+
+    def __init__(self) -> None:
+        self.used = False
+        self.micros = 0
+        self.gpu = self.vcpu = self.memory = _ZERO
+        self.gpu_exp = self.cpu_exp = self.memory_exp = 0
+
+    def add(self, key: _Key, micros: int, bits: int) -> None:
+        _, _, gpu_mb, cpus, _, memory_mb = key
+        self.used = True
+        self.micros += micros
+        self.gpu += Decimal(micros) * gpu_mb
+        self.gpu_exp = min(self.gpu_exp, _per_gb_exponent(gpu_mb, bits))
+        vcpus = Decimal(repr(cpus))
+        self.vcpu += Decimal(micros) * vcpus
+        self.cpu_exp = min(self.cpu_exp, _US_EXP + vcpus.as_tuple().exponent)  # type: ignore[operator]
+        self.memory += Decimal(micros) * memory_mb
+        self.memory_exp = min(self.memory_exp, _per_gb_exponent(memory_mb, bits))
+
+    def seconds(self) -> Decimal:
+        return Decimal(self.micros).scaleb(_US_EXP) if self.used else _ZERO
+
+    def gpu_gb_s(self) -> Decimal:
+        return self._at(self.gpu / MB_PER_GB, self.gpu_exp)
+
+    def vcpu_s(self) -> Decimal:
+        return self._at(self.vcpu, self.cpu_exp)
+
+    def memory_gb_s(self) -> Decimal:
+        return self._at(self.memory / MB_PER_GB, self.memory_exp)
+
+    def _at(self, micro_units: Decimal, exponent: int) -> Decimal:
+        if not self.used:
+            return _ZERO
+        return micro_units.scaleb(_US_EXP).quantize(Decimal((0, (1,), exponent)))
 
 
-def _price_line(name: str, clipped: list[_Clipped], prices: PriceTable, window_s: Decimal) -> BillLine:
+_US_EXP = -6
+_GB_TWOS = 10  # MB_PER_GB = 2 ** 10
+
+
+def _per_gb_exponent(mb: int, bits: int) -> int:
+    if not mb or not bits:
+        return _US_EXP
+    return _US_EXP - max(0, _GB_TWOS - _twos(mb) - _twos(bits))
+
+
+def _price_line(name: str, keys: list[_Key], tally: _Tally, prices: PriceTable,
+                window_s: Decimal) -> BillLine:
+    state_micros: dict[str, int] = {}
     meters: dict[Usage, _Meter] = {"active": _Meter(), "idle": _Meter()}
-    state_seconds: dict[str, Decimal] = defaultdict(lambda: _ZERO)
-    per_instance: dict[tuple[str, Usage], list[_Clipped]] = defaultdict(list)
-    by_minute = prices.rounding == "minute"
-    for part in clipped:
-        state = part.interval.state
-        state_seconds[_NAME[state]] += part.seconds
-        usage = _USAGE.get(state) or classify(state)
-        if by_minute:
-            per_instance[(part.interval.instance_id, usage)].append(part)
-        else:  # (sums of decimals this precise are exact: the order of the parts does not matter)
-            meters[usage].add(part.interval, part.seconds)
-    for (_, usage), parts in per_instance.items():
-        for part in parts:
-            meters[usage].add(part.interval, part.seconds)
-        raw = sum((part.seconds for part in parts), _ZERO)
-        # 61 s → ceil(61 / 60) × 60 = 120 s, charged at the last shape
-        padding = (raw / _MINUTE_S).to_integral_value(rounding=ROUND_CEILING) * _MINUTE_S - raw
-        meters[usage].add(max(parts, key=lambda part: part.end).interval, padding)
+    for key in keys:
+        state, gpu_mb, memory_mb = key[1], key[2], key[5]
+        starts, ends = tally.spans[key]
+        micros = sum(ends) - sum(starts)
+        state_name = _NAME[state]
+        state_micros[state_name] = state_micros.get(state_name, 0) + micros
+        padding = tally.padding.get(key, [])
+        bits = 0  # (only needed where a size in MB is not a multiple of 1024)
+        if _per_gb_exponent(gpu_mb, 1) < _US_EXP or _per_gb_exponent(memory_mb, 1) < _US_EXP:
+            bits = reduce(or_, map(sub, ends, starts), reduce(or_, padding, 0))
+        meters[_USAGE.get(state) or classify(state)].add(key, micros + sum(padding), bits)
     active, idle = meters["active"], meters["idle"]
-    peak, always_on = _always_on(clipped, prices, window_s)
-    on_gpu = any(part.interval.gpu_memory_mb > 0 for part in clipped)
-    gpu_cost = active.gpu_gb_s * prices.gpu_active_per_gb_s + idle.gpu_gb_s * prices.gpu_idle_per_gb_s
-    cpu_cost = active.vcpu_s * prices.cpu_per_vcpu_s + idle.vcpu_s * prices.cpu_idle_per_vcpu_s
-    memory_cost = active.memory_gb_s * prices.memory_per_gb_s + idle.memory_gb_s * prices.memory_idle_per_gb_s
+    active_gpu, idle_gpu = active.gpu_gb_s(), idle.gpu_gb_s()
+    active_vcpu, idle_vcpu = active.vcpu_s(), idle.vcpu_s()
+    active_memory, idle_memory = active.memory_gb_s(), idle.memory_gb_s()
+    peak, always_on = _always_on(keys, tally, prices, window_s)
+    on_gpu = any(key[2] > 0 for key in keys)
+    gpu_cost = active_gpu * prices.gpu_active_per_gb_s + idle_gpu * prices.gpu_idle_per_gb_s
+    cpu_cost = active_vcpu * prices.cpu_per_vcpu_s + idle_vcpu * prices.cpu_idle_per_vcpu_s
+    memory_cost = active_memory * prices.memory_per_gb_s + idle_memory * prices.memory_idle_per_gb_s
     cost = gpu_cost + cpu_cost + memory_cost  # seed 000: (T0 + T2 + T4) × idle + (T1 + T3) × active
     return BillLine(
         function=name,
-        state_seconds=dict(state_seconds),
-        active_seconds=active.seconds,
-        idle_seconds=idle.seconds,
-        gpu_gb_seconds_active=active.gpu_gb_s,
-        gpu_gb_seconds_idle=idle.gpu_gb_s,
-        vcpu_seconds_active=active.vcpu_s,
-        vcpu_seconds_idle=idle.vcpu_s,
-        memory_gb_seconds_active=active.memory_gb_s,
-        memory_gb_seconds_idle=idle.memory_gb_s,
+        state_seconds={state: Decimal(micros).scaleb(_US_EXP) for state, micros in state_micros.items()},
+        active_seconds=active.seconds(),
+        idle_seconds=idle.seconds(),
+        gpu_gb_seconds_active=active_gpu,
+        gpu_gb_seconds_idle=idle_gpu,
+        vcpu_seconds_active=active_vcpu,
+        vcpu_seconds_idle=idle_vcpu,
+        memory_gb_seconds_active=active_memory,
+        memory_gb_seconds_idle=idle_memory,
         gpu_cost=gpu_cost,
         cpu_cost=cpu_cost,
         memory_cost=memory_cost,
         peak_instances=peak,
         always_on_cost=always_on,
-        vcpu_seconds=active.vcpu_s + idle.vcpu_s,
-        memory_gb_seconds=active.memory_gb_s + idle.memory_gb_s,
+        vcpu_seconds=active_vcpu + idle_vcpu,
+        memory_gb_seconds=active_memory + idle_memory,
         cost=cost,
         saving=always_on - cost,
         saving_pct=_pct(always_on - cost, always_on),
@@ -352,7 +520,8 @@ def _price_line(name: str, clipped: list[_Clipped], prices: PriceTable, window_s
     )
 
 
-def _always_on(clipped: list[_Clipped], prices: PriceTable, window_s: Decimal) -> tuple[int, Decimal]:
+def _always_on(keys: list[_Key], tally: _Tally, prices: PriceTable,
+               window_s: Decimal) -> tuple[int, Decimal]:
     """The same peak fleet kept on for the whole window, frozen or not (seed 001's comparison).
 
     A GPU function needs one dedicated GPU server per GPU instance it ever ran at once, whatever slice
@@ -360,41 +529,32 @@ def _always_on(clipped: list[_Clipped], prices: PriceTable, window_s: Decimal) -
     (1 × 24 × 2 = 48 a day). A CPU-only function keeps its peak instances at their largest shape,
     always active, at the table's own CPU and memory prices.
     """
-    gpu = [part for part in clipped if part.interval.gpu_memory_mb > 0]
+    gpu = [key for key in keys if key[2] > 0]
     if gpu:
-        peak = _peak(gpu)
+        peak = _peak([tally.spans[key] for key in gpu])
         cost = peak * window_s * prices.always_on_gpu_per_hour / _HOUR_S
         return peak, cost.quantize(_ALWAYS_ON_PLACES, rounding=ROUND_HALF_EVEN)
-    peak = _peak(clipped)
-    vcpus = Decimal(repr(max(part.interval.cpus for part in clipped)))
-    memory_gb = Decimal(max(part.interval.memory_mb for part in clipped)) / MB_PER_GB
+    peak = _peak([tally.spans[key] for key in keys])
+    # (the first key with the largest value holds the first part with it: keys go in order of first use)
+    vcpus = Decimal(repr(max(key[3] for key in keys)))
+    memory_gb = Decimal(max(key[5] for key in keys)) / MB_PER_GB
     per_second = vcpus * prices.cpu_per_vcpu_s + memory_gb * prices.memory_per_gb_s
     return peak, peak * window_s * per_second
 
 
-def _peak(clipped: list[_Clipped]) -> int:
-    """Most intervals open at once; half-open, so an end and a start at the same time do not overlap.
+def _peak(spans: list[tuple[list[int], list[int]]]) -> int:
+    """Most parts open at once; half-open, so an end and a start at the same time do not overlap.
 
-    An instance's next interval mostly starts where its last one ended: [a, b) and [b, c) are open
-    at exactly the moments [a, c) is, so each such run is counted as one (fewer edges to sort)."""
-    runs: dict[str, list[Decimal]] = {}  # instance → [start, end) of its current run
-    edges: list[tuple[Decimal, int]] = []
-    for part in clipped:
-        instance_id = part.interval.instance_id
-        run = runs.get(instance_id)
-        if run is not None and run[1] == part.start:
-            run[1] = part.end
-            continue
-        if run is not None:
-            edges += ((run[0], 1), (run[1], -1))
-        runs[instance_id] = [part.start, part.end]
-    for start, end in runs.values():
-        edges += ((start, 1), (end, -1))
-    edges.sort()
-    open_now = peak = 0
-    for _, step in edges:  # (t, -1) sorts before (t, +1)
-        open_now += step
-        peak = max(peak, open_now)
+    Right after a start at ``s``, ``#{starts <= s} - #{ends <= s}`` parts are open, and the count
+    only rises at a start, so the peak is the largest of these over the sorted starts."""
+    starts = sorted(chain.from_iterable(span[0] for span in spans))
+    ends = sorted(chain.from_iterable(span[1] for span in spans))
+    peak = closed = 0
+    for opened, start in enumerate(starts, 1):
+        while ends[closed] <= start:  # stops in range: the part opening at start ends after it
+            closed += 1
+        if opened - closed > peak:
+            peak = opened - closed
     return peak
 
 
