@@ -31,8 +31,8 @@ _TRIM_BATCH = 4096  # prefix entries dropped at once, so trimming costs O(1) amo
 class PrefixRecorder(ConcurrencyRecorder):
     """A :class:`ConcurrencyRecorder` whose ``window_average`` uses prefix sums."""
 
-    def __init__(self, retention_s: int = DEFAULT_RETENTION_S) -> None:
-        super().__init__(retention_s)
+    def __init__(self, retention_s: int = DEFAULT_RETENTION_S, *, keep_spells: bool = True) -> None:
+        super().__init__(retention_s, keep_spells=keep_spells)
         self._seconds: list[int] = []  # each bucket's second, ascending
         self._opened: list[_Bucket] = []  # the buckets themselves (shared with the deque)
         self._area_before: list[float] = []  # request·seconds of all seconds before that bucket
@@ -47,7 +47,7 @@ class PrefixRecorder(ConcurrencyRecorder):
         if in_system < 0:
             raise ValueError(f"in_system cannot be negative, got {in_system}")
         bucket = self._touch_fast(now)
-        if in_system != bucket.level:
+        if in_system != bucket.level and self.keep_spells:
             self._level_changed(now, bucket.level, in_system)
         bucket.level = in_system
         if in_system > bucket.peak:
@@ -59,7 +59,7 @@ class PrefixRecorder(ConcurrencyRecorder):
         bucket = self._touch_fast(now)
         bucket.requests += 1
         self._last_request_at = bucket.t
-        if in_system != bucket.level:
+        if in_system != bucket.level and self.keep_spells:
             self._level_changed(now, bucket.level, in_system)
         bucket.level = in_system
         if in_system > bucket.peak:
