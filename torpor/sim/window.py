@@ -38,10 +38,6 @@ class PrefixRecorder(ConcurrencyRecorder):
         self._area_before: list[float] = []  # request·seconds of all seconds before that bucket
         self._busy_before: list[int] = []  # how many buckets with any area came before it
         self._newest: _Bucket | None = None  # the last bucket opened
-        # answers since the last record: a decision asks for the stable window
-        # twice (the KPA and the provisioning policy) and the engine once more after it
-        self._answers: dict[float, float] = {}  # by window_s, all at _answered_at
-        self._answered_at = -math.inf
 
     def record(self, now: float, in_system: int) -> None:
         if in_system < 0:
@@ -72,16 +68,12 @@ class PrefixRecorder(ConcurrencyRecorder):
             if now < last.t:
                 now = last.t  # as ``_touch``: a late caller is taken as at the last record
             if int(now) == last.second:
-                if self._answers:
-                    self._answers.clear()
                 last.area += last.level * (now - last.t)
                 last.t = now
                 return last
         return self._touch(now)
 
     def _touch(self, now: float) -> _Bucket:
-        if self._answers:
-            self._answers.clear()
         bucket = super()._touch(now)
         last = self._newest
         if bucket is not last:
@@ -104,20 +96,8 @@ class PrefixRecorder(ConcurrencyRecorder):
     def window_average(self, now: float, window_s: float) -> float:
         """As :meth:`ConcurrencyRecorder.window_average`: seconds ``end - n + 1 .. end``, never
         before the first record, the current second counted whole at its last level."""
-        answers = self._answers
-        if now != self._answered_at:
-            answers.clear()
-            self._answered_at = now
-        else:
-            answer = answers.get(window_s)
-            if answer is not None:
-                return answer
-        answer = answers[window_s] = self._window_average(now, window_s)
-        return answer
-
-    def _window_average(self, now: float, window_s: float) -> float:
-        # (``_Bucket.full_area`` written out, the same sums in the same order: this runs twice
-        # per decision)
+        # (``_Bucket.full_area`` written out, the same sums in the same order: the KPA asks for
+        # two windows on every decision)
         n = math.ceil(window_s)
         if not 1 <= n <= self.retention_s:
             raise ValueError(f"window_s must be within 1..{self.retention_s} s, got {window_s}")
