@@ -7,9 +7,10 @@ Arrivals are resampled from the Azure LLM inference 2023 conversation trace (int
 scaled to the rate, so its burstiness is kept; Azure/AzurePublicDataset, CC-BY-4.0; Patel et al.,
 "Splitwise", ISCA 2024), service times from its token counts by the default token model. Each
 function is replayed with the default spec (concurrency 1, a 2 s tick, the default scaling policy
-``auto``, or ``--policy``) and billed over the day. Prints wall time, CPU time (this process and its
-workers) and the time per request, and writes bench/results/simulate_speed.json. The machine's load
-average is printed beside them: on a shared box the wall time is only as good as the cores that were free.
+``auto``, or ``--policy``), billed over the day and summed up (the percentiles too). Prints wall
+time, CPU time (this process and its workers) and the time per request, and writes
+bench/results/simulate_speed.json. The machine's load average is printed beside them: on a shared
+box the wall time is only as good as the cores that were free.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def main() -> None:
     resampled, cpu1 = time.perf_counter(), cpu_s()
     result = runner.simulate(trace, runner.validate_spec(spec, "speed spec"), timings=Timings(),
                              prices=PriceTable(), duration_s=args.duration_s, workers=args.workers)
+    data = result.to_json()  # the percentiles (a sort of every latency) are part of the answer
     done, cpu2 = time.perf_counter(), cpu_s()
-    data = result.to_json()
     wall, cpu = done - resampled, cpu2 - cpu1
     figures = {
         "requests": data["requests"], "functions": args.functions, "workers": args.workers,

@@ -313,6 +313,18 @@ class TestIdleSpells:
         assert list(recorder.idle_spells(2)) == [2.5]
         assert list(recorder.idle_spells(3)) == []
 
+    def test_a_recorder_for_the_kpa_keeps_no_spells_and_the_same_windows(self) -> None:
+        """The same changes into a recorder with ``keep_spells=False`` (the KPA reads no spells):
+        no spell on any level, and the same 60 s window average: 1 + 0.5 + 2 × 0.5 + 2.5 = 5
+        request·seconds over the 7 seconds since the first record."""
+        keeping, not_keeping = ConcurrencyRecorder(), ConcurrencyRecorder(keep_spells=False)
+        for recorder in (keeping, not_keeping):
+            for at, level in ((0.0, 1), (1.0, 0), (3.0, 1), (3.5, 2), (4.0, 1), (6.5, 0)):
+                recorder.record(at, level)
+        assert list(keeping.idle_spells(1)) == [2.0]
+        assert [list(not_keeping.idle_spells(n)) for n in (1, 2)] == [[], []]
+        assert not_keeping.window_average(6.5, 60) == keeping.window_average(6.5, 60) == 5 / 7
+
     def test_a_drop_of_several_opens_a_spell_per_level(self) -> None:
         """3 → 0 at 1, back to 3 at 2: one 1 s spell on each of levels 1-3; levels past the 16
         kept have none (asking is not an error)."""

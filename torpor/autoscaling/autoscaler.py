@@ -87,14 +87,11 @@ def decide(
     """``keep_alive`` set: the keep-alive policy decides the on-demand count instead of the KPA
     (whose state is left as it was); with ``auto`` only while cold starts are fast
     (``keepalive.resolve``). ``gpu`` with a target: busy GPUs may raise it (HPA's rule)."""
-    keep_idle_s: float | None = None
-    keep_warm_s: tuple[float, ...] = ()
     chosen: keepalive.KeepAliveDecision | None = None
     if keep_alive is not None and (
             not keep_alive.auto or keepalive.cold_starts_fast(cold_start_s)):
         chosen = keepalive.decide(keep_alive, window, cold_start_s)
-        kpa_decision = kpa.KpaDecision(chosen.desired, False, chosen.reason, -1, True)
-        kpa_state, keep_idle_s, keep_warm_s = state.kpa, chosen.keep_alive_s, chosen.keep_warm_s
+        kpa_state = state.kpa
     else:
         inputs = KpaInputs.observe(window, config, now, ready, reachable)
         kpa_decision, kpa_state = kpa.decide(config, inputs, now, state.kpa)
@@ -114,6 +111,11 @@ def decide(
             last = (chosen, target, config.max_instances,
                     _keep_alive_decision(chosen, target, config.max_instances))
         return last[3], AutoscalerState(kpa_state, policy_state, last)
+    keep_idle_s: float | None = None
+    keep_warm_s: tuple[float, ...] = ()
+    if chosen is not None:  # the keep-alive policy's count, and a GPU signal to weigh it against
+        kpa_decision = kpa.KpaDecision(chosen.desired, False, chosen.reason, -1, True)
+        keep_idle_s, keep_warm_s = chosen.keep_alive_s, chosen.keep_warm_s
     provisioned = min(target.target, config.max_instances)
     on_demand, reason = kpa_decision.desired, kpa_decision.reason
     if gpu is not None and gpu.target_pct is not None and ready > 0:

@@ -22,8 +22,8 @@ returned state for the next tick. ``tests/test_kpa_knative.py`` replays Knative'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from torpor.spec import ScalingSpec
 
@@ -64,6 +64,7 @@ class KpaConfig:
     _target_total: float = field(init=False, repr=False, compare=False)
     _target_per_instance: float = field(init=False, repr=False, compare=False)
     _panic_window_s: float = field(init=False, repr=False, compare=False)
+    _stable_note: str = field(init=False, repr=False, compare=False)  # e.g. " in system, target 0.7×1"
 
     def __post_init__(self) -> None:
         tbc = self.target_burst_capacity
@@ -92,6 +93,8 @@ class KpaConfig:
         total = self.target_rps if self.metric == "rps" else self.target_concurrency
         object.__setattr__(self, "_target_total", total)
         object.__setattr__(self, "_target_per_instance", max(TARGET_MIN, total * self.target_utilization))
+        unit = " req/s" if self.metric == "rps" else " in system"
+        object.__setattr__(self, "_stable_note", f"{unit}, target {self.target_utilization:g}×{total:g}")
         object.__setattr__(self, "_panic_window_s", max(
             1.0, math.floor(self.stable_window_s * self.panic_window_pct / 100 + 0.5)))
 
@@ -225,6 +228,15 @@ class KpaDecision:
     activator_in_path: bool  # the gateway queues requests until an instance has a free slot
 
 
+def _evolve(state: KpaState, **changes: Any) -> KpaState:
+    """``dataclasses.replace(state, **changes)`` without its per-call field checks (KpaState has
+    no ``__post_init__`` to run): the same new state, several times faster, and a tick that moves
+    makes one or two."""
+    new = object.__new__(KpaState)
+    new.__dict__.update(state.__dict__, **changes)
+    return new
+
+
 # 1. Scale (autoscaler.go) ---------------------------------------------------------------------
 
 
@@ -239,14 +251,19 @@ def raw_desired(average: float, config: KpaConfig) -> int:
 
 
 def rate_limited(desired: int, ready: int, config: KpaConfig, reachable: bool = True) -> int:
-    """Clamp to [floor(r / down_rate), ceil(r × up_rate)] with r = max(ready, 1); e.g. 10 ready,
-    rates 2 and 1000: [5, 10000]. With 0 ready Knative counts 1: a cold start may ask for
-    ceil(1000 × 1) = 1000 at most, floor(1 / 2) = 0 at least. An unreachable function has no
-    lower clamp (nothing routes to it, so there is nothing to step down gently for)."""
+    """Clamp to :func:`rate_bounds`: e.g. 10 ready, rates 2 and 1000: into [5, 10000]."""
+    lowest, highest = rate_bounds(ready, config, reachable)
+    return min(max(desired, lowest), highest)
+
+
+def rate_bounds(ready: int, config: KpaConfig, reachable: bool = True) -> tuple[int, int]:
+    """[floor(r / down_rate), ceil(r × up_rate)] with r = max(ready, 1); e.g. 10 ready, rates 2
+    and 1000: (5, 10000). With 0 ready Knative counts 1: a cold start may ask for ceil(1000 × 1) =
+    1000 at most, floor(1 / 2) = 0 at least. An unreachable function has no lower clamp (nothing
+    routes to it, so there is nothing to step down gently for)."""
     base = max(ready, 1)
     lowest = math.floor(base / config.max_scale_down_rate) if reachable else 0
-    highest = math.ceil(config.max_scale_up_rate * base)
-    return min(max(desired, lowest), highest)
+    return lowest, math.ceil(config.max_scale_up_rate * base)
 
 
 def apply_activation_scale(limited: int, raw: int, config: KpaConfig) -> int:
@@ -263,10 +280,10 @@ def next_panic_state(panic_raw: int, ready: int, now: float, config: KpaConfig, 
     over = panic_raw * 100 >= config.panic_threshold_pct * max(ready, 1)  # exact for integer %
     if over:
         started = state.panic_started_at if state.panic_started_at is not None else now
-        return replace(state, panic_started_at=started, panic_triggered_at=now)
+        return _evolve(state, panic_started_at=started, panic_triggered_at=now)
     last = state.panic_triggered_at
     if last is not None and now - last > config.stable_window_s:
-        return replace(state, panic_started_at=None, panic_triggered_at=None, max_panic_desired=0)
+        return _evolve(state, panic_started_at=None, panic_triggered_at=None, max_panic_desired=0)
     return state
 
 
@@ -275,7 +292,7 @@ def hold_in_panic(stable: int, panic: int, state: KpaState) -> tuple[int, KpaSta
     if state.panic_triggered_at is None:
         return stable, state
     held = max(stable, panic, state.max_panic_desired)
-    return held, state if held == state.max_panic_desired else replace(state, max_panic_desired=held)
+    return held, state if held == state.max_panic_desired else _evolve(state, max_panic_desired=held)
 
 
 def delay_scale_down(desired: int, now: float, config: KpaConfig, state: KpaState) -> tuple[int, KpaState]:
@@ -285,7 +302,7 @@ def delay_scale_down(desired: int, now: float, config: KpaConfig, state: KpaStat
         return desired, state
     kept = [(t, n) for t, n in state.history if now - t < config.scale_down_delay_s and n > desired]
     history = (*kept, (now, desired))
-    return history[0][1], replace(state, history=history)
+    return history[0][1], _evolve(state, history=history)
 
 
 def excess_burst_capacity(panic_average: float, ready: int, config: KpaConfig) -> int:
@@ -372,16 +389,16 @@ def next_activity(
     if activity == state.activity and initialized == state.initialized:
         return state  # the usual tick: nothing moved (and no copy made)
     since = state.activity_since if activity == state.activity else now
-    return replace(state, initialized=initialized, activity=activity, activity_since=since)
+    return _evolve(state, initialized=initialized, activity=activity, activity_since=since)
 
 
 def next_proxy(want: int | None, ebc: int, now: float, state: KpaState) -> KpaState:
     """The gateway queue leaves the path only while instances are wanted and the spare capacity
     covers the burst (excess burst capacity ≥ 0); ``proxy_since`` keeps when it last came in."""
     if want is not None and want > 0 and ebc >= 0:
-        return state if state.proxy_since is None else replace(state, proxy_since=None)
+        return state if state.proxy_since is None else _evolve(state, proxy_since=None)
     if state.proxy_since is None:
-        return replace(state, proxy_since=now)
+        return _evolve(state, proxy_since=now)
     return state
 
 
@@ -399,20 +416,18 @@ def autoscale(
     ready, reachable = inputs.ready_instances, inputs.reachable
     stable_raw = raw_desired(stable_avg, config)
     panic_raw = raw_desired(panic_avg, config)
-    stable_rl = rate_limited(stable_raw, ready, config, reachable)
-    panic_rl = rate_limited(panic_raw, ready, config, reachable)
+    lowest, highest = rate_bounds(ready, config, reachable)  # both windows: rate_limited
+    stable_rl = min(max(stable_raw, lowest), highest)
+    panic_rl = min(max(panic_raw, lowest), highest)
     stable = apply_activation_scale(stable_rl, stable_raw, config)
     panic = apply_activation_scale(panic_rl, panic_raw, config)
     state = next_panic_state(panic_raw, ready, now, config, state)
-    unit = " req/s" if config.metric == "rps" else " in system"
     if state.panic_triggered_at is not None:
+        unit = " req/s" if config.metric == "rps" else " in system"
         notes = [f"panic, {panic_avg:.1f}{unit} over {ready} ready"]
         raw, rl, limited = max(stable_raw, panic_raw), max(stable_rl, panic_rl), max(stable, panic)
     else:
-        notes = [
-            f"stable, {stable_avg:.1f}{unit}, "
-            f"target {config.target_utilization:g}×{config.target_total:g}"
-        ]
+        notes = [f"stable, {stable_avg:.1f}{config._stable_note}"]
         raw, rl, limited = stable_raw, stable_rl, stable
     if rl != raw:
         notes.append(f"rate-limited {raw} to {rl} from {ready} ready")
@@ -434,10 +449,17 @@ def scale_target(
 ) -> tuple[int | None, bool]:
     """Stage 2, Knative's ``scale``: (wanted count or None, apply it?). No answer leaves the
     scale alone unless instances are activating; then the bounds and the scale-to-zero gate."""
+    return _scale_target(config, desired, now, state, reachable)[:2]
+
+
+def _scale_target(config: KpaConfig, desired: int | None, now: float, state: KpaState,
+                  reachable: bool) -> tuple[int | None, bool, int | None]:
+    """:func:`scale_target` and the bounded count it gated (None where the bounds were not applied)."""
     if desired is None and state.activity != "activating":
-        return None, False
+        return None, False, None
     low, high = scale_bounds(config, reachable, state.initialized)
-    return gate_scale_to_zero(apply_bounds(desired, low, high), now, config, state, reachable)
+    bounded = apply_bounds(desired, low, high)
+    return *gate_scale_to_zero(bounded, now, config, state, reachable), bounded
 
 
 def _kept(want: int | None, scale: int, now: float, config: KpaConfig, state: KpaState) -> str:
@@ -458,9 +480,8 @@ def decide(config: KpaConfig, inputs: KpaInputs, now: float, state: KpaState) ->
     ready, reachable = inputs.ready_instances, inputs.reachable
     desired, ebc, notes, state = autoscale(config, inputs, now, state)
     in_panic = state.panic_triggered_at is not None
-    want, apply = scale_target(config, desired, now, state, reachable)
-    if desired is not None or state.activity == "activating":  # the bounds were applied: say so
-        bounded = apply_bounds(desired, *scale_bounds(config, reachable, state.initialized))
+    want, apply, bounded = _scale_target(config, desired, now, state, reachable)
+    if bounded is not None:  # the bounds were applied: say so
         if desired is not None and bounded < desired:
             notes.append(f"max_instances {bounded}")
         elif bounded > (desired or 0):
@@ -475,6 +496,6 @@ def decide(config: KpaConfig, inputs: KpaInputs, now: float, state: KpaState) ->
     state = next_activity(want, ready, now, config, state, reachable)
     state = next_proxy(want, ebc, now, state)
     if state.scale != final:
-        state = replace(state, scale=final)
+        state = _evolve(state, scale=final)
     decision = KpaDecision(final, in_panic, "; ".join(notes), ebc, state.proxy_since is not None)
     return decision, state

@@ -52,10 +52,13 @@ class _Bucket:
 class ConcurrencyRecorder:
     """Time-weighted in-system concurrency and arrivals of one function, per second."""
 
-    def __init__(self, retention_s: int = DEFAULT_RETENTION_S) -> None:
+    def __init__(self, retention_s: int = DEFAULT_RETENTION_S, *, keep_spells: bool = True) -> None:
+        """``keep_spells`` False: no idle spells are kept (``idle_spells`` stays empty), for a
+        function whose scaling policy never reads them (the KPA's)."""
         if retention_s < 1:
             raise ValueError(f"retention_s must be at least 1, got {retention_s}")
         self.retention_s = retention_s
+        self.keep_spells = keep_spells
         self._buckets: deque[_Bucket] = deque()
         self._first_at: float | None = None
         self._last_request_at: float | None = None
@@ -97,7 +100,7 @@ class ConcurrencyRecorder:
         if in_system < 0:
             raise ValueError(f"in_system cannot be negative, got {in_system}")
         bucket = self._touch(now)
-        if in_system != bucket.level:
+        if in_system != bucket.level and self.keep_spells:
             self._level_changed(now, bucket.level, in_system)
         bucket.level = in_system
         bucket.peak = max(bucket.peak, in_system)

@@ -136,9 +136,10 @@ class FunctionSim:
         self.timings = timings
         self.clock = FakeClock()
         self.now = self.clock.now()
-        self.recorder = PrefixRecorder()  # the server's recorder, with faster window sums
         self.kpa = KpaConfig.from_spec(spec.scaling, spec.concurrency)
         self.keep_alive = KeepAliveConfig.from_spec(spec.scaling, spec.concurrency)
+        # the server's recorder, with faster window sums; idle spells only for the keep-alive policy
+        self.recorder = PrefixRecorder(keep_spells=self.keep_alive is not None)
         self.cold_starts = ColdStarts()  # as RevisionRuntime's
         self.cold_start_s: float | None = None  # their median, as RevisionRuntime.cold_start_s
         self.provision = provision or ProvisionConfig(target=spec.scaling.provisioned)

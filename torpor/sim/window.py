@@ -31,23 +31,19 @@ _TRIM_BATCH = 4096  # prefix entries dropped at once, so trimming costs O(1) amo
 class PrefixRecorder(ConcurrencyRecorder):
     """A :class:`ConcurrencyRecorder` whose ``window_average`` uses prefix sums."""
 
-    def __init__(self, retention_s: int = DEFAULT_RETENTION_S) -> None:
-        super().__init__(retention_s)
+    def __init__(self, retention_s: int = DEFAULT_RETENTION_S, *, keep_spells: bool = True) -> None:
+        super().__init__(retention_s, keep_spells=keep_spells)
         self._seconds: list[int] = []  # each bucket's second, ascending
         self._opened: list[_Bucket] = []  # the buckets themselves (shared with the deque)
         self._area_before: list[float] = []  # request·seconds of all seconds before that bucket
         self._busy_before: list[int] = []  # how many buckets with any area came before it
         self._newest: _Bucket | None = None  # the last bucket opened
-        # answers since the last record: a decision asks for the stable window
-        # twice (the KPA and the provisioning policy) and the engine once more after it
-        self._answers: dict[float, float] = {}  # by window_s, all at _answered_at
-        self._answered_at = -math.inf
 
     def record(self, now: float, in_system: int) -> None:
         if in_system < 0:
             raise ValueError(f"in_system cannot be negative, got {in_system}")
         bucket = self._touch_fast(now)
-        if in_system != bucket.level:
+        if in_system != bucket.level and self.keep_spells:
             self._level_changed(now, bucket.level, in_system)
         bucket.level = in_system
         if in_system > bucket.peak:
@@ -59,7 +55,7 @@ class PrefixRecorder(ConcurrencyRecorder):
         bucket = self._touch_fast(now)
         bucket.requests += 1
         self._last_request_at = bucket.t
-        if in_system != bucket.level:
+        if in_system != bucket.level and self.keep_spells:
             self._level_changed(now, bucket.level, in_system)
         bucket.level = in_system
         if in_system > bucket.peak:
@@ -72,16 +68,12 @@ class PrefixRecorder(ConcurrencyRecorder):
             if now < last.t:
                 now = last.t  # as ``_touch``: a late caller is taken as at the last record
             if int(now) == last.second:
-                if self._answers:
-                    self._answers.clear()
                 last.area += last.level * (now - last.t)
                 last.t = now
                 return last
         return self._touch(now)
 
     def _touch(self, now: float) -> _Bucket:
-        if self._answers:
-            self._answers.clear()
         bucket = super()._touch(now)
         last = self._newest
         if bucket is not last:
@@ -101,53 +93,46 @@ class PrefixRecorder(ConcurrencyRecorder):
                 del self._area_before[:_TRIM_BATCH], self._busy_before[:_TRIM_BATCH]
         return bucket
 
-    def _before(self, second: int) -> tuple[float, int]:
-        """(request·seconds of all seconds before ``second``, index of the last bucket before it)."""
-        k = bisect_left(self._seconds, second) - 1
-        if k < 0:
-            return 0.0, k
-        bucket = self._opened[k]
-        return self._area_before[k] + bucket.full_area() + bucket.level * (second - bucket.second - 1), k
-
     def window_average(self, now: float, window_s: float) -> float:
         """As :meth:`ConcurrencyRecorder.window_average`: seconds ``end - n + 1 .. end``, never
         before the first record, the current second counted whole at its last level."""
-        answers = self._answers
-        if now != self._answered_at:
-            answers.clear()
-            self._answered_at = now
-        else:
-            answer = answers.get(window_s)
-            if answer is not None:
-                return answer
-        answer = answers[window_s] = self._window_average(now, window_s)
-        return answer
-
-    def _window_average(self, now: float, window_s: float) -> float:
+        # (``_Bucket.full_area`` written out, the same sums in the same order: the KPA asks for
+        # two windows on every decision)
         n = math.ceil(window_s)
         if not 1 <= n <= self.retention_s:
             raise ValueError(f"window_s must be within 1..{self.retention_s} s, got {window_s}")
         first_at = self._first_at
         if first_at is None:
             return 0.0
-        end = int(max(now, self._opened[-1].t))
+        opened = self._opened
+        last = len(opened) - 1
+        newest = opened[last]
+        end = int(now if now >= newest.t else newest.t)
         start = end - n + 1
-        span = end + 1 - max(start, first_at)
+        span = end + 1 - (first_at if first_at > start else start)
         if span <= 0:
             return 0.0
-        # every bucket opened so far lies before end + 1 (the newest is at end's second at most):
-        # _before(end + 1) without its search
-        last = len(self._seconds) - 1
-        newest = self._opened[last]
-        area_end = self._area_before[last] + newest.full_area() + newest.level * (end - newest.second)
-        area_start, carried_from = self._before(start)
-        if carried_from >= 0 and self._opened[carried_from].level > 0:
-            pass  # a level above 0 carried into the window
+        # the area of all seconds before end + 1 (every bucket opened so far lies before it: the
+        # newest is at end's second at most) less the area of those before the window's start
+        level = newest.level
+        newest_full = newest.area + level * (newest.second + 1 - newest.t)
+        area_end = self._area_before[last] + newest_full + level * (end - newest.second)
+        carried_from = bisect_left(self._seconds, start) - 1
+        if carried_from >= 0:
+            bucket = opened[carried_from]
+            carried = bucket.level
+            area_start = (self._area_before[carried_from]
+                          + (bucket.area + carried * (bucket.second + 1 - bucket.t))
+                          + carried * (start - bucket.second - 1))
         else:
-            # buckets carried_from+1 .. last lie inside the window; did any hold a request?
-            busy = self._busy_before[last] - self._busy_before[carried_from + 1] if last > carried_from else 0
-            if last > carried_from and self._opened[last].full_area() > 0:
-                busy += 1
-            if busy == 0:
+            carried, area_start = 0, 0.0
+        if carried <= 0:
+            # nothing carried into the window: buckets carried_from+1 .. last lie inside it; did
+            # any hold a request?
+            if last <= carried_from:
+                return 0.0
+            busy = self._busy_before[last] - self._busy_before[carried_from + 1]
+            if busy == 0 and not newest_full > 0:
                 return 0.0  # nothing was in the system in any second of the window
-        return max(0.0, area_end - area_start) / span
+        area = area_end - area_start
+        return (area if area > 0.0 else 0.0) / span
