@@ -124,10 +124,7 @@ def keep_alive_scale_in(current: list[InstanceView], provisioned: frozenset[str]
     for rank, instance in enumerate(order):
         if instance.id in provisioned or instance.state not in _IDLE or instance.idle_transition:
             continue
-        if idle_mode:
-            hold = warm[rank] if rank < len(warm) else keep_s
-        else:
-            hold = warm[0] if rank == 0 and warm else keep_s
+        hold = keep_alive_hold(rank, keep_s, warm, idle_mode)
         idle_s = idle_for(instance, now)
         if idle_s >= hold - HOLD_EPSILON_S:
             eligible.append(instance)
@@ -137,6 +134,18 @@ def keep_alive_scale_in(current: list[InstanceView], provisioned: frozenset[str]
     drains = eligible[:max(0, surplus)]
     freeze += [i for i in eligible[max(0, surplus):] if idle_mode and i.state == InstanceState.READY]
     return drains, freeze
+
+
+def keep_alive_hold(rank: int, keep_s: float, warm: tuple[float, ...], idle_mode: bool) -> float:
+    """How long the on-demand instance at ``rank`` in routing order (0: the first; provisioned
+    instances come first) may stay idle before the keep-alive scale-in drains it, given the
+    decision's keep-alive ``keep_s`` and warm keep-alives ``warm``: the first its warm keep-alive,
+    the others the keep-alive; with idle mode each its own rank's warm keep-alive (the keep-alive
+    past the tuple), frozen meanwhile once idle for the keep-alive. E.g. keep 0.25 s, warm (30.0,
+    5.0): rank 0 → 30.0, rank 1 → 0.25 (idle mode: 5.0)."""
+    if idle_mode:
+        return warm[rank] if rank < len(warm) else keep_s
+    return warm[0] if rank == 0 and warm else keep_s
 
 
 def idle_for(instance: InstanceView, now: float) -> float:
@@ -209,4 +218,5 @@ def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
                 freeze=tuple(freeze))
 
 
-__all__ = ["Drain", "FunctionView", "InstanceView", "Plan", "Start", "plan", "plan_revisions"]
+__all__ = ["Drain", "FunctionView", "InstanceView", "Plan", "Start", "keep_alive_hold", "plan",
+           "plan_revisions"]

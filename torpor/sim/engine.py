@@ -443,8 +443,8 @@ class FunctionSim:
         last plan, and either no instance started or drained since, or that count is 0: every
         instance is then on-demand, as every start since was), and the live count is the decision,
         or above it with no idle instance to drain (``planner.scale_in_victims`` takes idle ones;
-        the keep-alive policy's scale-in only those idle for one of the decision's holds at least,
-        and its pass ends by asking for the next one).
+        the keep-alive policy's scale-in only those idle for their own rank's hold at least,
+        ``planner.keep_alive_hold``, and its pass ends by asking for the next one).
         """
         live, decision = self.live, self.decision
         if (not self.idle_mode and decision.provisioned == self.marked
@@ -460,11 +460,19 @@ class FunctionSim:
                     else:
                         return
                 else:
-                    now = self.now
-                    shortest = self._sorted_holds()[0] - HOLD_EPSILON_S  # as keep_alive_scale_in's test
+                    # keep_alive_scale_in's own test, rank by rank: the provisioned instances come
+                    # first in routing order (none while none is marked) and are never drained;
+                    # then the ready ones in the order they became ready, which is the endpoints'
+                    now, keep_s, warm = self.now, decision.keep_idle_s, decision.keep_warm_s
+                    rank = sum(i.provisioned for i in live) if self.marked else 0
+                    hold = planner.keep_alive_hold
                     for endpoint in self.endpoints:
-                        if endpoint.in_flight == 0 and now - endpoint.idle_since >= shortest:
-                            break  # idle for a hold: plan
+                        if endpoint.provisioned:
+                            continue
+                        if endpoint.in_flight == 0 and now - endpoint.idle_since >= hold(
+                                rank, keep_s, warm, False) - HOLD_EPSILON_S:
+                            break  # idle for its own hold: plan
+                        rank += 1
                     else:
                         self._wake_for_keep_alive()
                         return
