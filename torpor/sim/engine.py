@@ -168,6 +168,9 @@ class FunctionSim:
         self.want_timeline = timeline
         self.result = FunctionResult(name)
         self.on_gpu = spec.resources.gpus > 0 or spec.resources.gpu_memory_mb > 0
+        resources = spec.resources  # the ledger's own checks of them, once (``_interval`` skips them)
+        LedgerInterval(name, name, "1", POOL, "gpu" if self.on_gpu else "cpu", resources.gpu_memory_mb,
+                       resources.cpus, resources.memory_mb, InstanceState.STARTING, 0.0, 0.0)
         self.tick_s = spec.scaling.tick_s
 
     # the event loop ------------------------------------------------------------------------------
@@ -569,10 +572,7 @@ class FunctionSim:
         """Close the instance's open interval and open one in ``state`` (STOPPED opens none)."""
         now = self.now if at is None else at
         if now > instance.since:
-            info = instance.info
-            self.result.intervals.append(LedgerInterval(
-                info.instance_id, info.function, info.revision, info.pool, info.device,
-                info.gpu_memory_mb, info.cpus, info.memory_mb, instance.state, instance.since, now))
+            self.result.intervals.append(_interval(instance.info, instance.state, instance.since, now))
         instance.state, instance.since = state, now
 
     def _sample(self) -> None:
@@ -598,6 +598,23 @@ class _NoClient:
 
 
 _NO_CLIENT = _NoClient()
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _interval(info: InstanceInfo, state: InstanceState, start: float, end: float) -> LedgerInterval:
+    """``LedgerInterval`` of ``info`` in ``state`` over ``[start, end)``: the same object its
+    constructor makes, without the checks every row here passes by construction: ``state`` is one
+    of the billed states an instance goes through (STARTING, READY, FROZEN, DRAINING), the times
+    are the FakeClock's (finite) and ``end > start``, and the resources were checked once for the
+    function (``FunctionSim.__init__``)."""
+    interval = _new(LedgerInterval)
+    _set(interval, "__dict__", {
+        "instance_id": info.instance_id, "function": info.function, "revision": info.revision,
+        "pool": info.pool, "device": info.device, "gpu_memory_mb": info.gpu_memory_mb,
+        "cpus": info.cpus, "memory_mb": info.memory_mb, "state": state, "start": start, "end": end,
+        "node": info.node})
+    return interval
 
 
 def _view(instance: _Instance) -> planner.InstanceView:
