@@ -159,7 +159,7 @@ class FunctionSim:
         self.next_decision_at = 0.0  # every tick_s; sooner while requests wait
         self.keep_alive_pass_at = -_INF  # the pass asked for when a keep-alive ends
         self._holds: list[float] = []  # the keep-alive decision's holds, ascending
-        self._holds_of: autoscaler.ScaleDecision | None = None  # ... of this decision
+        self._holds_of: tuple[float | None, tuple[float, ...]] | None = None  # ... of these (keep, warm)
         self.draining = 0
         self.marked = 0  # provisioned count at the last plan
         self.live_changed = False  # an instance started or drained since the last plan
@@ -345,9 +345,13 @@ class FunctionSim:
     def _wake_for_keep_alive(self) -> None:
         """A pass when the first idle instance's keep-alive ends (``Reconciler._wake_for_keep_alive``):
         the earliest ``idle_since + hold`` after now over idle endpoints and the decision's holds.
-        The holds are sorted once per decision; an endpoint's first hold that ends after now is
+        The holds are sorted once per set of holds; an endpoint's first hold that ends after now is
         its earliest (a float sum grows with the hold)."""
-        holds = self._sorted_holds()
+        decision, of = self.decision, self._holds_of
+        if of is None or decision.keep_warm_s is not of[1] or decision.keep_idle_s != of[0]:
+            holds = self._sort_holds(decision)
+        else:
+            holds = self._holds
         now = self.now
         first = _INF
         for e in self.endpoints:
@@ -363,14 +367,13 @@ class FunctionSim:
             self.keep_alive_pass_at = first
             self._push(first, _PASS, None)
 
-    def _sorted_holds(self) -> list[float]:
-        """The keep-alive decision's holds (its keep-alive and warm keep-alives), ascending."""
-        decision = self.decision
-        if decision is not self._holds_of:
-            keep_s = decision.keep_idle_s
-            assert keep_s is not None
-            self._holds = sorted({keep_s, *decision.keep_warm_s})
-            self._holds_of = decision
+    def _sort_holds(self, decision: autoscaler.ScaleDecision) -> list[float]:
+        """The keep-alive decision's holds (its keep-alive and warm keep-alives), ascending, kept
+        while later decisions carry the same ones (the policy hands out its warm tuples cached)."""
+        keep_s = decision.keep_idle_s
+        assert keep_s is not None
+        self._holds = sorted({keep_s, *decision.keep_warm_s})
+        self._holds_of = (keep_s, decision.keep_warm_s)
         return self._holds
 
     def _dispatch(self) -> None:
