@@ -482,14 +482,14 @@ class FunctionSim:
                     else:
                         self._wake_for_keep_alive()
                         return
-        now = self.now
-        view = planner.FunctionView(revision=1, instances=tuple(_view(i) for i in live),
-                                    idle_mode=self.idle_mode, idle_after_s=self.spec.scaling.idle_after_s)
-        plan = planner.plan(view, decision, now)
-        for instance in live:
-            instance.provisioned = instance.info.instance_id in plan.provisioned
-            if instance.endpoint is not None:
-                instance.endpoint.provisioned = instance.provisioned
+        view = planner.FunctionView(1, tuple(map(_view, live)), self.idle_mode,
+                                    self.spec.scaling.idle_after_s)
+        plan = planner.plan(view, decision, self.now)
+        if plan.provisioned or self.marked:  # (none marked: every instance is already on-demand)
+            for instance in live:
+                instance.provisioned = instance.info.instance_id in plan.provisioned
+                if instance.endpoint is not None:
+                    instance.endpoint.provisioned = instance.provisioned
         self.marked, self.live_changed = decision.provisioned, False
         for start in plan.start:
             self._spawn(start.provisioned)
