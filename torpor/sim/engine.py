@@ -607,16 +607,23 @@ _set = object.__setattr__
 
 def _interval(info: InstanceInfo, state: InstanceState, start: float, end: float) -> LedgerInterval:
     """``LedgerInterval`` of ``info`` in ``state`` over ``[start, end)``: the same object its
-    constructor makes, without the checks every row here passes by construction: ``state`` is one
-    of the billed states an instance goes through (STARTING, READY, FROZEN, DRAINING), the times
-    are the FakeClock's (finite) and ``end > start``, and the resources were checked once for the
-    function (``FunctionSim.__init__``)."""
+    constructor makes (its fields set one by one, in order), without the checks every row here
+    passes by construction: ``state`` is one of the billed states an instance goes through
+    (STARTING, READY, FROZEN, DRAINING), the times are the FakeClock's (finite) and ``end >
+    start``, and the resources were checked once for the function (``FunctionSim.__init__``)."""
     interval = _new(LedgerInterval)
-    _set(interval, "__dict__", {
-        "instance_id": info.instance_id, "function": info.function, "revision": info.revision,
-        "pool": info.pool, "device": info.device, "gpu_memory_mb": info.gpu_memory_mb,
-        "cpus": info.cpus, "memory_mb": info.memory_mb, "state": state, "start": start, "end": end,
-        "node": info.node})
+    _set(interval, "instance_id", info.instance_id)
+    _set(interval, "function", info.function)
+    _set(interval, "revision", info.revision)
+    _set(interval, "pool", info.pool)
+    _set(interval, "device", info.device)
+    _set(interval, "gpu_memory_mb", info.gpu_memory_mb)
+    _set(interval, "cpus", info.cpus)
+    _set(interval, "memory_mb", info.memory_mb)
+    _set(interval, "state", state)
+    _set(interval, "start", start)
+    _set(interval, "end", end)
+    _set(interval, "node", info.node)
     return interval
 
 
