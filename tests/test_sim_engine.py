@@ -7,6 +7,7 @@ noise (cold start 0.5 s, stop, freeze and gateway overhead 0, reconciler passes 
 
 from __future__ import annotations
 
+import gc
 from array import array
 from dataclasses import fields
 from decimal import Decimal as D
@@ -211,6 +212,27 @@ class TestLedger:
             assert type(row) is LedgerInterval
             assert vars(row) == vars(LedgerInterval(**vars(row)))
             assert list(vars(row)) == [f.name for f in fields(LedgerInterval)]
+
+
+    @pytest.mark.parametrize("collecting", [True, False])
+    def test_the_garbage_collector_is_left_as_it_was(self, collecting: bool) -> None:
+        """A replay pauses the cyclic collector while it runs and leaves it on or off as it found
+        it; once the simulator is dropped, nothing it made is left for the collector to find
+        (three requests, two instances)."""
+        spec = runner.validate_spec(make_spec(), "test")
+        trace = make_trace((0.0, 1.0), (0.2, 1.0), (5.0, 1.0))
+        sim = FunctionSim("fn", spec, trace.functions["fn"], EXACT, end_s=20.0)
+        was = gc.isenabled()
+        try:
+            (gc.enable if collecting else gc.disable)()
+            gc.collect()
+            result = sim.run()
+            assert gc.isenabled() is collecting
+            assert (result.answered, result.cold_starts) == (3, 2)
+            del sim
+            assert gc.collect() == 0
+        finally:
+            (gc.enable if was else gc.disable)()
 
 
 class TestIdleMode:
