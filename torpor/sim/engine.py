@@ -83,7 +83,7 @@ class Timings:
             raise ValueError(f"timings must be finite and at least 0: {', '.join(bad)}")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Instance:
     info: InstanceInfo
     started_at: float
