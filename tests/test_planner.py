@@ -12,6 +12,7 @@ from torpor.lifecycle.planner import (
     InstanceView,
     Plan,
     Start,
+    keep_alive_hold,
     plan,
     plan_revisions,
 )
@@ -150,6 +151,16 @@ class TestKeepAlive:
         assert result.freeze == ("a", "b")
         frozen = make_view(make_instance("a", 0.0, FROZEN, idle_since=8.0), idle_mode=True)
         assert plan(frozen, self.keep(0, warm=(3.0, 1.5)), now=11.0).drain == (Drain("a", "scale in"),)
+
+    def test_each_rank_holds_for_its_own_keep_alive(self) -> None:
+        """The rule the planner (and the simulator's pass gate) reads: keep-alive 0.5 s, warm
+        (3, 1.5). Without idle mode only the first holds its warm keep-alive; with it each rank in
+        the tuple holds its own, the rest the keep-alive; no warm ones: everyone the keep-alive."""
+        warm = (3.0, 1.5)
+        assert [keep_alive_hold(rank, 0.5, warm, False) for rank in range(3)] == [3.0, 0.5, 0.5]
+        assert [keep_alive_hold(rank, 0.5, warm, True) for rank in range(3)] == [3.0, 1.5, 0.5]
+        assert [keep_alive_hold(rank, 0.5, (), idle) for rank in range(2)
+                for idle in (False, True)] == [0.5, 0.5, 0.5, 0.5]
 
 
 class TestIdleMode:

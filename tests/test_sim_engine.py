@@ -7,15 +7,19 @@ noise (cold start 0.5 s, stop, freeze and gateway overhead 0, reconciler passes 
 
 from __future__ import annotations
 
+import gc
 from array import array
+from dataclasses import fields
 from decimal import Decimal as D
 from typing import Any
 
 import pytest
 
+from torpor.lifecycle.state import InstanceState
+from torpor.metering.billing import LedgerInterval
 from torpor.metering.prices import PriceTable
 from torpor.sim import runner
-from torpor.sim.engine import Timings
+from torpor.sim.engine import FunctionSim, Timings
 from torpor.sim.traces import FunctionTrace, Trace
 
 EXACT = Timings(cold_start_s=0.5, thaw_s=0.1, freeze_s=0.0, stop_s=0.0, overhead_s=0.0, pass_delay_s=0.0)
@@ -186,6 +190,49 @@ class TestKeepAlivePolicy:
             result = run(trace, spec, timings)
             assert sorted(result.latencies_s) == latencies
             assert seconds(result) == seconds_
+
+
+class TestLedger:
+    def test_rows_are_the_billing_codes_own_intervals(self) -> None:
+        """One request at 0 for 1 s, keep-alive 1 s, stop 0.25 s: starting 0 → 0.5, ready 0.5 →
+        2.5 (idle from 1.5 for the keep-alive), draining 2.5 → 2.75. Each row is what
+        ``LedgerInterval``'s own constructor makes of the same fields, field for field."""
+        spec = runner.validate_spec(make_spec(policy="keepalive", keep_alive_s=1), "test")
+        timings = Timings(cold_start_s=0.5, thaw_s=0.0, freeze_s=0.0, stop_s=0.25, overhead_s=0.0,
+                          pass_delay_s=0.0)
+        trace = make_trace((0.0, 1.0))
+        result = FunctionSim("fn", spec, trace.functions["fn"], timings, end_s=20.0).run()
+        info = ("fn-1", "fn", "1", "local", "cpu", 0, 1.0, 1024)
+        assert result.intervals == [
+            LedgerInterval(*info, InstanceState.STARTING, 0.0, 0.5),
+            LedgerInterval(*info, InstanceState.READY, 0.5, 2.5),
+            LedgerInterval(*info, InstanceState.DRAINING, 2.5, 2.75),
+        ]
+        for row in result.intervals:
+            assert type(row) is LedgerInterval
+            assert vars(row) == vars(LedgerInterval(**vars(row)))
+            assert list(vars(row)) == [f.name for f in fields(LedgerInterval)]
+
+
+    @pytest.mark.parametrize("collecting", [True, False])
+    def test_the_garbage_collector_is_left_as_it_was(self, collecting: bool) -> None:
+        """A replay pauses the cyclic collector while it runs and leaves it on or off as it found
+        it; once the simulator is dropped, nothing it made is left for the collector to find
+        (three requests, two instances)."""
+        spec = runner.validate_spec(make_spec(), "test")
+        trace = make_trace((0.0, 1.0), (0.2, 1.0), (5.0, 1.0))
+        sim = FunctionSim("fn", spec, trace.functions["fn"], EXACT, end_s=20.0)
+        was = gc.isenabled()
+        try:
+            (gc.enable if collecting else gc.disable)()
+            gc.collect()
+            result = sim.run()
+            assert gc.isenabled() is collecting
+            assert (result.answered, result.cold_starts) == (3, 2)
+            del sim
+            assert gc.collect() == 0
+        finally:
+            (gc.enable if was else gc.disable)()
 
 
 class TestIdleMode:

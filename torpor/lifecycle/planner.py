@@ -88,7 +88,7 @@ class Plan:
         return not (self.start or self.drain or self.freeze)
 
 
-def provisioned_ids(current: list[InstanceView], count: int) -> frozenset[str]:
+def provisioned_ids(current: Sequence[InstanceView], count: int) -> frozenset[str]:
     """The oldest ``count`` instances (by start time) are the provisioned ones."""
     if count == 0:  # the usual case: nothing to sort
         return _NONE
@@ -96,7 +96,7 @@ def provisioned_ids(current: list[InstanceView], count: int) -> frozenset[str]:
     return frozenset(i.id for i in oldest[:count])
 
 
-def scale_in_victims(current: list[InstanceView], provisioned: frozenset[str],
+def scale_in_victims(current: Sequence[InstanceView], provisioned: frozenset[str],
                      surplus: int) -> list[InstanceView]:
     """``surplus`` idle instances to drain: on-demand first, lowest-priority pool, newest first."""
     idle = [i for i in current if i.state in _IDLE and not i.idle_transition]
@@ -104,7 +104,7 @@ def scale_in_victims(current: list[InstanceView], provisioned: frozenset[str],
     return idle[:max(0, surplus)]
 
 
-def keep_alive_scale_in(current: list[InstanceView], provisioned: frozenset[str], surplus: int,
+def keep_alive_scale_in(current: Sequence[InstanceView], provisioned: frozenset[str], surplus: int,
                         now: float, decision: ScaleDecision,
                         idle_mode: bool) -> tuple[list[InstanceView], list[InstanceView]]:
     """The keep-alive policy's scale-in: (instances to drain, instances to freeze).
@@ -124,19 +124,30 @@ def keep_alive_scale_in(current: list[InstanceView], provisioned: frozenset[str]
     for rank, instance in enumerate(order):
         if instance.id in provisioned or instance.state not in _IDLE or instance.idle_transition:
             continue
-        if idle_mode:
-            hold = warm[rank] if rank < len(warm) else keep_s
-        else:
-            hold = warm[0] if rank == 0 and warm else keep_s
+        hold = keep_alive_hold(rank, keep_s, warm, idle_mode)
         idle_s = idle_for(instance, now)
         if idle_s >= hold - HOLD_EPSILON_S:
             eligible.append(instance)
         elif idle_mode and instance.state == InstanceState.READY and idle_s >= keep_s - HOLD_EPSILON_S:
             freeze.append(instance)
-    eligible.sort(key=lambda i: (i.pool_priority, -(i.ready_at or i.started_at)))
-    drains = eligible[:max(0, surplus)]
-    freeze += [i for i in eligible[max(0, surplus):] if idle_mode and i.state == InstanceState.READY]
-    return drains, freeze
+    if len(eligible) > 1:
+        eligible.sort(key=lambda i: (i.pool_priority, -(i.ready_at or i.started_at)))
+    surplus = max(0, surplus)
+    if idle_mode:
+        freeze += [i for i in eligible[surplus:] if i.state == InstanceState.READY]
+    return eligible[:surplus], freeze
+
+
+def keep_alive_hold(rank: int, keep_s: float, warm: tuple[float, ...], idle_mode: bool) -> float:
+    """How long the on-demand instance at ``rank`` in routing order (0: the first; provisioned
+    instances come first) may stay idle before the keep-alive scale-in drains it, given the
+    decision's keep-alive ``keep_s`` and warm keep-alives ``warm``: the first its warm keep-alive,
+    the others the keep-alive; with idle mode each its own rank's warm keep-alive (the keep-alive
+    past the tuple), frozen meanwhile once idle for the keep-alive. E.g. keep 0.25 s, warm (30.0,
+    5.0): rank 0 → 30.0, rank 1 → 0.25 (idle mode: 5.0)."""
+    if idle_mode:
+        return warm[rank] if rank < len(warm) else keep_s
+    return warm[0] if rank == 0 and warm else keep_s
 
 
 def idle_for(instance: InstanceView, now: float) -> float:
@@ -152,14 +163,15 @@ def plan(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
     for instance in view.instances:
         if instance.revision != revision:
             return plan_revisions((view,), (decision,), now)[0]
-    return _scale(view, decision, now)  # no instance of another revision to drain
+    return _scale(view, decision, now, view.instances)  # no instance of another revision to drain
 
 
 def plan_revisions(views: Sequence[FunctionView], decisions: Sequence[ScaleDecision],
                    now: float) -> list[Plan]:
     """One plan per revision that takes traffic (``views[k]`` scaled by ``decisions[k]``); the
     drains of revisions that take no traffic ride on the first plan."""
-    plans = [_scale(view, decision, now) for view, decision in zip(views, decisions, strict=True)]
+    plans = [_scale(view, decision, now, [i for i in view.instances if i.revision == view.revision])
+             for view, decision in zip(views, decisions, strict=True)]
     if not views:
         return plans
     routed = {view.revision for view in views}
@@ -176,9 +188,9 @@ def plan_revisions(views: Sequence[FunctionView], decisions: Sequence[ScaleDecis
     return plans
 
 
-def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
-    """Rules 1-4 for the instances of ``view.revision``."""
-    current = [i for i in view.instances if i.revision == view.revision]
+def _scale(view: FunctionView, decision: ScaleDecision, now: float,
+           current: Sequence[InstanceView]) -> Plan:
+    """Rules 1-4 for the instances of ``view.revision`` (``current``)."""
     provisioned = provisioned_ids(current, decision.provisioned)
     desired = decision.desired
     starts: list[Start] = []
@@ -205,8 +217,8 @@ def _scale(view: FunctionView, decision: ScaleDecision, now: float) -> Plan:
             and i.in_flight == 0 and not i.idle_transition and i.idle_since is not None
             and now - i.idle_since >= view.idle_after_s
         ] + kept_frozen
-    return Plan(provisioned=provisioned, start=tuple(starts), drain=tuple(drains),
-                freeze=tuple(freeze))
+    return Plan(provisioned, tuple(starts), tuple(drains), tuple(freeze))
 
 
-__all__ = ["Drain", "FunctionView", "InstanceView", "Plan", "Start", "plan", "plan_revisions"]
+__all__ = ["Drain", "FunctionView", "InstanceView", "Plan", "Start", "keep_alive_hold", "plan",
+           "plan_revisions"]

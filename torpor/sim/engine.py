@@ -31,6 +31,7 @@ request and no time-dependent policy (the decision cannot change until the next 
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import random
@@ -82,7 +83,7 @@ class Timings:
             raise ValueError(f"timings must be finite and at least 0: {', '.join(bad)}")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Instance:
     info: InstanceInfo
     started_at: float
@@ -160,7 +161,7 @@ class FunctionSim:
         self.next_decision_at = 0.0  # every tick_s; sooner while requests wait
         self.keep_alive_pass_at = -_INF  # the pass asked for when a keep-alive ends
         self._holds: list[float] = []  # the keep-alive decision's holds, ascending
-        self._holds_of: autoscaler.ScaleDecision | None = None  # ... of this decision
+        self._holds_of: tuple[float | None, tuple[float, ...]] | None = None  # ... of these (keep, warm)
         self.draining = 0
         self.marked = 0  # provisioned count at the last plan
         self.live_changed = False  # an instance started or drained since the last plan
@@ -169,11 +170,31 @@ class FunctionSim:
         self.want_timeline = timeline
         self.result = FunctionResult(name)
         self.on_gpu = spec.resources.gpus > 0 or spec.resources.gpu_memory_mb > 0
+        resources = spec.resources  # the ledger's own checks of them, once (``_interval`` skips them)
+        LedgerInterval(name, name, "1", POOL, "gpu" if self.on_gpu else "cpu", resources.gpu_memory_mb,
+                       resources.cpus, resources.memory_mb, InstanceState.STARTING, 0.0, 0.0)
         self.tick_s = spec.scaling.tick_s
 
     # the event loop ------------------------------------------------------------------------------
 
     def run(self) -> FunctionResult:
+        """Replay to the end (once), with Python's cyclic garbage collector paused (and as it was
+        again after): what a replay makes lives until its end (the ledger, every instance), so a
+        collection would only walk what is kept, again and again as it grows (≈ 20 % of the CPU of
+        a replay and its bill with the keep-alive policy). At the end each instance lets go of its
+        endpoint, whose idle facts are the instance: with that cycle broken, all of it is freed
+        without the collector once the simulator is dropped."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._replay()
+        finally:
+            for instance in self.by_id.values():
+                instance.endpoint = None  # (its endpoint's idle facts are the instance: a cycle)
+            if collecting:
+                gc.enable()
+
+    def _replay(self) -> FunctionResult:
         arrivals, services = self.trace.arrivals_s, self.trace.services_s
         n, i = len(arrivals), 0
         heap, clock, result = self.heap, self.clock, self.result
@@ -343,9 +364,13 @@ class FunctionSim:
     def _wake_for_keep_alive(self) -> None:
         """A pass when the first idle instance's keep-alive ends (``Reconciler._wake_for_keep_alive``):
         the earliest ``idle_since + hold`` after now over idle endpoints and the decision's holds.
-        The holds are sorted once per decision; an endpoint's first hold that ends after now is
+        The holds are sorted once per set of holds; an endpoint's first hold that ends after now is
         its earliest (a float sum grows with the hold)."""
-        holds = self._sorted_holds()
+        decision, of = self.decision, self._holds_of
+        if of is None or decision.keep_warm_s is not of[1] or decision.keep_idle_s != of[0]:
+            holds = self._sort_holds(decision)
+        else:
+            holds = self._holds
         now = self.now
         first = _INF
         for e in self.endpoints:
@@ -361,14 +386,13 @@ class FunctionSim:
             self.keep_alive_pass_at = first
             self._push(first, _PASS, None)
 
-    def _sorted_holds(self) -> list[float]:
-        """The keep-alive decision's holds (its keep-alive and warm keep-alives), ascending."""
-        decision = self.decision
-        if decision is not self._holds_of:
-            keep_s = decision.keep_idle_s
-            assert keep_s is not None
-            self._holds = sorted({keep_s, *decision.keep_warm_s})
-            self._holds_of = decision
+    def _sort_holds(self, decision: autoscaler.ScaleDecision) -> list[float]:
+        """The keep-alive decision's holds (its keep-alive and warm keep-alives), ascending, kept
+        while later decisions carry the same ones (the policy hands out its warm tuples cached)."""
+        keep_s = decision.keep_idle_s
+        assert keep_s is not None
+        self._holds = sorted({keep_s, *decision.keep_warm_s})
+        self._holds_of = (keep_s, decision.keep_warm_s)
         return self._holds
 
     def _dispatch(self) -> None:
@@ -444,8 +468,8 @@ class FunctionSim:
         last plan, and either no instance started or drained since, or that count is 0: every
         instance is then on-demand, as every start since was), and the live count is the decision,
         or above it with no idle instance to drain (``planner.scale_in_victims`` takes idle ones;
-        the keep-alive policy's scale-in only those idle for one of the decision's holds at least,
-        and its pass ends by asking for the next one).
+        the keep-alive policy's scale-in only those idle for their own rank's hold at least,
+        ``planner.keep_alive_hold``, and its pass ends by asking for the next one).
         """
         live, decision = self.live, self.decision
         if (not self.idle_mode and decision.provisioned == self.marked
@@ -461,22 +485,30 @@ class FunctionSim:
                     else:
                         return
                 else:
-                    now = self.now
-                    shortest = self._sorted_holds()[0] - HOLD_EPSILON_S  # as keep_alive_scale_in's test
+                    # keep_alive_scale_in's own test, rank by rank: the provisioned instances come
+                    # first in routing order (none while none is marked) and are never drained;
+                    # then the ready ones in the order they became ready, which is the endpoints'
+                    now, keep_s, warm = self.now, decision.keep_idle_s, decision.keep_warm_s
+                    rank = sum(i.provisioned for i in live) if self.marked else 0
+                    hold = planner.keep_alive_hold
                     for endpoint in self.endpoints:
-                        if endpoint.in_flight == 0 and now - endpoint.idle_since >= shortest:
-                            break  # idle for a hold: plan
+                        if endpoint.provisioned:
+                            continue
+                        if endpoint.in_flight == 0 and now - endpoint.idle_since >= hold(
+                                rank, keep_s, warm, False) - HOLD_EPSILON_S:
+                            break  # idle for its own hold: plan
+                        rank += 1
                     else:
                         self._wake_for_keep_alive()
                         return
-        now = self.now
-        view = planner.FunctionView(revision=1, instances=tuple(_view(i) for i in live),
-                                    idle_mode=self.idle_mode, idle_after_s=self.spec.scaling.idle_after_s)
-        plan = planner.plan(view, decision, now)
-        for instance in live:
-            instance.provisioned = instance.info.instance_id in plan.provisioned
-            if instance.endpoint is not None:
-                instance.endpoint.provisioned = instance.provisioned
+        view = planner.FunctionView(1, tuple(map(_view, live)), self.idle_mode,
+                                    self.spec.scaling.idle_after_s)
+        plan = planner.plan(view, decision, self.now)
+        if plan.provisioned or self.marked:  # (none marked: every instance is already on-demand)
+            for instance in live:
+                instance.provisioned = instance.info.instance_id in plan.provisioned
+                if instance.endpoint is not None:
+                    instance.endpoint.provisioned = instance.provisioned
         self.marked, self.live_changed = decision.provisioned, False
         for start in plan.start:
             self._spawn(start.provisioned)
@@ -562,10 +594,7 @@ class FunctionSim:
         """Close the instance's open interval and open one in ``state`` (STOPPED opens none)."""
         now = self.now if at is None else at
         if now > instance.since:
-            info = instance.info
-            self.result.intervals.append(LedgerInterval(
-                info.instance_id, info.function, info.revision, info.pool, info.device,
-                info.gpu_memory_mb, info.cpus, info.memory_mb, instance.state, instance.since, now))
+            self.result.intervals.append(_interval(instance.info, instance.state, instance.since, now))
         instance.state, instance.since = state, now
 
     def _sample(self) -> None:
@@ -591,6 +620,30 @@ class _NoClient:
 
 
 _NO_CLIENT = _NoClient()
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _interval(info: InstanceInfo, state: InstanceState, start: float, end: float) -> LedgerInterval:
+    """``LedgerInterval`` of ``info`` in ``state`` over ``[start, end)``: the same object its
+    constructor makes (its fields set one by one, in order), without the checks every row here
+    passes by construction: ``state`` is one of the billed states an instance goes through
+    (STARTING, READY, FROZEN, DRAINING), the times are the FakeClock's (finite) and ``end >
+    start``, and the resources were checked once for the function (``FunctionSim.__init__``)."""
+    interval = _new(LedgerInterval)
+    _set(interval, "instance_id", info.instance_id)
+    _set(interval, "function", info.function)
+    _set(interval, "revision", info.revision)
+    _set(interval, "pool", info.pool)
+    _set(interval, "device", info.device)
+    _set(interval, "gpu_memory_mb", info.gpu_memory_mb)
+    _set(interval, "cpus", info.cpus)
+    _set(interval, "memory_mb", info.memory_mb)
+    _set(interval, "state", state)
+    _set(interval, "start", start)
+    _set(interval, "end", end)
+    _set(interval, "node", info.node)
+    return interval
 
 
 def _view(instance: _Instance) -> planner.InstanceView:
