@@ -8,6 +8,7 @@ longest replay, or ``duration_s`` when given.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -231,13 +232,19 @@ _Job = tuple[str, FunctionSpec, FunctionTrace, Timings, float | None, int, bool,
 def _replay(job: _Job) -> tuple[FunctionResult, BillLine | None]:
     """Replay one function; with a known end, bill it here too (in the worker, in parallel)."""
     name, spec, trace, timings, end_s, seed, timeline, prices, provision = job
-    result = FunctionSim(name, spec, trace, timings, end_s=end_s, seed=seed, timeline=timeline,
-                         provision=provision).run()
-    if end_s is None:
-        return result, None
-    line = bill_function(result, prices, end_s)
-    result.intervals = []  # billed: no need to send them back
-    return result, line
+    collecting = gc.isenabled()  # paused through the bill too: the ledger it reads is kept till then
+    gc.disable()
+    try:
+        result = FunctionSim(name, spec, trace, timings, end_s=end_s, seed=seed, timeline=timeline,
+                             provision=provision).run()
+        if end_s is None:
+            return result, None
+        line = bill_function(result, prices, end_s)
+        result.intervals = []  # billed: no need to send them back
+        return result, line
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def bill_function(result: FunctionResult, prices: PriceTable, end_s: float) -> BillLine | None:
