@@ -82,7 +82,7 @@ class LeastOutstanding(RoutingPolicy, name="least_outstanding", default=True):
         best: C | None = None
         best_provisioned: C | None = None
         for e in endpoints:
-            if e.accepting and e.in_flight < e.capacity:
+            if e.in_flight < e.capacity and e.accepting:  # (a full one is the usual skip)
                 if e.provisioned:
                     if best_provisioned is None or e.in_flight < best_provisioned.in_flight:
                         best_provisioned = e
