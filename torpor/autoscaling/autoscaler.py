@@ -110,6 +110,8 @@ def decide(
                 and last[2] == config.max_instances):
             last = (chosen, target, config.max_instances,
                     _keep_alive_decision(chosen, target, config.max_instances))
+        elif policy_state is state.policy:  # the usual pass: nothing moved, the same state
+            return last[3], state
         return last[3], AutoscalerState(kpa_state, policy_state, last)
     keep_idle_s: float | None = None
     keep_warm_s: tuple[float, ...] = ()
@@ -122,8 +124,10 @@ def decide(
         by_gpu, gpu_reason = gpu_desired(ready, gpu.utilization_pct, gpu.target_pct)
         if by_gpu > on_demand:
             on_demand, reason = by_gpu, f"{gpu_reason}; KPA: {kpa_decision.reason}"
+    if not (kpa_state is state.kpa and policy_state is state.policy and state.keep_alive is None):
+        state = AutoscalerState(kpa_state, policy_state)  # (else nothing moved: the same state)
     return _combine(provisioned, target, on_demand, reason, kpa_decision, config.max_instances,
-                    keep_idle_s, keep_warm_s), AutoscalerState(kpa_state, policy_state)
+                    keep_idle_s, keep_warm_s), state
 
 
 def _combine(provisioned: int, target: ProvisionDecision, on_demand: int, reason: str,

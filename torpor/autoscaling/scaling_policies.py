@@ -289,10 +289,14 @@ def _static(target: int) -> ProvisionDecision:
 
 
 def _fire_scheduled(config: ProvisionConfig, now: float, state: PolicyState) -> PolicyState:
+    """The state after firing the scheduled actions due in (last check, now]. Without scheduled
+    actions (the usual case, on every tick) there is nothing to check and the state stays as it
+    is: only the actions read the time of the last check, and a function given new ones starts
+    from a new state (``Reconciler.set_provision``)."""
+    if not config.scheduled:
+        return state
     after = state.last_checked_at
     checked = now if after is None else max(after, now)  # a clock stepping back never refires
-    if not config.scheduled:  # the usual case, on every tick: only the time of the check moves
-        return PolicyState(checked, state.scheduled_target, state.fired, state.fired_at)
     firings = [
         (at, index, action)
         for index, action in enumerate(config.scheduled)
