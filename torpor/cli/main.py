@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -627,7 +628,7 @@ def simulate(
     measured = runner.load_timings(timings, Timings()) if timings else Timings()
     flags = {k: v for k, v in (("cold_start_s", cold_start_s), ("thaw_s", thaw_s)) if v is not None}
     try:
-        measured = Timings(**{**vars(measured), **flags})
+        measured = Timings(**{**asdict(measured), **flags})
     except ValueError as exc:
         raise CliError(str(exc)) from None
     runs = runner.run_all(requests, raw, source, sets=sets or [], compare=compare or [],
