@@ -615,8 +615,19 @@ def simulate(
         "--plot", help="Write load, instances and latency over time as a PNG "
                        "(needs matplotlib: the plot extra).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+    compiled: Annotated[bool, typer.Option(
+        "--compiled", help="Run the compiled simulator (make sim-compiled; about twice as fast) "
+                           "when it matches the source; pure Python otherwise, saying why.")] = False,
 ) -> None:
     """Replay a trace through torpor's own autoscaler, routing and billing: latency and cost."""
+    if compiled:
+        from torpor.sim import compiled as compiled_build
+
+        if compiled_build.running()["build"] == "pure":
+            if "--compiled" not in sys.argv:
+                raise CliError("--compiled starts the command again: it works from a command line only")
+            # the same command, through the launcher (its stderr line says which build runs)
+            compiled_build.relaunch(["-m", "torpor", *(a for a in sys.argv[1:] if a != "--compiled")])
     from torpor.metering.prices import load_prices
     from torpor.sim import report, runner
     from torpor.sim.engine import Timings
