@@ -22,7 +22,7 @@ returned state for the next tick. ``tests/test_kpa_knative.py`` replays Knative'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from torpor.spec import ScalingSpec
@@ -234,8 +234,15 @@ def _evolve(state: KpaState, **changes: Any) -> KpaState:
     makes one or two."""
     try:
         known = state.__dict__
-    except AttributeError:  # compiled by mypyc (make sim-compiled): a native instance has no __dict__
-        return replace(state, **changes)
+    except AttributeError:  # compiled by mypyc (make sim-compiled): a native instance has no
+        get = changes.get  # __dict__, and its constructor is the fast way (same fields, in order)
+        return KpaState(get("panic_started_at", state.panic_started_at),
+                        get("panic_triggered_at", state.panic_triggered_at),
+                        get("max_panic_desired", state.max_panic_desired),
+                        get("history", state.history), get("initialized", state.initialized),
+                        get("scale", state.scale), get("activity", state.activity),
+                        get("activity_since", state.activity_since),
+                        get("proxy_since", state.proxy_since))
     new = object.__new__(KpaState)
     new.__dict__.update(known, **changes)
     return new

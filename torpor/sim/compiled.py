@@ -34,7 +34,7 @@ HOT = (  # the modules a replay spends its time in (the rest of the copy stays p
     "torpor/autoscaling/kpa.py", "torpor/autoscaling/metrics.py", "torpor/sim/window.py",
     "torpor/autoscaling/keepalive.py", "torpor/autoscaling/autoscaler.py",
     "torpor/lifecycle/planner.py", "torpor/metering/billing.py", "torpor/gateway/route.py",
-    "torpor/sim/engine.py",
+    "torpor/sim/engine.py", "torpor/clock.py",
 )
 MANIFEST = "manifest.json"
 _BOOT = """import runpy, sys
