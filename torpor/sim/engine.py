@@ -624,7 +624,6 @@ class _NoClient:
 
 _NO_CLIENT = _NoClient()
 _new = LedgerInterval.__new__  # object.__new__ in Python; compiled (make sim-compiled), the native one
-_NATIVE = _new is not object.__new__  # compiled by mypyc: the native one
 _set = object.__setattr__
 
 
@@ -634,11 +633,8 @@ def _interval(info: InstanceInfo, state: InstanceState, start: float, end: float
     passes by construction: ``state`` is one of the billed states an instance goes through
     (STARTING, READY, FROZEN, DRAINING), the times are the FakeClock's (finite) and ``end >
     start``, and the resources were checked once for the function (``FunctionSim.__init__``).
-    Compiled (``make sim-compiled``), the native constructor is the faster way to the same row."""
-    if _NATIVE:
-        return LedgerInterval(info.instance_id, info.function, info.revision, info.pool, info.device,
-                              info.gpu_memory_mb, info.cpus, info.memory_mb, state, start, end,
-                              info.node)
+    Compiled with mypyc (``make sim-compiled``) this is still the fast way: the constructor a
+    compiled dataclass gets is the interpreted one, which sets the same fields the same way."""
     interval = _new(LedgerInterval)
     _set(interval, "instance_id", info.instance_id)
     _set(interval, "function", info.function)
