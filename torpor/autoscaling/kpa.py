@@ -227,6 +227,16 @@ class KpaDecision:
     excess_burst_capacity: int  # < 0: not enough spare capacity for target_burst_capacity
     activator_in_path: bool  # the gateway queues requests until an instance has a free slot
 
+    def __init__(self, desired: int, panic: bool, reason: str, excess_burst_capacity: int,
+                 activator_in_path: bool) -> None:
+        # written out: compiled by mypyc (make sim-compiled) these are native stores, where the
+        # __init__ @dataclass generates stays interpreted; the same fields, defaults and order
+        object.__setattr__(self, "desired", desired)
+        object.__setattr__(self, "panic", panic)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "excess_burst_capacity", excess_burst_capacity)
+        object.__setattr__(self, "activator_in_path", activator_in_path)
+
 
 def _evolve(state: KpaState, **changes: Any) -> KpaState:
     """``dataclasses.replace(state, **changes)`` without its per-call field checks (KpaState has
