@@ -7,6 +7,8 @@ equivalence tests run only where a fresh ``build/sim-compiled`` exists."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import random
 import subprocess
@@ -17,6 +19,9 @@ import pytest
 import yaml
 
 from tests.conftest import torpor_cli
+from torpor.autoscaling.autoscaler import ScaleDecision
+from torpor.autoscaling.kpa import KpaDecision
+from torpor.lifecycle.planner import FunctionView, InstanceView
 from torpor.sim import compiled
 
 pytestmark = pytest.mark.timeout(120)
@@ -122,6 +127,20 @@ def test_run_without_a_command_says_what_to_give() -> None:
                           capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert done.returncode == 2
     assert done.stderr == "run: nothing to run: give -- -m MODULE ARGS..., -c CODE or SCRIPT ARGS...\n"
+
+
+@pytest.mark.parametrize("cls", [InstanceView, FunctionView, ScaleDecision, KpaDecision])
+def test_written_out_inits_match_the_fields(cls: type) -> None:
+    """These dataclasses write out their __init__ (compiled, the generated one stays interpreted):
+    it takes every field, in order, with the field's default, and sets each one."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(cls)
+    assert [(p.name, p.default) for p in params] == [
+        (f.name, inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+        for f in fields]
+    values = {f.name: object() for f in fields}
+    made = cls(**values)
+    assert {f.name: getattr(made, f.name) for f in fields} == values
 
 
 # -- a fresh build/sim-compiled: the same output, byte for byte -----------------------------------
