@@ -11,7 +11,7 @@ PORT ?= 8080
 # on any other address): `make run` as the README shows it needs no key; HOST=0.0.0.0 turns them on
 AUTH ?= $(if $(filter 127.% localhost ::1,$(HOST)),off,on)
 
-.PHONY: run test lint typecheck setup test-setup clean bench-setup test-deps ui-vendor
+.PHONY: run test lint typecheck setup test-setup clean bench-setup test-deps ui-vendor sim-compiled
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 \
 		|| echo "torch==2.13.0 could not be installed: the torch tests will be skipped"
 	touch $(TEST_STAMP)
+
+# the simulator's hot modules compiled with mypyc (needs gcc, Python's headers and mypy) into
+# build/sim-compiled, ignored by git; `torpor simulate --compiled` and `python -m torpor.sim.compiled
+# run -- ...` use it while every source file matches the one it was built from. Without a compiler
+# it says why and the simulator stays pure Python; make test and make run never need it.
+sim-compiled: $(TEST_STAMP)
+	$(BIN)/python -m torpor.sim.compiled build
 
 run: $(STAMP)
 	$(BIN)/torpor serve --host $(HOST) --port $(PORT) --auth $(AUTH) \
@@ -103,4 +110,4 @@ bench-setup: $(TEST_STAMP)
 	command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
 
 clean:
-	rm -rf $(VENV) .torpor .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .torpor .mypy_cache .ruff_cache .pytest_cache build/sim-compiled build/sim-compiled.tmp

@@ -19,6 +19,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ PROVISION = {
 
 def digest(result: FunctionResult) -> str:
     h = hashlib.sha256()
-    counters = {k: v for k, v in vars(result).items()
+    counters = {k: v for k, v in ((f.name, getattr(result, f.name)) for f in fields(result))
                 if k not in ("latencies_s", "arrivals_s", "intervals", "timeline")}
     h.update(repr(sorted(counters.items())).encode())
     h.update(result.latencies_s.tobytes())

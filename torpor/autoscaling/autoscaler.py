@@ -40,6 +40,19 @@ class ScaleDecision:
     # ... and, per instance in routing order, its warm keep-alive (keepalive.KeepAliveDecision)
     keep_warm_s: tuple[float, ...] = ()
 
+    def __init__(self, desired: int, provisioned: int, panic: bool, reason: str,
+                 activator_in_path: bool = True, keep_idle_s: float | None = None,
+                 keep_warm_s: tuple[float, ...] = ()) -> None:
+        # written out: compiled by mypyc (make sim-compiled) these are native stores, where the
+        # __init__ @dataclass generates stays interpreted; the same fields, defaults and order
+        object.__setattr__(self, "desired", desired)
+        object.__setattr__(self, "provisioned", provisioned)
+        object.__setattr__(self, "panic", panic)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "activator_in_path", activator_in_path)
+        object.__setattr__(self, "keep_idle_s", keep_idle_s)
+        object.__setattr__(self, "keep_warm_s", keep_warm_s)
+
 
 @dataclass(frozen=True)
 class GpuSignal:

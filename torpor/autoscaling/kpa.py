@@ -227,13 +227,34 @@ class KpaDecision:
     excess_burst_capacity: int  # < 0: not enough spare capacity for target_burst_capacity
     activator_in_path: bool  # the gateway queues requests until an instance has a free slot
 
+    def __init__(self, desired: int, panic: bool, reason: str, excess_burst_capacity: int,
+                 activator_in_path: bool) -> None:
+        # written out: compiled by mypyc (make sim-compiled) these are native stores, where the
+        # __init__ @dataclass generates stays interpreted; the same fields, defaults and order
+        object.__setattr__(self, "desired", desired)
+        object.__setattr__(self, "panic", panic)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "excess_burst_capacity", excess_burst_capacity)
+        object.__setattr__(self, "activator_in_path", activator_in_path)
+
 
 def _evolve(state: KpaState, **changes: Any) -> KpaState:
     """``dataclasses.replace(state, **changes)`` without its per-call field checks (KpaState has
     no ``__post_init__`` to run): the same new state, several times faster, and a tick that moves
     makes one or two."""
+    try:
+        known = state.__dict__
+    except AttributeError:  # compiled by mypyc (make sim-compiled): a native instance has no
+        get = changes.get  # __dict__, and its constructor is the fast way (same fields, in order)
+        return KpaState(get("panic_started_at", state.panic_started_at),
+                        get("panic_triggered_at", state.panic_triggered_at),
+                        get("max_panic_desired", state.max_panic_desired),
+                        get("history", state.history), get("initialized", state.initialized),
+                        get("scale", state.scale), get("activity", state.activity),
+                        get("activity_since", state.activity_since),
+                        get("proxy_since", state.proxy_since))
     new = object.__new__(KpaState)
-    new.__dict__.update(state.__dict__, **changes)
+    new.__dict__.update(known, **changes)
     return new
 
 

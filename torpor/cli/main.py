@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -614,8 +615,19 @@ def simulate(
         "--plot", help="Write load, instances and latency over time as a PNG "
                        "(needs matplotlib: the plot extra).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+    compiled: Annotated[bool, typer.Option(
+        "--compiled", help="Run the compiled simulator (make sim-compiled; about twice as fast) "
+                           "when it matches the source; pure Python otherwise, saying why.")] = False,
 ) -> None:
     """Replay a trace through torpor's own autoscaler, routing and billing: latency and cost."""
+    if compiled:
+        from torpor.sim import compiled as compiled_build
+
+        if compiled_build.running()["build"] == "pure":
+            if "--compiled" not in sys.argv:
+                raise CliError("--compiled starts the command again: it works from a command line only")
+            # the same command, through the launcher (its stderr line says which build runs)
+            compiled_build.relaunch(["-m", "torpor", *(a for a in sys.argv[1:] if a != "--compiled")])
     from torpor.metering.prices import load_prices
     from torpor.sim import report, runner
     from torpor.sim.engine import Timings
@@ -627,7 +639,7 @@ def simulate(
     measured = runner.load_timings(timings, Timings()) if timings else Timings()
     flags = {k: v for k, v in (("cold_start_s", cold_start_s), ("thaw_s", thaw_s)) if v is not None}
     try:
-        measured = Timings(**{**vars(measured), **flags})
+        measured = Timings(**{**asdict(measured), **flags})
     except ValueError as exc:
         raise CliError(str(exc)) from None
     runs = runner.run_all(requests, raw, source, sets=sets or [], compare=compare or [],

@@ -51,6 +51,21 @@ class InstanceView:
     idle_transition: bool = False  # freezing or thawing right now
     pool_priority: int = 0  # higher: kept longer (on-prem before cloud)
 
+    def __init__(self, id: str, revision: int, state: InstanceState, started_at: float,
+                 ready_at: float | None = None, in_flight: int = 0, idle_since: float | None = None,
+                 idle_transition: bool = False, pool_priority: int = 0) -> None:
+        # written out: compiled by mypyc (make sim-compiled) these are native stores, where the
+        # __init__ @dataclass generates stays interpreted; the same fields, defaults and order
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "revision", revision)
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "started_at", started_at)
+        object.__setattr__(self, "ready_at", ready_at)
+        object.__setattr__(self, "in_flight", in_flight)
+        object.__setattr__(self, "idle_since", idle_since)
+        object.__setattr__(self, "idle_transition", idle_transition)
+        object.__setattr__(self, "pool_priority", pool_priority)
+
 
 @dataclass(frozen=True)
 class FunctionView:
@@ -62,6 +77,17 @@ class FunctionView:
     idle_after_s: float = 0.0
     in_backoff: bool = False  # a cold start failed recently: start nothing yet
     pools: tuple[str, ...] = ()  # where new instances may go, best first (empty: anywhere)
+
+    def __init__(self, revision: int, instances: tuple[InstanceView, ...], idle_mode: bool = False,
+                 idle_after_s: float = 0.0, in_backoff: bool = False, pools: tuple[str, ...] = ()) -> None:
+        # written out: compiled by mypyc (make sim-compiled) these are native stores, where the
+        # __init__ @dataclass generates stays interpreted; the same fields, defaults and order
+        object.__setattr__(self, "revision", revision)
+        object.__setattr__(self, "instances", instances)
+        object.__setattr__(self, "idle_mode", idle_mode)
+        object.__setattr__(self, "idle_after_s", idle_after_s)
+        object.__setattr__(self, "in_backoff", in_backoff)
+        object.__setattr__(self, "pools", pools)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,12 @@ class LedgerInterval:
     def of(cls, info: InstanceInfo, state: InstanceState, start: float, end: float | None) -> LedgerInterval:
         return cls(**asdict(info), state=state, start=start, end=end)
 
+    def __reduce__(self) -> tuple[type[LedgerInterval], tuple[Any, ...]]:
+        """Pickled as its fields, rebuilt by the constructor: compiled with mypyc (``make
+        sim-compiled``), a frozen dataclass's own unpickling sets its fields one by one and is
+        refused (FrozenInstanceError), and the simulator's workers send rows and bill lines back."""
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
+
 
 @dataclass(frozen=True)
 class BillLine:
@@ -144,6 +150,9 @@ class BillLine:
     # what always-on means for this line: "gpu" (a dedicated GPU server per GPU instance at
     # always_on_gpu_per_hour) or "cpu" (the peak instances kept active at the CPU and memory prices)
     always_on_basis: str = "cpu"
+
+    def __reduce__(self) -> tuple[type[BillLine], tuple[Any, ...]]:  # as LedgerInterval's
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass(frozen=True)
@@ -365,14 +374,14 @@ class _Tally:
                 start = round(y)
                 if not -limit < y - start < limit:
                     start = _micros_text(t)
-            t = interval.end  # type: ignore[assignment]
-            if t is None or t >= until:
+            until_t = interval.end  # (its own name: a float local compiled by mypyc cannot hold None)
+            if until_t is None or until_t >= until:
                 end = hi
             else:
-                y = t * 1e6
+                y = until_t * 1e6
                 end = round(y)
                 if not -limit < y - end < limit:
-                    end = _micros_text(t)
+                    end = _micros_text(until_t)
             if end <= start:
                 continue
             cpus = interval.cpus

@@ -37,7 +37,7 @@ import math
 import random
 from array import array
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from torpor.autoscaling import autoscaler
@@ -78,9 +78,12 @@ class Timings:
     pass_delay_s: float = RECONCILE_INTERVAL_S / 2  # a reconciler pass comes 0.25 s later on average
 
     def __post_init__(self) -> None:
-        bad = [name for name, value in vars(self).items() if not (value >= 0 and math.isfinite(value))]
+        bad = [name for name, value in asdict(self).items() if not (value >= 0 and math.isfinite(value))]
         if bad:
             raise ValueError(f"timings must be finite and at least 0: {', '.join(bad)}")
+
+    def __reduce__(self) -> tuple[type[Timings], tuple[float, ...]]:  # as billing.LedgerInterval's
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass(slots=True)
@@ -166,7 +169,7 @@ class FunctionSim:
         self.marked = 0  # provisioned count at the last plan
         self.live_changed = False  # an instance started or drained since the last plan
         self.idle_mode = spec.scaling.idle_mode
-        self.end_s = end_s
+        self.end_s = None if end_s is None else float(end_s)  # an int is its float, as compiled (mypyc)
         self.want_timeline = timeline
         self.result = FunctionResult(name)
         self.on_gpu = spec.resources.gpus > 0 or spec.resources.gpu_memory_mb > 0
@@ -620,7 +623,7 @@ class _NoClient:
 
 
 _NO_CLIENT = _NoClient()
-_new = object.__new__
+_new = LedgerInterval.__new__  # object.__new__ in Python; compiled (make sim-compiled), the native one
 _set = object.__setattr__
 
 
@@ -629,7 +632,9 @@ def _interval(info: InstanceInfo, state: InstanceState, start: float, end: float
     constructor makes (its fields set one by one, in order), without the checks every row here
     passes by construction: ``state`` is one of the billed states an instance goes through
     (STARTING, READY, FROZEN, DRAINING), the times are the FakeClock's (finite) and ``end >
-    start``, and the resources were checked once for the function (``FunctionSim.__init__``)."""
+    start``, and the resources were checked once for the function (``FunctionSim.__init__``).
+    Compiled with mypyc (``make sim-compiled``) this is still the fast way: the constructor a
+    compiled dataclass gets is the interpreted one, which sets the same fields the same way."""
     interval = _new(LedgerInterval)
     _set(interval, "instance_id", info.instance_id)
     _set(interval, "function", info.function)

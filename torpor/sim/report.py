@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def print_table(out: Console, runs: Sequence[RunResult], trace: Trace, timings: 
     out.print(f"trace {trace.source} ({trace.format}): {trace.requests} requests, "
               f"{len(trace.functions)} function(s), {trace.span_s:.0f} s; {trace.service_model}",
               highlight=False, soft_wrap=True)
-    out.print("timings: " + ", ".join(f"{k} {v:g}" for k, v in vars(timings).items()),
+    out.print("timings: " + ", ".join(f"{k} {v:g}" for k, v in asdict(timings).items()),
               highlight=False, soft_wrap=True)
     rows = [run.to_json() for run in runs]
     table = Table("", *(row["run"] for row in rows))
@@ -73,7 +74,7 @@ def print_json(runs: Sequence[RunResult], trace: Trace, timings: Timings) -> str
         data = run.to_json()
         data["trace"] = {"source": trace.source, "format": trace.format, "requests": trace.requests,
                          "functions": len(trace.functions), "service_model": trace.service_model}
-        data["timings"] = vars(timings)
+        data["timings"] = asdict(timings)
         lines.append(json.dumps(data))
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,7 @@ import os
 from array import array
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -194,9 +194,9 @@ def load_timings(path: Path, base: Timings) -> Timings:
             data = json.loads(text)
         except ValueError as exc:
             raise SpecError(str(path), [f"not valid JSON: {exc}"]) from None
-        unknown = sorted(set(data) - set(vars(base)))
+        unknown = sorted(set(data) - set(asdict(base)))
         if unknown:
-            raise SpecError(str(path), [f"{k}: unknown timing; valid: {', '.join(vars(base))}"
+            raise SpecError(str(path), [f"{k}: unknown timing; valid: {', '.join(asdict(base))}"
                                         for k in unknown])
         return replace(base, **{k: float(v) for k, v in data.items()})
     sums = counts = 0.0
@@ -272,7 +272,9 @@ def simulate(trace: Trace, spec: FunctionSpec, *, timings: Timings, prices: Pric
     """Replay every function of ``trace`` with ``spec`` and bill the ledger over ``[0, end)``.
 
     ``provision`` replaces ``scaling.provisioned`` as a config set with ``torpor provision`` does.
+    An int ``duration_s`` bills as its float (3600 → 3600.0), as a compiled build stores it.
     """
+    duration_s = None if duration_s is None else float(duration_s)
     jobs = [(name, spec, fn, timings, duration_s, seed + n, timeline, prices, provision)
             for n, (name, fn) in enumerate(sorted(trace.functions.items()))]
     workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1)
