@@ -37,6 +37,8 @@ import math
 import random
 from array import array
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -103,6 +105,21 @@ class _Instance:
     # requests sent past a full slot (gateway queue out of the path): (arrived, sent, service)
     backlog: deque[tuple[float, float, float]] = field(default_factory=deque)
     view: planner.InstanceView | None = None  # as the planner last saw it
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block, and on or off again as it was: what a
+    replay makes lives until its end (the ledger, every instance), and its bill reads the ledger,
+    so a collection would only walk what is kept, again and again as it grows (≈ 20 % of the CPU
+    of a replay and its bill with the keep-alive policy)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 @dataclass
@@ -181,21 +198,15 @@ class FunctionSim:
     # the event loop ------------------------------------------------------------------------------
 
     def run(self) -> FunctionResult:
-        """Replay to the end (once), with Python's cyclic garbage collector paused (and as it was
-        again after): what a replay makes lives until its end (the ledger, every instance), so a
-        collection would only walk what is kept, again and again as it grows (≈ 20 % of the CPU of
-        a replay and its bill with the keep-alive policy). At the end each instance lets go of its
-        endpoint, whose idle facts are the instance: with that cycle broken, all of it is freed
-        without the collector once the simulator is dropped."""
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            return self._replay()
-        finally:
-            for instance in self.by_id.values():
-                instance.endpoint = None  # (its endpoint's idle facts are the instance: a cycle)
-            if collecting:
-                gc.enable()
+        """Replay to the end (once), with the collector paused (:func:`collector_paused`). At the
+        end each instance lets go of its endpoint, whose idle facts are the instance: with that
+        cycle broken, all of it is freed without the collector once the simulator is dropped."""
+        with collector_paused():
+            try:
+                return self._replay()
+            finally:
+                for instance in self.by_id.values():
+                    instance.endpoint = None  # (its endpoint's idle facts are the instance: a cycle)
 
     def _replay(self) -> FunctionResult:
         arrivals, services = self.trace.arrivals_s, self.trace.services_s

@@ -8,7 +8,6 @@ longest replay, or ``duration_s`` when given.
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import os
@@ -27,7 +26,7 @@ from torpor.autoscaling.scaling_policies import ProvisionConfig, parse_provision
 from torpor.errors import SpecError
 from torpor.metering.billing import Bill, BillLine, bill
 from torpor.metering.prices import PriceTable, format_errors
-from torpor.sim.engine import FunctionResult, FunctionSim, Timings
+from torpor.sim.engine import FunctionResult, FunctionSim, Timings, collector_paused
 from torpor.sim.traces import FunctionTrace, Trace
 from torpor.spec import SPEC_FILENAME, FunctionSpec
 
@@ -232,9 +231,7 @@ _Job = tuple[str, FunctionSpec, FunctionTrace, Timings, float | None, int, bool,
 def _replay(job: _Job) -> tuple[FunctionResult, BillLine | None]:
     """Replay one function; with a known end, bill it here too (in the worker, in parallel)."""
     name, spec, trace, timings, end_s, seed, timeline, prices, provision = job
-    collecting = gc.isenabled()  # paused through the bill too: the ledger it reads is kept till then
-    gc.disable()
-    try:
+    with collector_paused():  # through the bill too: the ledger it reads is kept till then
         result = FunctionSim(name, spec, trace, timings, end_s=end_s, seed=seed, timeline=timeline,
                              provision=provision).run()
         if end_s is None:
@@ -242,9 +239,6 @@ def _replay(job: _Job) -> tuple[FunctionResult, BillLine | None]:
         line = bill_function(result, prices, end_s)
         result.intervals = []  # billed: no need to send them back
         return result, line
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def bill_function(result: FunctionResult, prices: PriceTable, end_s: float) -> BillLine | None:
