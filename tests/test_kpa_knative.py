@@ -355,7 +355,7 @@ def test_scaler(case: ScalerCase) -> None:
         initialized=case.initialized,
     )
     desired = None if case.scale_to < 0 else case.scale_to
-    want, apply = scale_target(config, desired, NOW, state, case.reachable)
+    want, apply, _ = scale_target(config, desired, NOW, state, case.reachable)
     assert (want, want if apply and want is not None else case.start) == (case.want, case.replicas)
 
 

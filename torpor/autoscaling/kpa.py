@@ -22,7 +22,7 @@ returned state for the next tick. ``tests/test_kpa_knative.py`` replays Knative'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 from torpor.spec import ScalingSpec
@@ -238,6 +238,9 @@ class KpaDecision:
         object.__setattr__(self, "activator_in_path", activator_in_path)
 
 
+_KPA_STATE_FIELDS = tuple(f.name for f in fields(KpaState))
+
+
 def _evolve(state: KpaState, **changes: Any) -> KpaState:
     """``dataclasses.replace(state, **changes)`` without its per-call field checks (KpaState has
     no ``__post_init__`` to run): the same new state, several times faster, and a tick that moves
@@ -245,14 +248,8 @@ def _evolve(state: KpaState, **changes: Any) -> KpaState:
     try:
         known = state.__dict__
     except AttributeError:  # compiled by mypyc (make sim-compiled): a native instance has no
-        get = changes.get  # __dict__, and its constructor is the fast way (same fields, in order)
-        return KpaState(get("panic_started_at", state.panic_started_at),
-                        get("panic_triggered_at", state.panic_triggered_at),
-                        get("max_panic_desired", state.max_panic_desired),
-                        get("history", state.history), get("initialized", state.initialized),
-                        get("scale", state.scale), get("activity", state.activity),
-                        get("activity_since", state.activity_since),
-                        get("proxy_since", state.proxy_since))
+        get = changes.get  # __dict__, and its constructor is the fast way (its fields, in order)
+        return KpaState(*[get(name, getattr(state, name)) for name in _KPA_STATE_FIELDS])
     new = object.__new__(KpaState)
     new.__dict__.update(known, **changes)
     return new
@@ -272,19 +269,14 @@ def raw_desired(average: float, config: KpaConfig) -> int:
 
 
 def rate_limited(desired: int, ready: int, config: KpaConfig, reachable: bool = True) -> int:
-    """Clamp to :func:`rate_bounds`: e.g. 10 ready, rates 2 and 1000: into [5, 10000]."""
-    lowest, highest = rate_bounds(ready, config, reachable)
-    return min(max(desired, lowest), highest)
-
-
-def rate_bounds(ready: int, config: KpaConfig, reachable: bool = True) -> tuple[int, int]:
-    """[floor(r / down_rate), ceil(r × up_rate)] with r = max(ready, 1); e.g. 10 ready, rates 2
-    and 1000: (5, 10000). With 0 ready Knative counts 1: a cold start may ask for ceil(1000 × 1) =
-    1000 at most, floor(1 / 2) = 0 at least. An unreachable function has no lower clamp (nothing
-    routes to it, so there is nothing to step down gently for)."""
+    """Clamp to [floor(r / down_rate), ceil(r × up_rate)] with r = max(ready, 1); e.g. 10 ready,
+    rates 2 and 1000: [5, 10000]. With 0 ready Knative counts 1: a cold start may ask for
+    ceil(1000 × 1) = 1000 at most, floor(1 / 2) = 0 at least. An unreachable function has no
+    lower clamp (nothing routes to it, so there is nothing to step down gently for)."""
     base = max(ready, 1)
     lowest = math.floor(base / config.max_scale_down_rate) if reachable else 0
-    return lowest, math.ceil(config.max_scale_up_rate * base)
+    highest = math.ceil(config.max_scale_up_rate * base)
+    return min(max(desired, lowest), highest)
 
 
 def apply_activation_scale(limited: int, raw: int, config: KpaConfig) -> int:
@@ -437,9 +429,8 @@ def autoscale(
     ready, reachable = inputs.ready_instances, inputs.reachable
     stable_raw = raw_desired(stable_avg, config)
     panic_raw = raw_desired(panic_avg, config)
-    lowest, highest = rate_bounds(ready, config, reachable)  # both windows: rate_limited
-    stable_rl = min(max(stable_raw, lowest), highest)
-    panic_rl = min(max(panic_raw, lowest), highest)
+    stable_rl = rate_limited(stable_raw, ready, config, reachable)
+    panic_rl = rate_limited(panic_raw, ready, config, reachable)
     stable = apply_activation_scale(stable_rl, stable_raw, config)
     panic = apply_activation_scale(panic_rl, panic_raw, config)
     state = next_panic_state(panic_raw, ready, now, config, state)
@@ -467,15 +458,10 @@ def autoscale(
 
 def scale_target(
     config: KpaConfig, desired: int | None, now: float, state: KpaState, reachable: bool = True
-) -> tuple[int | None, bool]:
-    """Stage 2, Knative's ``scale``: (wanted count or None, apply it?). No answer leaves the
-    scale alone unless instances are activating; then the bounds and the scale-to-zero gate."""
-    return _scale_target(config, desired, now, state, reachable)[:2]
-
-
-def _scale_target(config: KpaConfig, desired: int | None, now: float, state: KpaState,
-                  reachable: bool) -> tuple[int | None, bool, int | None]:
-    """:func:`scale_target` and the bounded count it gated (None where the bounds were not applied)."""
+) -> tuple[int | None, bool, int | None]:
+    """Stage 2, Knative's ``scale``: (wanted count or None, apply it?, the bounded count it gated
+    or None where no bounds were applied). No answer leaves the scale alone unless instances are
+    activating; then the bounds and the scale-to-zero gate."""
     if desired is None and state.activity != "activating":
         return None, False, None
     low, high = scale_bounds(config, reachable, state.initialized)
@@ -501,7 +487,7 @@ def decide(config: KpaConfig, inputs: KpaInputs, now: float, state: KpaState) ->
     ready, reachable = inputs.ready_instances, inputs.reachable
     desired, ebc, notes, state = autoscale(config, inputs, now, state)
     in_panic = state.panic_triggered_at is not None
-    want, apply, bounded = _scale_target(config, desired, now, state, reachable)
+    want, apply, bounded = scale_target(config, desired, now, state, reachable)
     if bounded is not None:  # the bounds were applied: say so
         if desired is not None and bounded < desired:
             notes.append(f"max_instances {bounded}")
